@@ -1,0 +1,124 @@
+"""The learned-optimizer contract shared by every architecture.
+
+A learned optimizer is split in three (see DESIGN.md):
+
+* the object itself holds *static configuration only* (feature set, hidden sizes, scales);
+* ``init(key) -> meta_params`` returns a plain pytree of arrays (what meta-training learns);
+* the per-parameter accumulators live in the optax state returned by
+  ``transform(meta_params).init(params)``.
+
+``transform`` follows optax's two levels: :meth:`LearnedOptimizer.scale_by` is the raw learned
+step (an update to *add* to the parameters, sign included), and :meth:`LearnedOptimizer.transform`
+chains it with a ``learning_rate`` multiplier that ``optax.inject_hyperparams`` can trace.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import optax
+
+MetaParams = Any  # a pytree of jax arrays
+
+_REGISTRY: dict[str, type["LearnedOptimizer"]] = {}
+
+
+def register(cls: type["LearnedOptimizer"]) -> type["LearnedOptimizer"]:
+  """Class decorator adding a learned optimizer to the registry under ``cls.name``.
+
+  The registry is what :func:`learned_opt.load` uses to rebuild an optimizer from a file's
+  metadata, and what the conformance suite iterates over.
+  """
+  if not cls.name:
+    raise ValueError(f"{cls.__qualname__} must set a non-empty class attribute `name`.")
+  if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+    raise ValueError(f"A learned optimizer named {cls.name!r} is already registered.")
+  _REGISTRY[cls.name] = cls
+  return cls
+
+
+def registry() -> dict[str, type["LearnedOptimizer"]]:
+  """Returns ``{name: class}`` for every registered learned optimizer."""
+  return dict(_REGISTRY)
+
+
+class LearnedOptimizer(abc.ABC):
+  """Base class of learned optimizers. Subclasses are frozen dataclasses of static config.
+
+  Subclasses must set the class attribute ``name`` (the architecture name written into saved
+  files), be decorated with ``@dataclasses.dataclass(frozen=True)`` so that their fields are
+  the JSON-serialisable config, and implement :meth:`init` and :meth:`scale_by`.
+  """
+
+  name: ClassVar[str] = ""
+
+  @abc.abstractmethod
+  def init(self, key: jax.Array) -> MetaParams:
+    """Returns freshly initialised meta-parameters (a pytree of arrays)."""
+
+  @abc.abstractmethod
+  def scale_by(
+      self, meta_params: MetaParams, *, num_steps: int | None = None
+  ) -> optax.GradientTransformationExtraArgs:
+    """The raw learned step as an optax transformation (update to add to the params).
+
+    ``update(updates, state, params=None, **extra_args)`` requires ``params`` (parameter
+    values are features), accepts an optional ``loss=`` keyword and ignores unknown keywords.
+    ``num_steps``, when given, is the length of the inner training (a horizon feature).
+    """
+
+  def transform(
+      self,
+      meta_params: MetaParams,
+      learning_rate: optax.ScalarOrSchedule = 1.0,
+      *,
+      num_steps: int | None = None,
+  ) -> optax.GradientTransformationExtraArgs:
+    """The user-facing optimizer: the learned step times a ``learning_rate`` multiplier.
+
+    Args:
+      meta_params: meta-parameters from :meth:`init`, meta-training or :func:`learned_opt.load`.
+      learning_rate: multiplier on the learned step (1.0 applies it as meta-trained); a float,
+        an array, or an optax schedule. Injectable with ``optax.inject_hyperparams``.
+      num_steps: optional length of the training run, used by horizon-aware features.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example::
+
+      lopt = learned_opt.MLPOptimizer()
+      tx = lopt.transform(lopt.init(jax.random.key(0)))
+      state = tx.init(params)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    """
+    step = self.scale_by(meta_params, num_steps=num_steps)
+    if callable(learning_rate):
+      scale = optax.scale_by_schedule(learning_rate)
+    else:
+      scale = optax.scale(learning_rate)
+    return optax.with_extra_args_support(optax.chain(step, scale))
+
+  def config(self) -> dict[str, Any]:
+    """The static configuration as a JSON-serialisable dict (what ``save`` writes)."""
+    out = {}
+    for field in dataclasses.fields(self):  # type: ignore[arg-type]
+      value = getattr(self, field.name)
+      out[field.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> "LearnedOptimizer":
+    """Rebuilds the optimizer from :meth:`config`'s output; unknown keys raise ``ValueError``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+      raise ValueError(f"{cls.name}: unknown config keys {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for k, v in config.items():
+      kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)

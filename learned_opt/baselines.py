@@ -1,0 +1,157 @@
+"""Hand-designed optimizers expressed as learned optimizers (meta-learnable hyper-parameters).
+
+They share the :class:`~learned_opt.base.LearnedOptimizer` interface, so meta-training can tune
+them and run them as baselines, and the estimator tests can compare meta-gradients against the
+exact ``jax.grad`` of a quadratic's training loss with respect to the (log) learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_opt import base
+
+
+class SGDMState(NamedTuple):
+  """State of :class:`SGDMomentum`: one momentum buffer per parameter."""
+
+  mu: optax.Updates
+
+
+class AdamState(NamedTuple):
+  """State of :class:`Adam`: step count and first/second moments per parameter."""
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def _is_float(x) -> bool:
+  return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def _float_zeros_like(p):
+  """Zeros for float leaves; integer/bool leaves get an empty placeholder (no state)."""
+  if _is_float(p):
+    return jnp.zeros_like(p)
+  return jnp.zeros((0,), jnp.float32)
+
+
+@base.register
+@dataclasses.dataclass(frozen=True)
+class SGDMomentum(base.LearnedOptimizer):
+  """SGD with heavy-ball momentum and a meta-learnable log learning rate.
+
+  .. math::
+    m_t = \\beta m_{t-1} + g_t, \\qquad u_t = -\\exp(\\log\\eta)\\, m_t
+
+  Meta-parameters: ``{"log_lr": scalar, "logit_momentum": scalar}``; the momentum
+  ``β = sigmoid(logit_momentum)``. Integer and boolean leaves pass through unchanged (zero update).
+
+  Attributes:
+    initial_learning_rate: learning rate at :meth:`init`.
+    initial_momentum: momentum β at :meth:`init` (0 gives plain SGD).
+    learn_momentum: if False, β stays at ``initial_momentum`` (no gradient flows to it).
+  """
+
+  name = "sgd_momentum"
+  initial_learning_rate: float = 1e-2
+  initial_momentum: float = 0.9
+  learn_momentum: bool = False
+
+  def init(self, key: jax.Array) -> base.MetaParams:
+    del key
+    m = min(max(self.initial_momentum, 1e-6), 1 - 1e-6)
+    return {
+        "log_lr": jnp.asarray(jnp.log(self.initial_learning_rate), jnp.float32),
+        "logit_momentum": jnp.asarray(jnp.log(m) - jnp.log1p(-m), jnp.float32),
+    }
+
+  def scale_by(self, meta_params, *, num_steps=None):
+    del num_steps
+    lr = jnp.exp(meta_params["log_lr"])
+    if self.learn_momentum:
+      beta = jax.nn.sigmoid(meta_params["logit_momentum"])
+    else:
+      beta = jnp.asarray(self.initial_momentum, jnp.float32)
+
+    def init_fn(params):
+      return SGDMState(mu=jax.tree.map(_float_zeros_like, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+      del params, extra_args
+
+      def upd(g, m):
+        if not _is_float(g):
+          return g, m
+        m_new = (beta * m + g.astype(m.dtype)).astype(m.dtype)
+        return (-lr * m_new).astype(g.dtype), m_new
+
+      pairs = jax.tree.map(upd, updates, state.mu)
+      is_pair = lambda x: isinstance(x, tuple) and len(x) == 2
+      new_updates = jax.tree.map(lambda p: p[0], pairs, is_leaf=is_pair)
+      new_mu = jax.tree.map(lambda p: p[1], pairs, is_leaf=is_pair)
+      return new_updates, SGDMState(mu=new_mu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@base.register
+@dataclasses.dataclass(frozen=True)
+class Adam(base.LearnedOptimizer):
+  """Adam (Kingma & Ba 2014, arXiv 1412.6980, Algorithm 1) with a meta-learnable log learning rate.
+
+  .. math::
+    m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t,\\quad v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2,
+    \\quad u_t = -\\exp(\\log\\eta)\\, \\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon)
+
+  Meta-parameters: ``{"log_lr": scalar}``. With ``log_lr = log(η)`` the updates equal
+  ``optax.adam(η, b1, b2, eps)``'s. Integer and boolean leaves pass through unchanged.
+  """
+
+  name = "adam"
+  initial_learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+
+  def init(self, key: jax.Array) -> base.MetaParams:
+    del key
+    return {"log_lr": jnp.asarray(jnp.log(self.initial_learning_rate), jnp.float32)}
+
+  def scale_by(self, meta_params, *, num_steps=None):
+    del num_steps
+    lr = jnp.exp(meta_params["log_lr"])
+    b1, b2, eps = self.b1, self.b2, self.eps
+
+    def init_fn(params):
+      zeros = jax.tree.map(_float_zeros_like, params)
+      return AdamState(count=jnp.zeros([], jnp.int32), mu=zeros,
+                       nu=jax.tree.map(_float_zeros_like, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+      del params, extra_args
+      count = optax.safe_increment(state.count)
+      c1 = 1 - b1 ** count.astype(jnp.float32)
+      c2 = 1 - b2 ** count.astype(jnp.float32)
+
+      def upd(g, m, v):
+        if not _is_float(g):
+          return g, m, v
+        g32 = g.astype(m.dtype)
+        m_new = (b1 * m + (1 - b1) * g32).astype(m.dtype)
+        v_new = (b2 * v + (1 - b2) * g32 * g32).astype(v.dtype)
+        step = (m_new / c1) / (jnp.sqrt(v_new / c2) + eps)
+        return (-lr * step).astype(g.dtype), m_new, v_new
+
+      triples = jax.tree.map(upd, updates, state.mu, state.nu)
+      is_t = lambda x: isinstance(x, tuple) and len(x) == 3
+      pick = lambda i: jax.tree.map(lambda t: t[i], triples, is_leaf=is_t)
+      return pick(0), AdamState(count=count, mu=pick(1), nu=pick(2))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,1 @@
+"""meta_train: unrolls, gradient estimators, the outer trainer, runs, logging and the CLI."""

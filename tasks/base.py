@@ -1,0 +1,128 @@
+"""The task interfaces: a `Task` is one learning problem, a `TaskFamily` a distribution of them.
+
+Contract (DESIGN.md, "tasks/"):
+
+* ``Task.init(key) -> params``, ``Task.loss(params, key, batch) -> scalar``,
+  ``Task.sample_batch(key, split) -> batch`` with ``split`` in ``("train", "valid")``,
+  ``Task.normalizer(loss) -> scalar`` and ``Task.name``. All pure and jittable; data lives in
+  device memory and batches are drawn inside jit.
+* ``TaskFamily.sample(key) -> task_params`` returns an array pytree whose structure and shapes
+  never depend on the key, and ``TaskFamily.task(task_params) -> Task`` closes over them, so
+  ``jax.vmap`` over task_params runs N tasks as one program::
+
+    family = tasks.get("quadratic")
+    tps = jax.vmap(family.sample)(jax.random.split(key, 8))
+    losses = jax.vmap(lambda tp, k: family.task(tp).loss(
+        family.task(tp).init(k), k, family.task(tp).sample_batch(k, "train")))(tps, keys)
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Batch = Any
+TaskParams = Any
+
+SPLITS = ("train", "valid")
+
+DEFAULT_CEILING = 10.0
+
+
+def check_split(split: str) -> None:
+  """Raises ``ValueError`` unless ``split`` is one of :data:`SPLITS` (a static Python string)."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def clip_to_ceiling(x: jax.Array, ceiling: float, floor: float | None = None) -> jax.Array:
+  """Maps non-finite values to ``ceiling`` and clips finite ones into ``[floor, ceiling]``."""
+  x = jnp.asarray(x)
+  clipped = jnp.minimum(x, ceiling)
+  if floor is not None:
+    clipped = jnp.maximum(clipped, floor)
+  return jnp.where(jnp.isfinite(x), clipped, jnp.asarray(ceiling, x.dtype))
+
+
+class Task(abc.ABC):
+  """One learning problem: parameters, a loss, and a data source.
+
+  Attributes:
+    name: a short human-readable name (e.g. ``"quadratic_d10"``).
+    ceiling: the largest value :meth:`normalizer` returns; non-finite losses map to it.
+  """
+
+  name: str = "task"
+  ceiling: float = DEFAULT_CEILING
+
+  @abc.abstractmethod
+  def init(self, key: jax.Array) -> Params:
+    """Samples initial parameters."""
+
+  @abc.abstractmethod
+  def loss(self, params: Params, key: jax.Array, batch: Batch) -> jax.Array:
+    """Scalar loss of ``params`` on ``batch``; ``key`` drives any stochasticity (dropout, noise)."""
+
+  @abc.abstractmethod
+  def sample_batch(self, key: jax.Array, split: str = "train") -> Batch:
+    """Draws a batch from ``split`` (``"train"`` or ``"valid"``, a static string) inside jit."""
+
+  def normalizer(self, loss: jax.Array) -> jax.Array:
+    """Maps a loss onto a scale shared across tasks of a family; NaN/inf map to ``ceiling``.
+
+    The default clips the raw loss into ``[0, ceiling]``; families override it.
+    """
+    return clip_to_ceiling(loss, self.ceiling, 0.0)
+
+
+class TaskFamily(abc.ABC):
+  """A distribution over tasks with a fixed parameter structure (so N tasks are one ``vmap``).
+
+  Variation that keeps shapes lives in ``task_params``; variation that changes shapes is a
+  separate family (a mixture samples among families).
+  """
+
+  name: str = "family"
+
+  @abc.abstractmethod
+  def sample(self, key: jax.Array) -> TaskParams:
+    """Samples the parameters of one task: an array pytree of key-independent structure."""
+
+  @abc.abstractmethod
+  def task(self, task_params: TaskParams) -> Task:
+    """Builds the task described by ``task_params`` (which may be traced arrays)."""
+
+
+_FAMILIES: dict[str, Callable[[], TaskFamily]] = {}
+
+
+def register_family(name: str, factory: Callable[[], TaskFamily]) -> None:
+  """Registers ``factory`` (a no-argument callable building the default family) under ``name``."""
+  if name in _FAMILIES:
+    raise ValueError(f"A task family named {name!r} is already registered.")
+  _FAMILIES[name] = factory
+
+
+def families() -> dict[str, TaskFamily]:
+  """The registry: ``{name: TaskFamily}`` built with each family's default configuration."""
+  return {name: factory() for name, factory in sorted(_FAMILIES.items())}
+
+
+def family_names() -> list[str]:
+  """Names of the registered families, sorted."""
+  return sorted(_FAMILIES)
+
+
+def get(name: str) -> TaskFamily:
+  """The registered family ``name`` with its default configuration.
+
+  Raises:
+    KeyError: naming the unknown family and listing the known ones.
+  """
+  if name not in _FAMILIES:
+    raise KeyError(f"Unknown task family {name!r}; known families: {', '.join(sorted(_FAMILIES))}")
+  return _FAMILIES[name]()

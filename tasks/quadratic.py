@@ -1,0 +1,126 @@
+"""Noisy quadratic tasks with a known optimum, for exact tests of optimizers and estimators.
+
+.. math::
+  f(x; \\xi) = \\tfrac12 (x - x^*)^\\top A (x - x^*) + \\sigma\\, \\xi^\\top x,
+  \\qquad A = Q\\,\\mathrm{diag}(\\lambda)\\,Q^\\top,\\ \\xi \\sim \\mathcal N(0, I)
+
+The noise term has mean zero, so the expected loss is the pure quadratic, its minimiser is
+``x*`` and the gradient is ``A (x - x*) + σ ξ``. ``"valid"`` batches have ``ξ = 0`` (the exact
+loss). The dimension is fixed per family; eigenvalues (log-uniform over ``condition`` range),
+rotation, optimum, initial scale and noise scale are sampled per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from tasks import base
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadraticTask(base.Task):
+  """One quadratic ``½(x − x*)ᵀA(x − x*) + σ ξᵀx``; all fields may be traced arrays."""
+
+  hessian: jax.Array  # A, (d, d), symmetric positive definite
+  optimum: jax.Array  # x*, (d,)
+  init_scale: jax.Array  # x0 ~ x* + init_scale * N(0, I)
+  noise_scale: jax.Array  # σ
+  name: str = "quadratic"
+  ceiling: float = base.DEFAULT_CEILING
+
+  def init(self, key):
+    d = self.optimum.shape[-1]
+    return {"x": self.optimum + self.init_scale * jax.random.normal(key, (d,))}
+
+  def sample_batch(self, key, split="train"):
+    base.check_split(split)
+    d = self.optimum.shape[-1]
+    if split == "valid":
+      return {"xi": jnp.zeros((d,))}
+    return {"xi": jax.random.normal(key, (d,))}
+
+  def loss(self, params, key, batch):
+    del key
+    r = params["x"] - self.optimum
+    return 0.5 * r @ self.hessian @ r + self.noise_scale * batch["xi"] @ params["x"]
+
+  def exact_loss(self, params):
+    """The noise-free loss ``½(x − x*)ᵀA(x − x*)`` (its minimum is 0 at ``x*``)."""
+    r = params["x"] - self.optimum
+    return 0.5 * r @ self.hessian @ r
+
+  def exact_grad(self, params):
+    """The noise-free gradient ``A(x − x*)``."""
+    return {"x": self.hessian @ (params["x"] - self.optimum)}
+
+  def normalizer(self, loss):
+    # Expected initial loss is ½ init_scale² tr(A); divide by it so tasks share a scale.
+    ref = 0.5 * self.init_scale**2 * jnp.trace(self.hessian) + 1e-12
+    return base.clip_to_ceiling(loss / ref, self.ceiling, -self.ceiling)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadraticFamily(base.TaskFamily):
+  """Quadratics of a fixed dimension with sampled conditioning, optimum, init and noise.
+
+  Attributes:
+    dim: dimension d of x.
+    min_eig, max_eig: eigenvalues are log-uniform in ``[min_eig, max_eig]``.
+    rotate: apply a random orthogonal rotation (otherwise A is diagonal).
+    init_scale: range ``(lo, hi)``; log-uniform per task.
+    noise_scale: range ``(lo, hi)`` of σ; uniform per task (``(0, 0)`` gives exact gradients).
+  """
+
+  dim: int = 10
+  min_eig: float = 0.1
+  max_eig: float = 10.0
+  rotate: bool = True
+  init_scale: tuple[float, float] = (0.5, 2.0)
+  noise_scale: tuple[float, float] = (0.0, 0.1)
+  name: str = "quadratic"
+
+  def __post_init__(self):
+    if not isinstance(self.dim, int) or self.dim <= 0:
+      raise ValueError(f"QuadraticFamily.dim must be a positive int, got {self.dim!r}")
+    if not 0 < self.min_eig <= self.max_eig:
+      raise ValueError(f"QuadraticFamily needs 0 < min_eig <= max_eig, got "
+                       f"{self.min_eig}, {self.max_eig}")
+    if not 0 < self.init_scale[0] <= self.init_scale[1]:
+      raise ValueError(f"QuadraticFamily.init_scale must be 0 < lo <= hi, got {self.init_scale}")
+    if not 0 <= self.noise_scale[0] <= self.noise_scale[1]:
+      raise ValueError(f"QuadraticFamily.noise_scale must be 0 <= lo <= hi, got {self.noise_scale}")
+
+  def sample(self, key):
+    k_eig, k_rot, k_opt, k_init, k_noise = jax.random.split(key, 5)
+    d = self.dim
+    log_eig = jax.random.uniform(k_eig, (d,), minval=jnp.log(self.min_eig),
+                                 maxval=jnp.log(self.max_eig))
+    if self.rotate:
+      q, _ = jnp.linalg.qr(jax.random.normal(k_rot, (d, d)))
+    else:
+      q = jnp.eye(d)
+    lo, hi = self.init_scale
+    return {
+        "eigenvalues": jnp.exp(log_eig),
+        "rotation": q,
+        "optimum": jax.random.normal(k_opt, (d,)),
+        "init_scale": jnp.exp(jax.random.uniform(k_init, (), minval=jnp.log(lo),
+                                                 maxval=jnp.log(hi))),
+        "noise_scale": jax.random.uniform(k_noise, (), minval=self.noise_scale[0],
+                                          maxval=self.noise_scale[1]),
+    }
+
+  def task(self, task_params):
+    q = task_params["rotation"]
+    a = (q * task_params["eigenvalues"]) @ q.T
+    a = 0.5 * (a + a.T)
+    return QuadraticTask(hessian=a, optimum=task_params["optimum"],
+                         init_scale=task_params["init_scale"],
+                         noise_scale=task_params["noise_scale"],
+                         name=f"{self.name}_d{self.dim}")
+
+
+base.register_family("quadratic", QuadraticFamily)
