@@ -5,14 +5,22 @@ Only jax, optax, numpy and safetensors are needed to import this package.
 
 from learned_opt.base import LearnedOptimizer, MetaParams, register, registry
 from learned_opt.baselines import Adam, SGDMomentum
+from learned_opt.mlp import MLPOptimizer
+from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
+from learned_opt.serialization import FileFormatError, load, save
 
 __all__ = [
+    "AdafactorMLPOptimizer",
     "Adam",
+    "FileFormatError",
     "LearnedOptimizer",
+    "MLPOptimizer",
     "MetaParams",
     "SGDMomentum",
+    "load",
     "register",
     "registry",
+    "save",
 ]
 
 __version__ = "0.1.0"

@@ -31,8 +31,35 @@ class AdamState(NamedTuple):
   nu: optax.Updates
 
 
+class _Leaf:
+  """Per-leaf results of a ``jax.tree.map``; a plain class, so pytrees treat it as one leaf.
+
+  (Returning tuples instead would be ambiguous when the params tree itself contains tuples.)
+  """
+
+  def __init__(self, *values):
+    self.values = values
+
+
+def _unzip(tree, n: int):
+  """Splits a tree of :class:`_Leaf` into ``n`` trees."""
+  return tuple(jax.tree.map(lambda o, i=i: o.values[i], tree) for i in range(n))
+
+
 def _is_float(x) -> bool:
   return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def _check_trees(name: str, updates, state_tree, params) -> None:
+  """Raises ``ValueError`` when updates, state and (optional) params trees differ."""
+  treedef = jax.tree.structure(updates)
+  others = [("optimizer state", state_tree)]
+  if params is not None:
+    others.append(("params", params))
+  for what, tree in others:
+    if jax.tree.structure(tree) != treedef:
+      raise ValueError(f"{name}: the updates tree does not match the {what} tree:\n"
+                       f"  updates: {treedef}\n  {what}: {jax.tree.structure(tree)}")
 
 
 def _float_zeros_like(p):
@@ -84,18 +111,16 @@ class SGDMomentum(base.LearnedOptimizer):
       return SGDMState(mu=jax.tree.map(_float_zeros_like, params))
 
     def update_fn(updates, state, params=None, **extra_args):
-      del params, extra_args
+      del extra_args  # params are optional here: SGD does not read them
+      _check_trees(self.name, updates, state.mu, params)
 
       def upd(g, m):
         if not _is_float(g):
-          return g, m
+          return _Leaf(g, m)
         m_new = (beta * m + g.astype(m.dtype)).astype(m.dtype)
-        return (-lr * m_new).astype(g.dtype), m_new
+        return _Leaf((-lr * m_new).astype(g.dtype), m_new)
 
-      pairs = jax.tree.map(upd, updates, state.mu)
-      is_pair = lambda x: isinstance(x, tuple) and len(x) == 2
-      new_updates = jax.tree.map(lambda p: p[0], pairs, is_leaf=is_pair)
-      new_mu = jax.tree.map(lambda p: p[1], pairs, is_leaf=is_pair)
+      new_updates, new_mu = _unzip(jax.tree.map(upd, updates, state.mu), 2)
       return new_updates, SGDMState(mu=new_mu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -135,23 +160,22 @@ class Adam(base.LearnedOptimizer):
                        nu=jax.tree.map(_float_zeros_like, params))
 
     def update_fn(updates, state, params=None, **extra_args):
-      del params, extra_args
+      del extra_args  # params are optional here: Adam does not read them
+      _check_trees(self.name, updates, state.mu, params)
       count = optax.safe_increment(state.count)
       c1 = 1 - b1 ** count.astype(jnp.float32)
       c2 = 1 - b2 ** count.astype(jnp.float32)
 
       def upd(g, m, v):
         if not _is_float(g):
-          return g, m, v
+          return _Leaf(g, m, v)
         g32 = g.astype(m.dtype)
         m_new = (b1 * m + (1 - b1) * g32).astype(m.dtype)
         v_new = (b2 * v + (1 - b2) * g32 * g32).astype(v.dtype)
         step = (m_new / c1) / (jnp.sqrt(v_new / c2) + eps)
-        return (-lr * step).astype(g.dtype), m_new, v_new
+        return _Leaf((-lr * step).astype(g.dtype), m_new, v_new)
 
-      triples = jax.tree.map(upd, updates, state.mu, state.nu)
-      is_t = lambda x: isinstance(x, tuple) and len(x) == 3
-      pick = lambda i: jax.tree.map(lambda t: t[i], triples, is_leaf=is_t)
-      return pick(0), AdamState(count=count, mu=pick(1), nu=pick(2))
+      new_updates, mu, nu = _unzip(jax.tree.map(upd, updates, state.mu, state.nu), 3)
+      return new_updates, AdamState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -5,9 +5,30 @@
 
 from tasks.base import (SPLITS, Task, TaskFamily, clip_to_ceiling, families, family_names, get,
                         register_family)
+from tasks.base import UnknownFamilyError
 from tasks.quadratic import QuadraticFamily, QuadraticTask
+from tasks import text
+from tasks.language_model import LanguageModelFamily, TransformerLMTask
+from tasks.adapters import as_family, from_flax, from_function, from_haiku
+from tasks import datasets
+from tasks.classifiers import (ClassifierFamily, ClassifierTask, ConvClassifierFamily,
+                               MLPClassifierFamily)
+from tasks.mixture import MixtureFamily, MixtureTask, mixture
+from tasks import diffusion
+from tasks.diffusion import DiffusionTask, DigitsFamily, Toy2DFamily
 
 __all__ = [
+    "diffusion",
+    "DiffusionTask",
+    "DigitsFamily",
+    "Toy2DFamily",
+    "text",
+    "from_haiku",
+    "from_function",
+    "from_flax",
+    "as_family",
+    "TransformerLMTask",
+    "LanguageModelFamily",
     "SPLITS",
     "QuadraticFamily",
     "QuadraticTask",
@@ -18,4 +39,13 @@ __all__ = [
     "family_names",
     "get",
     "register_family",
+    "UnknownFamilyError",
+    "datasets",
+    "ClassifierFamily",
+    "ClassifierTask",
+    "ConvClassifierFamily",
+    "MLPClassifierFamily",
+    "MixtureFamily",
+    "MixtureTask",
+    "mixture",
 ]

@@ -87,6 +87,9 @@ class TaskFamily(abc.ABC):
   """
 
   name: str = "family"
+  # An Adam learning rate that trains this family's tasks within a few dozen steps (used by the
+  # conformance tests, benchmarks and baselines); families override it.
+  suggested_lr: float = 1e-2
 
   @abc.abstractmethod
   def sample(self, key: jax.Array) -> TaskParams:
@@ -117,12 +120,24 @@ def family_names() -> list[str]:
   return sorted(_FAMILIES)
 
 
+class UnknownFamilyError(KeyError, ValueError):
+  """Raised by :func:`get` for a name that is not registered (a ``KeyError`` and a ``ValueError``).
+
+  ``str()`` gives the plain message (``KeyError`` alone would wrap it in quotes).
+  """
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
 def get(name: str) -> TaskFamily:
   """The registered family ``name`` with its default configuration.
 
   Raises:
-    KeyError: naming the unknown family and listing the known ones.
+    UnknownFamilyError: (a ``KeyError`` and ``ValueError``) naming the unknown family and
+      listing the known ones.
   """
   if name not in _FAMILIES:
-    raise KeyError(f"Unknown task family {name!r}; known families: {', '.join(sorted(_FAMILIES))}")
+    raise UnknownFamilyError(
+        f"Unknown task family {name!r}; known families: {', '.join(sorted(_FAMILIES))}")
   return _FAMILIES[name]()

@@ -1,0 +1,138 @@
+"""Per-parameter feature maths shared by the learned optimizers.
+
+A per-parameter learned optimizer reads, for every element of every parameter tensor, a vector
+of features: the gradient, the parameter, momenta and second-moment accumulators at several
+decays and products of those (Metz et al. 2020, arXiv 2009.11243, Sec. 3; Metz et al. 2022,
+arXiv 2203.11860, Sec. 3 "small_fc_lopt"/"mlp_lopt"). Each feature is divided by its
+root-mean-square over the tensor, so that the network sees inputs of unit second moment whatever
+the scale of the problem:
+
+.. math::
+  \\tilde x = x / \\sqrt{\\mathrm{mean}_{\\text{tensor}}(x^2) + ε}
+
+and features shared by the whole step (training-step and horizon embeddings) are appended
+un-normalised. The helpers here are small pure functions of arrays so that each architecture can
+compose them inside its own fused per-tensor computation.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+#: Default ``ε`` under a feature's mean square (as in learned_optimization's ``mlp_lopt``).
+NORM_EPS = 1e-5
+#: Default ``ε`` under a second-moment accumulator before its reciprocal square root.
+RSQRT_EPS = 1e-8
+
+
+def finite_or_zero(x: jax.Array) -> jax.Array:
+  """Replaces non-finite entries (``nan``, ``±inf``) of ``x`` by zero."""
+  return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def inverse_rms(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
+  """The scalar ``1 / sqrt(mean(x²) + ε)`` over the whole tensor.
+
+  .. math::
+    s(x) = \\left(\\tfrac{1}{n}\\textstyle\\sum_i x_i^2 + ε\\right)^{-1/2}
+
+  Non-finite entries count as zero, so one bad element cannot poison the tensor's normaliser.
+  Multiplying a feature by ``s`` (or, equivalently, the weights that read it) normalises it.
+
+  Args:
+    x: a feature, any shape (a scalar is a tensor of one element).
+    eps: added to the mean square.
+
+  Returns:
+    A float32 scalar.
+  """
+  x = finite_or_zero(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+  return jax.lax.rsqrt(jnp.mean(jnp.square(x)) + eps)
+
+
+def second_moment_normalize(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
+  """Divides ``x`` by its root-mean-square over the whole tensor: ``x * inverse_rms(x)``.
+
+  Args:
+    x: a feature, any shape.
+    eps: added to the mean square.
+
+  Returns:
+    ``x / sqrt(mean(x²) + ε)``, same shape (float32 or wider).
+  """
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32)) * inverse_rms(x, eps)
+
+
+def ema(x: jax.Array, acc: jax.Array, decay) -> jax.Array:
+  """One exponential-moving-average step ``β acc + (1 - β) x`` (a momentum or RMS update).
+
+  .. math::
+    m_t = β\\, m_{t-1} + (1 - β)\\, x_t
+
+  Args:
+    x: the new value (gradient, or squared gradient for second moments).
+    acc: the accumulator, same shape as ``x``.
+    decay: ``β`` in ``[0, 1)``, a Python float or a traced scalar.
+
+  Returns:
+    The updated accumulator, in ``acc``'s dtype.
+  """
+  return (decay * acc + (1.0 - decay) * x).astype(acc.dtype)
+
+
+def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
+  """``1 / sqrt(v + ε)`` of a second-moment accumulator ``v`` (elementwise)."""
+  return jax.lax.rsqrt(v + eps)
+
+
+def tanh_time_features(step: jax.Array, timescales: Sequence[float]) -> jax.Array:
+  """Training-step embedding ``tanh(t / τ - 1)`` for each timescale ``τ``.
+
+  .. math::
+    φ_τ(t) = \\tanh(t / τ - 1)
+
+  (learned_optimization's ``mlp_lopt``, arXiv 2203.11860.) Each entry moves from ``tanh(-1)``
+  at ``t = 0`` towards 1 once ``t ≫ τ``, so log-spaced ``τ`` tell the network the step count on
+  a log scale.
+
+  Args:
+    step: the number of updates already applied (an integer or float scalar).
+    timescales: the ``τ`` (positive).
+
+  Returns:
+    A float32 vector of ``len(timescales)`` entries.
+  """
+  taus = jnp.asarray(timescales, jnp.float32)
+  return jnp.tanh(jnp.asarray(step, jnp.float32) / taus - 1.0)
+
+
+#: Number of entries of :func:`horizon_features`.
+NUM_HORIZON_FEATURES = 2
+
+
+def horizon_features(step: jax.Array, num_steps) -> jax.Array:
+  """Embedding of the training horizon ``T``: ``(t / T, log10(T) / 5)``, zeros if ``T`` is None.
+
+  .. math::
+    ψ(t, T) = \\left(t / T,\\; \\log_{10}(T) / 5\\right)
+
+  The first entry is the fraction of training done, the second the (log) length of the run,
+  so a horizon-aware optimizer can schedule its steps. Without a horizon both are zero, which
+  makes the same meta-parameters usable with and without ``num_steps``.
+
+  Args:
+    step: the number of updates already applied.
+    num_steps: the total number of updates ``T`` of the run (a Python int, a traced scalar) or
+      ``None``.
+
+  Returns:
+    A float32 vector of :data:`NUM_HORIZON_FEATURES` entries.
+  """
+  if num_steps is None:
+    return jnp.zeros((NUM_HORIZON_FEATURES,), jnp.float32)
+  t = jnp.asarray(step, jnp.float32)
+  horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+  return jnp.stack([t / horizon, jnp.log10(horizon) / 5.0])

@@ -1,0 +1,255 @@
+"""Truncated unrolls of inner training, vectorised over particles that reset to fresh tasks.
+
+A *particle* is one inner training: a sampled task, its parameters, the learned optimizer's
+optax state and a step counter. A truncated unroll advances every particle by ``K`` inner steps
+in one ``lax.scan`` (vmapped over particles) and returns the per-step normalised losses the
+estimators turn into meta-losses:
+
+.. math::
+  x_{t+1} = x_t + u_\\theta(\\nabla f(x_t; \\xi_t), s_t), \\qquad
+  \\ell_t = n\\big(f(x_t; \\xi_t)\\big)\\ \\text{(train)}\\quad\\text{or}\\quad
+  \\ell_t = n\\big(f_{\\rm valid}(x_{t+1})\\big)\\ \\text{(valid)}
+
+where ``n`` is the task's normaliser. When a particle's step counter reaches its horizon it is
+replaced, inside the scan (``jnp.where``), by a fresh particle: a new task from
+``family.sample``, ``task.init`` parameters and ``lopt.transform(θ).init`` state. Horizons are
+log-uniform integers in ``[min_horizon, max_horizon]`` and, with ``stagger``, the first run of
+each particle starts at a random step so particles are decorrelated.
+
+All randomness of a particle comes from its ``run_key`` (raw ``uint32`` key data): task, initial
+parameters and horizon of the next run, and every batch of the current run. Two particles with
+the same ``run_key`` and step therefore see the same tasks and data (common random numbers),
+which is how antithetic pairs are built. Non-finite meta-losses are replaced by the task's
+``ceiling`` and counted; the run goes on until its horizon so that pairs stay in step.
+
+References:
+  Vicol, Metz & Sohl-Dickstein, "Unbiased gradient estimation in unrolled computation graphs
+  with persistent evolution strategies", 2021, arXiv 2112.13835 (Sec. 3, truncated unrolls).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_opt import base as lopt_base
+from tasks import base as task_base
+
+META_LOSSES = ("train", "valid")
+
+# Roles folded into a run key to derive independent streams.
+_NEXT_RUN, _DATA, _FRESH = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrollConfig:
+  """Static configuration of truncated unrolls.
+
+  Attributes:
+    truncation_length: inner steps ``K`` per truncated unroll.
+    min_horizon: shortest inner training (steps); must be ``>= truncation_length`` so a
+      particle resets at most once per truncation.
+    max_horizon: longest inner training; horizons are log-uniform integers in
+      ``[min_horizon, max_horizon]`` (equal values give a fixed horizon).
+    meta_loss: ``"train"``: normalised training loss at each step's parameters, or
+      ``"valid"``: normalised loss on a ``"valid"`` batch after each step.
+    stagger: start each particle's first run at a random step in ``[0, horizon)``.
+  """
+
+  truncation_length: int = 20
+  min_horizon: int = 100
+  max_horizon: int = 100
+  meta_loss: str = "train"
+  stagger: bool = True
+
+  def __post_init__(self):
+    for name in ("truncation_length", "min_horizon", "max_horizon"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"UnrollConfig.{name} must be a positive int, got {value!r}")
+    if self.min_horizon > self.max_horizon:
+      raise ValueError(f"UnrollConfig needs min_horizon <= max_horizon, got "
+                       f"{self.min_horizon} > {self.max_horizon}")
+    if self.truncation_length > self.min_horizon:
+      raise ValueError(f"UnrollConfig.truncation_length ({self.truncation_length}) must not "
+                       f"exceed min_horizon ({self.min_horizon})")
+    if self.meta_loss not in META_LOSSES:
+      raise ValueError(f"UnrollConfig.meta_loss must be one of {META_LOSSES}, "
+                       f"got {self.meta_loss!r}")
+
+
+class ParticleState(NamedTuple):
+  """One inner training (leading particle axis when batched).
+
+  Attributes:
+    task_params: the family's task parameters of the current run.
+    params: the inner parameters.
+    opt_state: the learned optimizer's optax state.
+    step: int32, inner steps done in the current run.
+    horizon: int32, length of the current run.
+    run_key: uint32 raw key data of the current run (``jax.random.key_data``).
+  """
+
+  task_params: Any
+  params: Any
+  opt_state: Any
+  step: jax.Array
+  horizon: jax.Array
+  run_key: jax.Array
+
+
+class UnrollOutput(NamedTuple):
+  """What one truncated unroll of one particle reports (leading particle axis when batched).
+
+  Attributes:
+    losses: (K,) normalised meta-loss of each step, non-finite values replaced by the ceiling.
+    after_reset: (K,) bool, the step belongs to a run that began inside this truncation.
+    nonfinite: int32, how many of the K meta-losses were non-finite.
+    meta_loss: mean of ``losses``.
+    reset: bool, the particle started a new run during this truncation (its state now depends
+      on this unroll's θ only).
+  """
+
+  losses: jax.Array
+  after_reset: jax.Array
+  nonfinite: jax.Array
+  meta_loss: jax.Array
+  reset: jax.Array
+
+
+def key_data(key: jax.Array) -> jax.Array:
+  """Raw ``uint32`` data of a typed PRNG key (a raw key passes through)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return key
+
+
+def wrap_key(raw: jax.Array) -> jax.Array:
+  """Typed PRNG key from raw ``uint32`` data (a typed key passes through)."""
+  if jnp.issubdtype(raw.dtype, jax.dtypes.prng_key):
+    return raw
+  return jax.random.wrap_key_data(raw)
+
+
+def sample_horizon(key: jax.Array, config: UnrollConfig) -> jax.Array:
+  """Log-uniform integer horizon in ``[min_horizon, max_horizon]`` (int32)."""
+  if config.min_horizon == config.max_horizon:
+    return jnp.asarray(config.min_horizon, jnp.int32)
+  lo, hi = jnp.log(config.min_horizon), jnp.log(config.max_horizon + 1.0)
+  h = jnp.floor(jnp.exp(jax.random.uniform(key, (), minval=lo, maxval=hi)))
+  return jnp.clip(h, config.min_horizon, config.max_horizon).astype(jnp.int32)
+
+
+def fresh_particle(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily,
+                   config: UnrollConfig, meta_params: Any, run_key: jax.Array) -> ParticleState:
+  """A particle at step 0 of a new run drawn from ``run_key`` (raw data of one key).
+
+  Args:
+    lopt: the learned optimizer.
+    family: the task family.
+    config: the unroll configuration (for the horizon).
+    meta_params: meta-parameters used to initialise the optimizer state.
+    run_key: uint32 raw key data identifying the run.
+
+  Returns:
+    An unbatched :class:`ParticleState`.
+  """
+  k_task, k_init, k_h = jax.random.split(jax.random.fold_in(wrap_key(run_key), _FRESH), 3)
+  task_params = family.sample(k_task)
+  params = family.task(task_params).init(k_init)
+  opt_state = lopt.transform(meta_params).init(params)
+  return ParticleState(task_params=task_params, params=params, opt_state=opt_state,
+                       step=jnp.zeros([], jnp.int32), horizon=sample_horizon(k_h, config),
+                       run_key=key_data(wrap_key(run_key)))
+
+
+def next_run_key(run_key: jax.Array) -> jax.Array:
+  """Raw key data of the run that follows the run ``run_key``."""
+  return key_data(jax.random.fold_in(wrap_key(run_key), _NEXT_RUN))
+
+
+def init_particles(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily,
+                   config: UnrollConfig, meta_params: Any, key: jax.Array,
+                   num_particles: int) -> ParticleState:
+  """``num_particles`` independent particles, staggered if ``config.stagger``.
+
+  Args:
+    lopt: the learned optimizer.
+    family: the task family.
+    config: the unroll configuration.
+    meta_params: meta-parameters (shared) used to initialise optimizer states.
+    key: a PRNG key (typed or raw).
+    num_particles: how many particles.
+
+  Returns:
+    A :class:`ParticleState` with a leading axis of size ``num_particles``.
+  """
+  k_runs, k_offset = jax.random.split(wrap_key(key))
+  run_keys = jax.vmap(key_data)(jax.random.split(k_runs, num_particles))
+  particles = jax.vmap(lambda rk: fresh_particle(lopt, family, config, meta_params, rk))(run_keys)
+  if config.stagger:
+    offsets = jax.random.randint(k_offset, (num_particles,), 0, particles.horizon)
+    particles = particles._replace(step=offsets.astype(jnp.int32))
+  return particles
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, config: UnrollConfig,
+           meta_params: Any, particle: ParticleState,
+           num_steps: int | None = None) -> tuple[ParticleState, UnrollOutput]:
+  """Advances one particle by ``num_steps`` (default ``K``) inner steps with ``lopt.transform(θ)``.
+
+  Differentiable in ``meta_params`` (TBPTT differentiates it; ES only evaluates it). Vmap it
+  over particles (and over ``meta_params`` for perturbed estimators).
+
+  Args:
+    lopt: the learned optimizer.
+    family: the task family.
+    config: the unroll configuration.
+    meta_params: meta-parameters θ of the optimizer applied during this unroll.
+    particle: an unbatched :class:`ParticleState`.
+    num_steps: scan length; defaults to ``config.truncation_length``.
+
+  Returns:
+    ``(new_particle, output)`` with ``output`` an :class:`UnrollOutput`.
+  """
+  num_steps = config.truncation_length if num_steps is None else num_steps
+  tx = lopt.transform(meta_params)
+  # At most one reset per truncation (min_horizon >= K): its fresh run is computed once here.
+  fresh = fresh_particle(lopt, family, config, meta_params, next_run_key(particle.run_key))
+
+  def body(carry, _):
+    ps, reset_seen = carry
+    task = family.task(ps.task_params)
+    data_key = jax.random.fold_in(jax.random.fold_in(wrap_key(ps.run_key), _DATA), ps.step)
+    k_batch, k_loss, k_valid = jax.random.split(data_key, 3)
+    batch = task.sample_batch(k_batch, "train")
+    loss, grads = jax.value_and_grad(task.loss)(ps.params, k_loss, batch)
+    updates, opt_state = tx.update(grads, ps.opt_state, ps.params, loss=loss)
+    params = optax.apply_updates(ps.params, updates)
+    if config.meta_loss == "train":
+      raw = loss
+    else:
+      raw = task.loss(params, k_valid, task.sample_batch(k_valid, "valid"))
+    finite = jnp.isfinite(raw)
+    ceiling = jnp.asarray(task.ceiling, jnp.float32)
+    norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
+    step = ps.step + 1
+    done = step >= ps.horizon
+    advanced = ps._replace(params=params, opt_state=opt_state, step=step)
+    new_ps = _select(done, fresh, advanced)
+    return (new_ps, reset_seen | done), (norm.astype(jnp.float32), reset_seen,
+                                         (~finite).astype(jnp.int32))
+
+  (particle, reset), (losses, after_reset, nonfinite) = jax.lax.scan(
+      body, (particle, jnp.asarray(False)), None, length=num_steps)
+  out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=jnp.sum(nonfinite),
+                     meta_loss=jnp.mean(losses), reset=reset)
+  return particle, out

@@ -1,0 +1,108 @@
+"""Data for diffusion tasks: 2-D toy distributions drawn inside jit, and 8x8 digit images.
+
+Toy samplers are pure functions ``(key, n) -> (n, 2)``, standardised so each coordinate has
+mean ~0 and standard deviation ~1 (constants measured on 4M samples), so the data scale of a
+task is set by one number (``scale``, the ``sigma_data`` of EDM, arXiv 2206.00364, Sec. 5).
+Choosing among them by a traced index goes through :func:`sample_toy` (``lax.switch``), so tasks
+that differ only by dataset are one ``vmap``.
+
+The digits are scikit-learn's bundled 1,797 8x8 images (``sklearn.datasets.load_digits``, no
+download), mapped from ``[0, 16]`` to ``[-1, 1]`` and split once into fixed train/valid sets.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _swiss_roll(key, n):
+  k_t, k_n = jax.random.split(key)
+  t = 1.5 * jnp.pi * (1.0 + 2.0 * jax.random.uniform(k_t, (n,)))
+  x = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], -1)
+  return x + 0.5 * jax.random.normal(k_n, (n, 2))
+
+
+def _eight_gaussians(key, n):
+  k_c, k_n = jax.random.split(key)
+  angle = jax.random.randint(k_c, (n,), 0, 8) * (jnp.pi / 4)
+  centres = 2.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+  return centres + 0.2 * jax.random.normal(k_n, (n, 2))
+
+
+def _two_moons(key, n):
+  k_t, k_m, k_n = jax.random.split(key, 3)
+  t = jnp.pi * jax.random.uniform(k_t, (n,))
+  lower = jax.random.bernoulli(k_m, 0.5, (n,))[:, None]
+  upper = jnp.stack([jnp.cos(t), jnp.sin(t)], -1)
+  below = jnp.stack([1.0 - jnp.cos(t), 0.5 - jnp.sin(t)], -1)
+  return jnp.where(lower, below, upper) + 0.08 * jax.random.normal(k_n, (n, 2))
+
+
+def _checkerboard(key, n):
+  k_x, k_y, k_r = jax.random.split(key, 3)
+  x = 4.0 * jax.random.uniform(k_x, (n,)) - 2.0
+  y = (jax.random.uniform(k_y, (n,)) - 2.0 * jax.random.randint(k_r, (n,), 0, 2)
+       + jnp.mod(jnp.floor(x), 2.0))
+  return jnp.stack([x, y], -1)
+
+
+def _rings(key, n):
+  k_r, k_a, k_n = jax.random.split(key, 3)
+  radius = 1.0 + jax.random.randint(k_r, (n,), 0, 4).astype(jnp.float32)
+  angle = 2 * jnp.pi * jax.random.uniform(k_a, (n,))
+  x = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+  return x + 0.08 * jax.random.normal(k_n, (n, 2))
+
+
+# name -> (raw sampler, per-coordinate mean, per-coordinate std) of the raw sampler.
+_TOYS = {
+    "swiss_roll": (_swiss_roll, (2.005, 0.217), (6.640, 6.968)),
+    "eight_gaussians": (_eight_gaussians, (0.0, 0.0), (1.4283, 1.4283)),  # sqrt(2 + 0.2^2)
+    "two_moons": (_two_moons, (0.5, 0.25), (0.8696, 0.5004)),
+    "checkerboard": (_checkerboard, (0.0, 0.0), (1.1547, 1.1547)),  # sqrt(16 / 12)
+    "rings": (_rings, (0.0, 0.0), (1.9382, 1.9382)),  # sqrt(7.5 / 2 + 0.08^2)
+}
+
+TOY_DATASETS: tuple[str, ...] = tuple(_TOYS)
+
+
+def toy_sampler(name: str):
+  """The standardised sampler ``(key, n) -> (n, 2)`` of toy distribution ``name``.
+
+  Raises:
+    ValueError: if ``name`` is not one of :data:`TOY_DATASETS`.
+  """
+  if name not in _TOYS:
+    raise ValueError(f"Unknown toy dataset {name!r}; known: {', '.join(TOY_DATASETS)}")
+  raw, mean, std = _TOYS[name]
+
+  def sample(key, n):
+    return (raw(key, n) - jnp.asarray(mean)) / jnp.asarray(std)
+
+  return sample
+
+
+def sample_toy(index: jax.Array, key: jax.Array, n: int) -> jax.Array:
+  """Draws ``n`` standardised points of toy dataset number ``index`` (traced) of TOY_DATASETS."""
+  branches = [functools.partial(toy_sampler(name), n=n) for name in TOY_DATASETS]
+  return jax.lax.switch(index, branches, key)
+
+
+DIGITS_NUM_VALID = 297
+
+
+@functools.lru_cache(maxsize=1)
+def digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 8x8 digits in ``[-1, 1]``, flattened: ``(train (1500, 64), valid (297, 64))``.
+
+  The split is a fixed permutation (seed 0), the same on every machine.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top  (heavy; only when used)
+  images = datasets.load_digits().data.astype(np.float32) / 8.0 - 1.0
+  order = np.random.default_rng(0).permutation(images.shape[0])
+  images = images[order]
+  return images[DIGITS_NUM_VALID:], images[:DIGITS_NUM_VALID]

@@ -1,0 +1,540 @@
+"""Conformance suite: every registered learned optimizer must be a drop-in optax optimizer.
+
+Modelled on optax's ``optax/contrib/_common_test.py``; parametrised over
+``learned_opt.registry()``, so a newly registered architecture is checked automatically.
+Compiled functions are shared per optimizer (module-level caches) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import safetensors.numpy
+
+import learned_opt
+
+NAMES = sorted(learned_opt.registry())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _tree(dtype=jnp.float32, seed=0):
+  """Scalar, 1-D, 2-D and 4-D leaves, nested, in ``dtype``."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  return {
+      "scalar": jnp.asarray(0.7, dtype),
+      "vec": jax.random.normal(k[0], (3,)).astype(dtype),
+      "layer": {"mat": jax.random.normal(k[1], (3, 2)).astype(dtype),
+                "conv": jax.random.normal(k[2], (2, 1, 3, 2)).astype(dtype)},
+  }
+
+
+def _grads(params, seed=1):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      (0.1 * jax.random.normal(k, p.shape)).astype(p.dtype) for k, p in zip(keys, leaves)])
+
+
+def _assert_bitwise_equal(a, b):
+  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+  assert ta == tb, f"{ta} != {tb}"
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes(), (x, y)
+
+
+def _assert_close(a, b, rtol=1e-6, atol=0.0):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                               rtol=rtol, atol=atol)
+
+
+def _shapes_dtypes(tree):
+  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+class _ListHandler(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _count_compilations():
+  """Yields a list that receives one entry per XLA compilation inside the block."""
+  handler = _ListHandler()
+  logger = logging.getLogger("jax")
+  logger.addHandler(handler)
+  compiled = []
+  try:
+    with jax.log_compiles():
+      yield compiled
+  finally:
+    logger.removeHandler(handler)
+    compiled.extend(m for m in handler.messages if re.search(r"Finished .*compilation", m))
+
+
+@functools.cache
+def _setup(name):
+  """(lopt, meta_params, jitted update) for one registered optimizer, shared by all tests."""
+  lopt = learned_opt.registry()[name]()
+  meta_params = lopt.init(jax.random.key(42))
+
+  @jax.jit
+  def update(mp, grads, state, params):
+    return lopt.transform(mp).update(grads, state, params)
+
+  return lopt, meta_params, update
+
+
+@pytest.fixture(params=NAMES)
+def name(request):
+  return request.param
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_registry_entries_are_frozen_dataclasses_with_names():
+  for name, cls in learned_opt.registry().items():
+    lopt = cls()
+    assert lopt.name == name
+    assert type(lopt).from_config(json.loads(json.dumps(lopt.config()))) == lopt
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      lopt.name2 = 1
+
+
+def test_jit_matches_eager_and_is_finite(name):
+  lopt, mp, update = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree()
+  grads = _grads(params)
+  state = tx.init(params)
+  eager_u, eager_s = tx.update(grads, state, params)
+  jit_u, jit_s = update(mp, grads, state, params)
+  _assert_close(jit_u, eager_u, rtol=1e-5, atol=1e-9)
+  _assert_close(jit_s, eager_s, rtol=1e-5, atol=1e-9)
+  assert _shapes_dtypes(jit_u) == _shapes_dtypes(params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(jit_u))
+  assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(jit_u))
+  # The state keeps its shapes and dtypes from step to step.
+  assert _shapes_dtypes(jit_s) == _shapes_dtypes(state)
+
+
+def test_no_recompilation_on_second_step(name):
+  lopt, mp, update = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree(seed=3)
+  grads = _grads(params)
+  state = tx.init(params)
+  updates, state = update(mp, grads, state, params)  # may compile
+  params = optax.apply_updates(params, updates)
+  with _count_compilations() as compiled:
+    updates, state = update(mp, grads, state, params)
+    jax.block_until_ready(updates)
+  assert not compiled, f"{name} recompiled on the second step: {compiled}"
+
+
+def test_unknown_kwargs_ignored_and_loss_accepted(name):
+  lopt, mp, update = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree()
+  grads = _grads(params)
+  state = tx.init(params)
+  ref = update(mp, grads, state, params)
+  out = jax.jit(lambda g, s, p: tx.update(g, s, p, loss=jnp.asarray(2.5),
+                                          unexpected_extra_arg=1))(grads, state, params)
+  _assert_bitwise_equal(out, ref)
+
+
+def test_params_none_is_valueerror_or_unused(name):
+  lopt, mp, _ = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree()
+  grads = _grads(params)
+  state = tx.init(params)
+  try:
+    out = tx.update(grads, state, None)
+  except ValueError as e:
+    assert "params" in str(e)
+  else:  # an optimizer that does not read params must then ignore them entirely
+    _assert_bitwise_equal(out, tx.update(grads, state, params))
+
+
+def test_params_tree_mismatch_is_clear_valueerror(name):
+  lopt, mp, _ = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree()
+  state = tx.init(params)
+  other = {"a": jnp.ones(3)}
+  with pytest.raises(ValueError):
+    tx.update(other, state, other)
+  with pytest.raises(ValueError):
+    tx.update(_grads(params), state, other)
+
+
+def test_non_finite_grads_do_not_crash(name):
+  lopt, mp, update = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree()
+  grads = jax.tree.map(lambda g: g.at[...].set(jnp.nan), _grads(params))
+  grads["vec"] = jnp.asarray([jnp.inf, -jnp.inf, 1.0])
+  updates, state = update(mp, grads, tx.init(params), params)
+  assert _shapes_dtypes(updates) == _shapes_dtypes(params)
+  assert _shapes_dtypes(state) == _shapes_dtypes(tx.init(params))
+
+
+# ----------------------------------------------------------------------------- optax wrappers
+
+
+def test_chain_with_clip_by_global_norm(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = jax.tree.map(lambda g: 100.0 * g, _grads(params))
+  chained = optax.chain(optax.clip_by_global_norm(1.0), lopt.transform(mp))
+  state = chained.init(params)
+  out, _ = jax.jit(chained.update)(grads, state, params)
+  clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  ref, _ = update(mp, clipped, lopt.transform(mp).init(params), params)
+  _assert_close(out, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_multisteps_first_update_is_exactly_zero(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = _grads(params)
+  ms = optax.MultiSteps(lopt.transform(mp), every_k_schedule=2)
+  state = ms.init(params)
+  ms_update = jax.jit(ms.update)
+  first, state = ms_update(grads, state, params, loss=jnp.asarray(1.0))
+  _assert_bitwise_equal(first, jax.tree.map(jnp.zeros_like, params))
+  second, _ = ms_update(grads, state, params, loss=jnp.asarray(1.0))
+  # Two identical mini-steps average to the same gradient: one real step.
+  ref, _ = update(mp, grads, lopt.transform(mp).init(params), params)
+  _assert_close(second, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_masked_leaves_pass_through(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = _grads(params)
+  mask = {"scalar": False, "vec": True, "layer": {"mat": True, "conv": False}}
+  tx = optax.masked(lopt.transform(mp), mask)
+  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  np.testing.assert_array_equal(out["scalar"], grads["scalar"])
+  np.testing.assert_array_equal(out["layer"]["conv"], grads["layer"]["conv"])
+  sub = lambda t: {"vec": t["vec"], "layer": {"mat": t["layer"]["mat"]}}
+  ref, _ = update(mp, sub(grads), lopt.transform(mp).init(sub(params)), sub(params))
+  _assert_close(sub(out), ref, rtol=1e-5, atol=1e-9)
+
+
+def test_none_leaves(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = _grads(params)
+  with_none = lambda t: {**t, "frozen": None}
+  tx = lopt.transform(mp)
+  state = tx.init(with_none(params))
+  out, new_state = jax.jit(tx.update)(with_none(grads), state, with_none(params))
+  assert out["frozen"] is None
+  ref, _ = update(mp, grads, tx.init(params), params)
+  _assert_close({k: v for k, v in out.items() if k != "frozen"}, ref, rtol=1e-5, atol=1e-9)
+  assert _shapes_dtypes(new_state) == _shapes_dtypes(state)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_keep_dtype(name, dtype):
+  lopt, mp, update = _setup(name)
+  tx = lopt.transform(mp)
+  params = _tree(dtype)
+  grads = _grads(params)
+  state = tx.init(params)
+  updates, new_state = update(mp, grads, state, params)
+  assert _shapes_dtypes(updates) == _shapes_dtypes(params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+  assert _shapes_dtypes(new_state) == _shapes_dtypes(state)
+  new_params = optax.apply_updates(params, updates)
+  assert _shapes_dtypes(new_params) == _shapes_dtypes(params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_state_shape_dtype_stable_under_cond(name, dtype):
+  # As optax's test_state_shape_dtype_shard_stability: both branches of lax.cond must agree.
+  lopt, mp, _ = _setup(name)
+  tx = lopt.transform(mp)
+  target = jnp.asarray([1.0, -1.0, 1.0], dtype)
+  objective = lambda p: jnp.sum(jnp.square(p["x"] - target))
+
+  @jax.jit
+  def step(params, state):
+    value, grads = jax.value_and_grad(objective)(params)
+    value = value.astype(jnp.float16 if dtype != jnp.float16 else jnp.bfloat16)
+    cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+    updates, state = jax.lax.cond(cond, lambda: tx.update(grads, state, params, loss=value),
+                                  lambda: (params, state))
+    return optax.apply_updates(params, updates), state
+
+  params = {"x": jnp.asarray([-1.0, 10.0, 1.0], dtype)}
+  state = tx.init(params)
+  for _ in range(2):
+    params, new_state = step(params, state)
+    assert params["x"].dtype == dtype
+    cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+    state = jax.lax.cond(cond, lambda s=state: s, lambda s=new_state: s)
+
+
+def test_inject_hyperparams_parity(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = _grads(params)
+  injected = optax.inject_hyperparams(lopt.transform)(mp, learning_rate=0.3)
+  plain = lopt.transform(mp, 0.3)
+  u_inj, s_inj = jax.jit(injected.update)(grads, injected.init(params), params)
+  u_ref, s_ref = jax.jit(plain.update)(grads, plain.init(params), params)
+  _assert_close(u_inj, u_ref, rtol=1e-6)
+  _assert_close(s_inj.inner_state, s_ref, rtol=1e-6)
+  np.testing.assert_allclose(s_inj.hyperparams["learning_rate"], 0.3, rtol=1e-7)
+
+
+def test_learning_rate_multiplier_scales_exactly(name):
+  lopt, mp, update = _setup(name)
+  params = _tree()
+  grads = _grads(params)
+  state = lopt.transform(mp).init(params)
+  base_u, base_s = update(mp, grads, state, params)
+  for lr in (0.5, 4.0, jnp.asarray(0.25), optax.constant_schedule(2.0)):
+    tx = lopt.transform(mp, lr)
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    factor = lr(0) if callable(lr) else lr
+    _assert_bitwise_equal(u, jax.tree.map(lambda x: (factor * x).astype(x.dtype), base_u))
+
+
+@pytest.mark.parametrize("level", ["scale_by", "transform"])
+def test_integer_and_bool_leaves_pass_through(name, level):
+  lopt, mp, _ = _setup(name)
+  tx = lopt.scale_by(mp) if level == "scale_by" else lopt.transform(mp)
+  params = {"w": jnp.ones((2, 2)), "step": jnp.asarray(3, jnp.int32),
+            "flags": jnp.asarray([True, False])}
+  grads = {"w": jnp.full((2, 2), 0.1), "step": jnp.asarray(7, jnp.int32),
+           "flags": jnp.asarray([False, True])}
+  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for k in ("step", "flags"):
+    assert out[k].dtype == grads[k].dtype, (k, out[k].dtype)
+    np.testing.assert_array_equal(out[k], grads[k])
+  assert out["w"].dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out["w"])))
+
+
+# ----------------------------------------------------------------------------- frameworks
+
+
+def test_flax_nnx_optimizer(name):
+  nnx = pytest.importorskip("flax.nnx")
+  lopt, mp, _ = _setup(name)
+  tx = lopt.transform(mp)
+
+  class Model(nnx.Module):
+
+    def __init__(self, rngs):
+      self.lin = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.lin(x)
+
+  x = jnp.arange(12.0).reshape(4, 3) / 10
+  y = jnp.ones((4, 2))
+  model = Model(nnx.Rngs(0))
+  graphdef, params0 = nnx.split(model, nnx.Param)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads, loss=loss)
+    return loss
+
+  for _ in range(2):
+    train_step(model, optimizer)
+
+  # The same two steps with plain optax on the pure params.
+  def pure_loss(p):
+    return jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2)
+
+  params, state = params0, tx.init(params0)
+  for _ in range(2):
+    loss, grads = jax.value_and_grad(pure_loss)(params)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    params = optax.apply_updates(params, updates)
+  got = nnx.state(model, nnx.Param)
+  _assert_close(jax.tree.leaves(got), jax.tree.leaves(params), rtol=1e-5, atol=1e-7)
+  assert any(bool(jnp.any(a != b)) for a, b in
+             zip(jax.tree.leaves(got), jax.tree.leaves(params0)))
+
+
+def test_haiku_training_loop(name):
+  hk = pytest.importorskip("haiku")
+  lopt, mp, _ = _setup(name)
+  tx = lopt.transform(mp)
+  net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([4, 2])(x)))
+  x = jnp.linspace(-1, 1, 12).reshape(4, 3)
+  params = net.init(jax.random.key(0), x)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(net.apply(p, x) ** 2))(params)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    return optax.apply_updates(params, updates), state, loss
+
+  new_params = params
+  for _ in range(3):
+    new_params, state, loss = step(new_params, state)
+  assert bool(jnp.isfinite(loss))
+  assert _shapes_dtypes(new_params) == _shapes_dtypes(params)
+  assert any(bool(jnp.any(a != b)) for a, b in
+             zip(jax.tree.leaves(new_params), jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------- meta-learning
+
+
+def test_vmap_over_meta_params(name):
+  lopt, _, update = _setup(name)
+  mps = [lopt.init(jax.random.key(i)) for i in range(2)]
+  if "log_lr" in mps[1]:  # deterministic inits: make the two meta-params differ
+    mps[1] = {**mps[1], "log_lr": mps[1]["log_lr"] + 0.5}
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *mps)
+  params = _tree()
+  grads = _grads(params)
+  state = lopt.transform(mps[0]).init(params)
+  batched_u, _ = jax.jit(jax.vmap(update, in_axes=(0, None, None, None)))(
+      stacked, grads, state, params)
+  for i, mp in enumerate(mps):
+    ref, _ = update(mp, grads, state, params)
+    _assert_close(jax.tree.map(lambda x, i=i: x[i], batched_u), ref, rtol=1e-5, atol=1e-9)
+
+
+def test_meta_gradient_matches_finite_differences(name):
+  lopt = learned_opt.registry()[name]()
+  with jax.enable_x64(True):
+    mp = jax.tree.map(lambda x: x.astype(jnp.float64), lopt.init(jax.random.key(7)))
+    target = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]]),
+              "b": jnp.asarray([0.3, -0.7])}
+    scales = {"w": jnp.asarray([[1.0, 2.0], [3.0, 0.5], [1.5, 1.0]]),
+              "b": jnp.asarray([2.0, 1.0])}
+
+    def inner_loss(p):
+      return sum(jnp.sum(s * (p[k] - target[k]) ** 2) for k, s in scales.items())
+
+    @jax.jit
+    def meta_loss(mp):
+      tx = lopt.transform(mp)
+      params = jax.tree.map(jnp.zeros_like, target)
+      state = tx.init(params)
+      for _ in range(3):
+        loss, grads = jax.value_and_grad(inner_loss)(params)
+        updates, state = tx.update(grads, state, params, loss=loss)
+        params = optax.apply_updates(params, updates)
+      return inner_loss(params)
+
+    grad = jax.jit(jax.grad(meta_loss))(mp)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+    leaves, treedef = jax.tree.flatten(mp)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    direction = jax.tree.unflatten(treedef, [
+        jax.random.normal(k, x.shape, jnp.float64) for k, x in zip(keys, leaves)])
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
+                                                   jax.tree.leaves(direction)))
+    eps = 1e-6
+    shift = lambda s: jax.tree.map(lambda x, d: x + s * eps * d, mp, direction)
+    numeric = (meta_loss(shift(1.0)) - meta_loss(shift(-1.0))) / (2 * eps)
+    assert abs(float(analytic)) > 0
+    np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-5, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- serialization
+
+
+def test_save_load_round_trip_is_bit_identical(name, tmp_path):
+  lopt, mp, update = _setup(name)
+  path = tmp_path / f"{name}.safetensors"
+  learned_opt.save(path, lopt, mp)
+  lopt2, mp2 = learned_opt.load(path)
+  assert type(lopt2) is type(lopt) and lopt2 == lopt
+  _assert_bitwise_equal(mp2, mp)
+  params = _tree()
+  grads = _grads(params)
+  state = lopt.transform(mp).init(params)
+  _assert_bitwise_equal(update(mp2, grads, state, params), update(mp, grads, state, params))
+  tx2 = lopt2.transform(mp2)
+  _assert_bitwise_equal(jax.jit(tx2.update)(grads, tx2.init(params), params),
+                        jax.jit(lopt.transform(mp).update)(grads, state, params))
+
+
+def _rewrite(src, dst, edit_doc=None, edit_tensors=None):
+  """Copies a saved file to ``dst`` with its JSON metadata and/or tensors edited."""
+  from learned_opt import serialization
+  data = open(src, "rb").read()
+  header = serialization._read_header(str(src), data)
+  doc = json.loads(header["__metadata__"]["learned_opt"])
+  tensors = {k: np.array(v) for k, v in safetensors.numpy.load_file(str(src)).items()}
+  if edit_doc:
+    edit_doc(doc)
+  if edit_tensors:
+    edit_tensors(tensors)
+  safetensors.numpy.save_file(tensors, str(dst), metadata={"learned_opt": json.dumps(doc)})
+  return dst
+
+
+def _first_key(tensors):
+  return sorted(tensors)[0]
+
+
+_BAD_EDITS = {
+    "unknown_architecture": (lambda d: d.update(name="no_such_optimizer"), None,
+                             "unknown architecture"),
+    "newer_format_version": (lambda d: d.update(format_version=99), None, "newer"),
+    "config_key_not_accepted": (lambda d: d["config"].update(bogus_option=1), None,
+                                "config not accepted"),
+    "missing_tensor": (None, lambda t: t.pop(_first_key(t)), "missing"),
+    "extra_tensor": (None, lambda t: t.update(stowaway=np.zeros(2, np.float32)), "unexpected"),
+    "shape_mismatch": (None, lambda t: t.update({_first_key(t): np.zeros((7, 5), np.float32)}),
+                       "shape"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_EDITS) + ["truncated"])
+def test_incompatible_file_gives_clear_error(name, kind, tmp_path):
+  lopt, mp, _ = _setup(name)
+  good = tmp_path / "good.safetensors"
+  learned_opt.save(good, lopt, mp)
+  bad = tmp_path / f"bad_{kind}.safetensors"
+  if kind == "truncated":
+    data = good.read_bytes()
+    bad.write_bytes(data[:len(data) - 3])
+    expected = "truncated"
+  else:
+    edit_doc, edit_tensors, expected = _BAD_EDITS[kind]
+    _rewrite(good, bad, edit_doc, edit_tensors)
+  with pytest.raises(learned_opt.FileFormatError) as info:
+    learned_opt.load(bad)
+  assert isinstance(info.value, ValueError)
+  assert str(bad) in str(info.value)
+  assert expected in str(info.value)

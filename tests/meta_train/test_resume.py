@@ -1,0 +1,245 @@
+"""Checkpoints and resume: SIGKILL mid-run + resume is bit-identical; corrupt steps are skipped."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import learned_opt
+from meta_train import checkpoint as ckpt_lib
+from meta_train import config as config_lib
+from meta_train import run as run_lib
+from meta_train.logging import MetricsFile
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A tiny run: SGD-momentum's learnable log-lr on 2-d quadratics, PES with one pair.
+TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.name=pes",
+        "estimator.num_particles=2", "estimator.truncation=2", "estimator.horizon=6",
+        "run.num_outer_steps=200", "run.steps_per_dispatch=2", "run.checkpoint_every=10",
+        "run.log_every=10", "run.max_to_keep=3", "run.progress=off"]
+
+
+def _env(cache_dir):
+  env = dict(os.environ)
+  env.update(WANDB_SILENT="true", WANDB_MODE="disabled", JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  return env
+
+
+def _cmd(run_dir):
+  return [sys.executable, "-m", "meta_train.cli", "--preset", "smoke", "--run-dir",
+          str(run_dir), "--wandb", "disabled", *TINY]
+
+
+def _finished_steps(run_dir):
+  d = os.path.join(run_dir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """An uninterrupted run and a run SIGKILLed after its first checkpoint, then resumed."""
+  root = tmp_path_factory.mktemp("resume")
+  env = _env(root / "jax_cache")
+  full, killed = root / "full", root / "killed"
+  out = subprocess.run(_cmd(full), env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+
+  proc = subprocess.Popen(_cmd(killed), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 240
+  while not _finished_steps(killed) and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  os.kill(proc.pid, signal.SIGKILL)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, f"run ended before the kill: {err[-3000:]}"
+  steps_at_kill = _finished_steps(killed)
+  assert steps_at_kill and steps_at_kill[-1] < 200
+
+  resumed = subprocess.run(_cmd(killed), env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  return {"full": full, "killed": killed, "steps_at_kill": steps_at_kill,
+          "resumed_stdout": resumed.stdout}
+
+
+@pytest.fixture(scope="module")
+def template():
+  cfg = config_lib.resolve("smoke", TINY)
+  trainer, _, _ = run_lib.build_trainer(cfg)
+  return cfg, trainer.init(jax.random.key(cfg.run.seed))
+
+
+def _restore(run_dir, template_state):
+  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=3)
+  try:
+    return ckpt.restore_latest(template_state)
+  finally:
+    ckpt.close()
+
+
+def test_sigkill_and_resume_is_bit_identical(runs, template):
+  _, tmpl = template
+  out = runs["resumed_stdout"]
+  assert "resumed" in out and "from checkpoint step" in out
+  resumed_from = int(out.split("from checkpoint step ")[1].split()[0])
+  assert 0 < resumed_from < 200
+  step_a, state_a = _restore(runs["full"], tmpl)
+  step_b, state_b = _restore(runs["killed"], tmpl)
+  assert step_a == step_b == 200
+  assert int(state_a.step) == 200
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+  # The meta-parameters moved, so equality is not trivial.
+  assert not np.array_equal(np.asarray(state_a.meta_params["log_lr"]),
+                            np.asarray(tmpl.meta_params["log_lr"]))
+  # The exported optimizer files hold the same final meta-parameters.
+  _, theta_a = learned_opt.load(os.path.join(runs["full"], "optimizer.safetensors"))
+  _, theta_b = learned_opt.load(os.path.join(runs["killed"], "optimizer.safetensors"))
+  for a, b, c in zip(jax.tree.leaves(theta_a), jax.tree.leaves(theta_b),
+                     jax.tree.leaves(state_a.meta_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c), strict=True)
+
+
+def test_metrics_file_is_consistent_after_resume(runs):
+  full = MetricsFile.read(os.path.join(runs["full"], "metrics.jsonl"))
+  killed = MetricsFile.read(os.path.join(runs["killed"], "metrics.jsonl"))
+  assert [r["step"] for r in full] == list(range(10, 201, 10))
+  assert [r["step"] for r in killed] == [r["step"] for r in full]  # no duplicates, no gaps
+  for a, b in zip(full, killed):  # the logged values are reproduced too
+    for key in ("meta_loss", "grad_norm", "inner_steps", "nonfinite"):
+      assert a[key] == b[key], (a["step"], key)
+  with open(os.path.join(runs["killed"], "config.json"), encoding="utf-8") as f:
+    assert config_lib.from_json(f.read()) == config_lib.resolve(
+        "smoke", TINY + ["wandb.mode=disabled"])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(runs, template, tmp_path):
+  _, tmpl = template
+  run_dir = tmp_path / "copy"
+  subprocess.run(["cp", "-r", str(runs["full"]), str(run_dir)], check=True)
+  steps = _finished_steps(run_dir)
+  assert steps == [180, 190, 200]
+  data_files = [f for f in glob.glob(str(run_dir / "checkpoints" / "200" / "state" / "**"),
+                                     recursive=True) if os.path.isfile(f) and "/d/" in f]
+  for f in data_files:
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+  with pytest.warns(ckpt_lib.CorruptCheckpointWarning, match="step 200"):
+    step, state = _restore(run_dir, tmpl)
+  assert step == 190 and int(state.step) == 190
+  assert _finished_steps(run_dir) == [180, 190]
+  assert os.listdir(run_dir / "corrupt_checkpoints")[0].startswith("200-")
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpointer unit tests on a hand-made state (no compilation of a trainer).
+
+
+def _state(i):
+  params = {"w": jnp.arange(6.0).reshape(2, 3) + i, "b": {"c": jnp.full((2,), float(i))}}
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+  return {"meta_params": params, "outer_opt_state": opt.init(params),
+          "estimator_state": {"empty": jnp.zeros((0, 3)), "acc": jnp.ones((2,), jnp.uint32) * i},
+          "step": jnp.int32(i), "key": jax.random.key_data(jax.random.key(i))}
+
+
+def _save_steps(directory, steps):
+  ckpt = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+  for i in steps:
+    ckpt.save(i, _state(i))
+  ckpt.close()
+
+
+def _corrupt(step_dir, how):
+  files = sorted(f for f in glob.glob(os.path.join(step_dir, "**"), recursive=True)
+                 if os.path.isfile(f))
+  if how == "delete_state_metadata":
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+  elif how == "delete_data":
+    for f in (f for f in files if "/d/" in f):
+      os.remove(f)
+  elif how == "delete_manifest":
+    os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
+  elif how == "delete_meta":
+    os.remove(os.path.join(step_dir, "meta", "metadata"))
+  elif how == "truncate_data":
+    for f in (f for f in files if "/d/" in f):
+      with open(f, "r+b") as fh:
+        fh.truncate(1)
+  elif how == "digest":
+    path = os.path.join(step_dir, "meta", "metadata")
+    with open(path, encoding="utf-8") as fh:
+      meta = json.load(fh)
+    meta["digest"] = "0" * 64
+    with open(path, "w", encoding="utf-8") as fh:
+      json.dump(meta, fh)
+
+
+@pytest.mark.parametrize("how", [None, "delete_state_metadata"])
+def test_checkpointer_round_trip_with_zero_size_leaves(tmp_path, how):
+  _save_steps(tmp_path / "ckpt", [1, 2])
+  if how:  # orbax's tree metadata is not needed: the template gives the tree and the
+    _corrupt(str(tmp_path / "ckpt" / "2"), how)  # digest proves the data intact.
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", ckpt_lib.CorruptCheckpointWarning)
+    step, state = ckpt.restore_latest(_state(0))
+  ckpt.close()
+  assert step == 2
+  want = _state(2)
+  assert jax.tree.structure(state) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+
+
+@pytest.mark.parametrize("how", ["delete_data", "delete_manifest", "delete_meta",
+                                 "truncate_data", "digest"])
+def test_checkpointer_skips_corrupt_step(tmp_path, how):
+  _save_steps(tmp_path / "ckpt", [1, 2])
+  _corrupt(str(tmp_path / "ckpt" / "2"), how)
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt")
+  with pytest.warns(ckpt_lib.CorruptCheckpointWarning, match="step 2 .* corrupt or partial"):
+    step, state = ckpt.restore_latest(_state(0))
+  assert step == 1 and int(state["step"]) == 1
+  assert ckpt.all_steps() == [1]
+  ckpt.save(2, _state(5))  # the quarantined step number can be written again
+  ckpt.close()
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt")
+  step, state = ckpt.restore_latest(_state(0))
+  ckpt.close()
+  assert step == 2 and int(state["step"]) == 5
+
+
+def test_checkpointer_refuses_other_structure_and_handles_all_corrupt(tmp_path):
+  _save_steps(tmp_path / "ckpt", [3, 4])
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt")
+  other = dict(_state(0), extra=jnp.zeros(2))
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="another structure"):
+    ckpt.restore_latest(other)
+  assert ckpt.all_steps() == [3, 4]  # nothing was moved
+  ckpt.close()
+  for step in ("3", "4"):
+    _corrupt(str(tmp_path / "ckpt" / step), "delete_meta")
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt")
+  with pytest.warns(ckpt_lib.CorruptCheckpointWarning):
+    assert ckpt.restore_latest(_state(0)) is None
+  assert ckpt.all_steps() == []
+  ckpt.close()

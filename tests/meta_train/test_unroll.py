@@ -1,0 +1,126 @@
+"""Truncated unrolls: parity with a hand-written loop, resets, staggering, common random numbers."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import learned_opt
+from meta_train import unroll as ul
+from tasks.quadratic import QuadraticFamily
+
+FAMILY = QuadraticFamily(dim=3, noise_scale=(0.0, 0.0))
+NOISY = QuadraticFamily(dim=3, noise_scale=(0.5, 1.0))
+LOPT = learned_opt.SGDMomentum(initial_learning_rate=0.1, initial_momentum=0.5)
+THETA = LOPT.init(jax.random.key(0))
+CONFIG = ul.UnrollConfig(truncation_length=4, min_horizon=6, max_horizon=6, stagger=False)
+
+
+def _unroll_fn(family, config):
+  return jax.jit(lambda mp, ps: ul.unroll(LOPT, family, config, mp, ps))
+
+
+@pytest.fixture(scope="module")
+def unroll_clean():
+  return _unroll_fn(FAMILY, CONFIG)
+
+
+def test_matches_hand_written_sgd_momentum_loop(unroll_clean):
+  ps = ul.fresh_particle(LOPT, FAMILY, CONFIG, THETA, ul.key_data(jax.random.key(3)))
+  new_ps, out = unroll_clean(THETA, ps)
+  task = FAMILY.task(ps.task_params)
+  x, m = ps.params["x"], jnp.zeros(3)
+  ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
+  expected = []
+  for _ in range(4):
+    expected.append(task.exact_loss({"x": x}) / ref)
+    m = 0.5 * m + task.exact_grad({"x": x})["x"]
+    x = x - 0.1 * m
+  np.testing.assert_allclose(out.losses, np.array(expected), rtol=1e-5)
+  np.testing.assert_allclose(new_ps.params["x"], x, rtol=1e-5)
+  np.testing.assert_allclose(new_ps.opt_state[0].mu["x"], m, rtol=1e-5)
+  assert int(new_ps.step) == 4 and not bool(out.reset)
+  np.testing.assert_allclose(out.meta_loss, np.mean(expected), rtol=1e-5)
+
+
+def test_reset_to_fresh_task_at_horizon(unroll_clean):
+  rk = ul.key_data(jax.random.key(5))
+  ps = ul.fresh_particle(LOPT, FAMILY, CONFIG, THETA, rk)
+  ps, out1 = unroll_clean(THETA, ps)
+  ps, out2 = unroll_clean(THETA, ps)
+  assert not bool(out1.reset) and bool(out2.reset)
+  # Horizon 6: steps 4, 5 of the first run, then steps 0, 1 of the next run.
+  np.testing.assert_array_equal(out2.after_reset, [False, False, True, True])
+  assert int(ps.step) == 2
+  nxt = ul.fresh_particle(LOPT, FAMILY, CONFIG, THETA, ul.next_run_key(rk))
+  np.testing.assert_array_equal(ps.run_key, nxt.run_key)
+  np.testing.assert_array_equal(ps.task_params["eigenvalues"], nxt.task_params["eigenvalues"])
+  # The first loss after the reset is the fresh run's initial loss (normalised).
+  task = FAMILY.task(nxt.task_params)
+  ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
+  np.testing.assert_allclose(out2.losses[2], task.exact_loss(nxt.params) / ref, rtol=1e-5)
+
+
+def test_antithetic_members_share_tasks_and_data():
+  config = dataclasses.replace(CONFIG, truncation_length=5, min_horizon=5, max_horizon=5)
+  fn = _unroll_fn(NOISY, config)
+  rk = ul.key_data(jax.random.key(9))
+  ps = ul.fresh_particle(LOPT, NOISY, config, THETA, rk)
+  _, a = fn(THETA, ps)
+  _, b = fn(THETA, ps)
+  np.testing.assert_array_equal(a.losses, b.losses)  # same key: same data, bit for bit
+  other = ul.fresh_particle(LOPT, NOISY, config, THETA, ul.key_data(jax.random.key(10)))
+  _, c = fn(THETA, other)
+  assert not np.allclose(a.losses, c.losses)
+  # A perturbed θ on the same run changes losses smoothly (common random numbers).
+  _, d = fn(jax.tree.map(lambda t: t + 1e-3, THETA), ps)
+  assert 0 < np.max(np.abs(np.asarray(d.losses) - np.asarray(a.losses))) < 1e-2
+
+
+def test_valid_meta_loss_is_exact_loss_after_each_step():
+  config = dataclasses.replace(CONFIG, meta_loss="valid", truncation_length=3)
+  ps = ul.fresh_particle(LOPT, NOISY, config, THETA, ul.key_data(jax.random.key(2)))
+  new_ps, out = _unroll_fn(NOISY, config)(THETA, ps)
+  task = NOISY.task(ps.task_params)
+  ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
+  np.testing.assert_allclose(out.losses[-1], task.exact_loss(new_ps.params) / ref, rtol=1e-5)
+
+
+def test_stagger_and_horizons():
+  config = ul.UnrollConfig(truncation_length=4, min_horizon=10, max_horizon=1000, stagger=True)
+  ps = ul.init_particles(LOPT, FAMILY, config, THETA, jax.random.key(0), 256)
+  h, s = np.asarray(ps.horizon), np.asarray(ps.step)
+  assert h.min() >= 10 and h.max() <= 1000
+  assert np.all((0 <= s) & (s < h))
+  # Log-uniform: about half of the horizons fall below the geometric mean (100).
+  assert 0.35 < np.mean(h < 100) < 0.65
+  assert len(np.unique(s)) > 100
+  assert ps.run_key.dtype == jnp.uint32 and len(np.unique(ps.run_key[:, -1])) == 256
+  fixed = ul.init_particles(LOPT, FAMILY, CONFIG, THETA, jax.random.key(0), 4)
+  np.testing.assert_array_equal(fixed.step, 0)
+  np.testing.assert_array_equal(fixed.horizon, 6)
+
+
+def test_nonfinite_losses_are_replaced_and_counted():
+  lopt = learned_opt.SGDMomentum(initial_learning_rate=1e30, initial_momentum=0.0)
+  theta = lopt.init(None)
+  config = dataclasses.replace(CONFIG, truncation_length=6)
+  ps = ul.fresh_particle(lopt, FAMILY, config, theta, ul.key_data(jax.random.key(1)))
+  _, out = jax.jit(lambda mp, p: ul.unroll(lopt, FAMILY, config, mp, p))(theta, ps)
+  losses = np.asarray(out.losses)
+  assert np.all(np.isfinite(losses))
+  assert int(out.nonfinite) >= 3
+  assert np.sum(losses == 10.0) >= int(out.nonfinite)  # the quadratic's ceiling
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"truncation_length": 0}, "positive int"),
+    ({"truncation_length": 8, "min_horizon": 5, "max_horizon": 9}, "must not exceed"),
+    ({"min_horizon": 50, "max_horizon": 40}, "min_horizon <= max_horizon"),
+    ({"meta_loss": "test"}, "meta_loss"),
+])
+def test_config_validation(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    ul.UnrollConfig(**kwargs)
