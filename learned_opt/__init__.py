@@ -8,6 +8,7 @@ from learned_opt.baselines import Adam, SGDMomentum
 from learned_opt.mlp import MLPOptimizer
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
 from learned_opt.serialization import FileFormatError, load, save
+from learned_opt.pretrained import list_pretrained, load_pretrained, pretrained
 
 __all__ = [
     "AdafactorMLPOptimizer",
@@ -17,7 +18,10 @@ __all__ = [
     "MLPOptimizer",
     "MetaParams",
     "SGDMomentum",
+    "list_pretrained",
     "load",
+    "load_pretrained",
+    "pretrained",
     "register",
     "registry",
     "save",

@@ -87,11 +87,6 @@ def _state_zeros(p) -> jax.Array:
   return jnp.zeros(jnp.shape(p), jnp.float32) if _is_float(p) else _placeholder()
 
 
-def _scalars(w: jax.Array) -> list[list[jax.Array]]:
-  """``w[i][j]`` as a nested list of scalars (one slice per entry, for unrolled arithmetic)."""
-  return [list(row) for row in (list(w) if w.shape[0] else [])]
-
-
 def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
   """A ReLU MLP applied elementwise, written as unrolled scalar-weight arithmetic.
 
@@ -110,12 +105,14 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
   """
   h = list(xs)
   for depth, (w, b) in enumerate(layers):
-    ws, bs = _scalars(w), list(b)
     out = []
     for j in range(w.shape[1]):
-      acc = bs[j]
-      for i, hi in enumerate(h):
-        acc = acc + hi * ws[i][j]
+      # Scalars are indexed from the whole matrix (not row by row) so that the fused loop
+      # keeps few operands: LLVM's vectoriser gives up on loops with many pointer operands.
+      acc = h[0] * w[0, j]
+      for i in range(1, len(h)):
+        acc = acc + h[i] * w[i, j]
+      acc = acc + b[j]
       out.append(jax.nn.relu(acc) if depth < len(layers) - 1 else acc)
     h = out
   return h
@@ -284,6 +281,21 @@ class MLPOptimizer(base.LearnedOptimizer):
     xs = [g, p, *new_mom, *new_rms, *rs, *(m * r for r in rs for m in new_mom)]
     return xs, new_mom, new_rms
 
+  def feature_scales(self, grad, param, new_mom, new_rms) -> jax.Array:
+    """The ``F`` per-tensor normalisers ``1/sqrt(mean(x_f²) + ε)`` of :meth:`features`.
+
+    Computed in one pass from the squares written without square roots
+    (``(m / sqrt(v + ε))² = m² / (v + ε)``), so that XLA fuses the whole reduction with the
+    state update and builds no feature tensor. Non-finite squares count as zero.
+    """
+    g = grad.astype(jnp.float32)
+    p = param.astype(jnp.float32)
+    inv = [1.0 / (v + self.rsqrt_eps) for v in new_rms]
+    squares = [g * g, p * p, *(m * m for m in new_mom), *(v * v for v in new_rms), *inv,
+               *(m * m * q for q in inv for m in new_mom)]
+    means = feats_lib.tensor_means([feats_lib.finite_or_zero(x) for x in squares])
+    return jax.lax.rsqrt(means + self.norm_eps)
+
   def shared_features(self, step, num_steps=None) -> jax.Array:
     """The ``S`` step features ``[tanh(t/τ - 1); ψ(t, T)]`` shared by every parameter."""
     return jnp.concatenate([feats_lib.tanh_time_features(step, self.time_scales),
@@ -334,7 +346,7 @@ class MLPOptimizer(base.LearnedOptimizer):
           raise ValueError(f"{self.name}: update of shape {g.shape} and state of shapes "
                            f"{[a.shape for a in acc]} for a parameter of shape {p.shape}")
         xs, new_mom, new_rms = self.features(g, p, acc[:n_mom], acc[n_mom:])
-        scales = jnp.stack([feats_lib.inverse_rms(x, self.norm_eps) for x in xs])
+        scales = self.feature_scales(g, p, new_mom, new_rms)
         layers = [(w0[:n_feat] * scales[:, None].astype(w0.dtype), bias0), *rest]
         clean = [feats_lib.finite_or_zero(x) for x in xs]
         mlp = _fused_mlp if p.size >= self.fuse_min_size else _matmul_mlp

@@ -51,10 +51,19 @@ def _to_flat(tree: Any) -> dict[str, Any]:
 
 
 def _from_flat(flat: dict[str, Any], template: Any) -> Any:
-  """Inverse of :func:`_to_flat`; zero-size leaves come from ``template`` (they hold no data)."""
+  """Inverse of :func:`_to_flat`; zero-size leaves are rebuilt from ``template``'s shapes."""
   leaves, treedef = jax.tree.flatten(template)
-  out = [flat[f"leaf_{i:05d}"] if np.size(x) else x for i, x in enumerate(leaves)]
+  out = [flat[f"leaf_{i:05d}"] if np.size(x) else jax.numpy.zeros(x.shape, x.dtype)
+         for i, x in enumerate(leaves)]
   return jax.tree.unflatten(treedef, out)
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+  """Shape, dtype and sharding of a leaf (the default device if it has no sharding)."""
+  sharding = getattr(x, "sharding", None)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -109,7 +118,7 @@ class Checkpointer:
     return meta
 
   def _restore_step(self, step: int, template: Any, meta: dict[str, Any]) -> Any:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_flat(template))
+    abstract = jax.tree.map(_abstract, _to_flat(template))
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
     state = _from_flat(out["state"], template)
@@ -121,8 +130,8 @@ class Checkpointer:
   def restore_latest(self, template: Any) -> tuple[int, Any] | None:
     """``(step, state)`` of the newest checkpoint that restores intact, or None.
 
-    ``template`` is a state of the same structure, shapes, dtypes and shardings (e.g. the
-    trainer's freshly initialised state). Corrupt steps are quarantined with a
+    ``template`` is a state of the same structure, shapes, dtypes (and shardings), concrete or
+    abstract (e.g. ``jax.eval_shape(trainer.init, key)``, which compiles nothing). Corrupt steps are quarantined with a
     :class:`CorruptCheckpointWarning` naming the step and the reason.
 
     Raises:

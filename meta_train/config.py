@@ -535,7 +535,8 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
   ``optimizer.kwargs.NAME=value`` / ``task.kwargs.NAME=value`` set one constructor argument,
   typed by the architecture's / family's dataclass field. Changing ``optimizer.name`` (or
-  ``task.family``) drops the preset's kwargs for it unless the same overrides set them.
+  ``task.family``) drops the preset's kwargs of the old one (unless a whole
+  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply.
 
   Raises:
     ConfigError: unknown field or unparsable value, naming the field path.
@@ -565,7 +566,6 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
                               f"{path}.{dataclasses.fields(obj)[0].name}=...")
     cfg = _set(cfg, parts, parse_value(text, tp, path), path)
   explicit = {p.split(".")[0] for p, _ in plain if p.split(".")[1:] == ["kwargs"]}
-  explicit |= {p.split(".")[0] for p, _ in kw}
   if cfg.optimizer.name != old.optimizer.name and "optimizer" not in explicit:
     cfg = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, kwargs={}))
   if cfg.task.family != old.task.family and "task" not in explicit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 from typing import Any, Mapping, TextIO
 
@@ -148,7 +149,7 @@ class WandbSink:
       with open(id_file, encoding="utf-8") as f:
         run_id = f.read().strip()
     else:
-      run_id = wandb.util.generate_id()
+      run_id = secrets.token_hex(4)  # wandb run ids: short lowercase alphanumerics
       with open(id_file, "w", encoding="utf-8") as f:
         f.write(run_id + "\n")
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
@@ -166,7 +167,12 @@ class WandbSink:
       self.run.summary[k] = v
 
   def close(self) -> None:
+    """Finishes the run and, unless another wandb run is active, waits until wandb's service
+    has written everything (``wandb.teardown``; offline files are otherwise completed later)."""
+    import wandb  # pylint: disable=import-outside-toplevel
     self.run.finish()
+    if wandb.run is None:
+      wandb.teardown()
 
 
 class RunLogger:

@@ -226,17 +226,20 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   trainer, lopt, family = build_trainer(cfg)
   total, k = cfg.run.num_outer_steps, cfg.run.steps_per_dispatch
 
-  state = trainer.init(jax.random.key(cfg.run.seed))
+  key = jax.random.key(cfg.run.seed)
+  template = jax.eval_shape(trainer.init, key)  # shapes only: nothing is compiled or run
   ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, CHECKPOINT_DIR),
                                max_to_keep=cfg.run.max_to_keep)
   try:
-    restored = ckpt.restore_latest(template=state)
+    restored = ckpt.restore_latest(template=template)
   except ckpt_lib.IncompatibleCheckpointError as e:
     ckpt.close()
     raise RunDirError(f"refusing to resume: {e}") from None
   resumed_from = None
   step = 0
-  if restored is not None:
+  if restored is None:
+    state = trainer.init(key)
+  else:
     resumed_from, state = restored
     step = int(resumed_from)
     if int(jax.device_get(state.step)) != step:
@@ -314,7 +317,7 @@ def load_final_state(run_dir: str, cfg: config_lib.RunConfig | None = None):
     with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as f:
       cfg = config_lib.from_json(f.read())
   trainer, _, _ = build_trainer(config_lib.validate(cfg))
-  template = trainer.init(jax.random.key(cfg.run.seed))
+  template = jax.eval_shape(trainer.init, jax.random.key(cfg.run.seed))
   ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, CHECKPOINT_DIR),
                                max_to_keep=cfg.run.max_to_keep)
   try:

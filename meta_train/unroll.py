@@ -224,20 +224,25 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   tx = lopt.transform(meta_params)
   # At most one reset per truncation (min_horizon >= K): its fresh run is computed once here.
   fresh = fresh_particle(lopt, family, config, meta_params, next_run_key(particle.run_key))
+  # All randomness of the truncation is drawn up front, vectorised over steps, for the current
+  # run and for the run that follows a reset, so the scan body holds no PRNG.
+  index = jnp.arange(num_steps, dtype=jnp.int32)
+  cur_data = _step_data(family, config, particle, particle.step + index)
+  fresh_steps = jnp.maximum(index - (particle.horizon - particle.step), 0)
+  fresh_data = _step_data(family, config, fresh, fresh_steps)
 
-  def body(carry, _):
+  def body(carry, data):
     ps, reset_seen = carry
+    cur, new = data
+    batch, k_loss, valid_batch, k_valid = _select(reset_seen, new, cur)
     task = family.task(ps.task_params)
-    data_key = jax.random.fold_in(jax.random.fold_in(wrap_key(ps.run_key), _DATA), ps.step)
-    k_batch, k_loss, k_valid = jax.random.split(data_key, 3)
-    batch = task.sample_batch(k_batch, "train")
-    loss, grads = jax.value_and_grad(task.loss)(ps.params, k_loss, batch)
+    loss, grads = jax.value_and_grad(task.loss)(ps.params, wrap_key(k_loss), batch)
     updates, opt_state = tx.update(grads, ps.opt_state, ps.params, loss=loss)
     params = optax.apply_updates(ps.params, updates)
     if config.meta_loss == "train":
       raw = loss
     else:
-      raw = task.loss(params, k_valid, task.sample_batch(k_valid, "valid"))
+      raw = task.loss(params, wrap_key(k_valid), valid_batch)
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
@@ -249,7 +254,28 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
                                          (~finite).astype(jnp.int32))
 
   (particle, reset), (losses, after_reset, nonfinite) = jax.lax.scan(
-      body, (particle, jnp.asarray(False)), None, length=num_steps)
+      body, (particle, jnp.asarray(False)), (cur_data, fresh_data), length=num_steps)
   out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=jnp.sum(nonfinite),
                      meta_loss=jnp.mean(losses), reset=reset)
   return particle, out
+
+
+def _step_data(family: task_base.TaskFamily, config: UnrollConfig, particle: ParticleState,
+               steps: jax.Array) -> tuple[Any, jax.Array, Any, jax.Array]:
+  """Batches and keys of ``particle``'s run at inner ``steps`` (vectorised over steps).
+
+  Returns:
+    ``(train_batches, loss_keys, valid_batches, valid_keys)`` with a leading ``len(steps)``
+    axis; keys as raw data. The valid entries are ``None`` for the ``"train"`` meta-loss.
+  """
+  task = family.task(particle.task_params)
+  data_key = jax.random.fold_in(wrap_key(particle.run_key), _DATA)
+
+  def one(step):
+    k_batch, k_loss, k_valid = jax.random.split(jax.random.fold_in(data_key, step), 3)
+    batch = task.sample_batch(k_batch, "train")
+    if config.meta_loss == "train":
+      return batch, key_data(k_loss), None, None
+    return batch, key_data(k_loss), task.sample_batch(k_valid, "valid"), key_data(k_valid)
+
+  return jax.vmap(one)(steps)

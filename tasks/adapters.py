@@ -41,7 +41,8 @@ Data = Mapping[str, Any]
 
 def _check_data(data: Data, what: str) -> dict[str, jax.Array]:
   if not isinstance(data, Mapping) or not data:
-    raise TypeError(f"{what} must be a non-empty mapping {{name: array}}, got {type(data).__name__}")
+    raise TypeError(f"{what} must be a non-empty mapping {{name: array}}, "
+                    f"got {type(data).__name__}")
   arrays = {}
   for k, v in data.items():
     a = jnp.asarray(v)

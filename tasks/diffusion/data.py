@@ -19,43 +19,42 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _swiss_roll(key, n):
-  k_t, k_n = jax.random.split(key)
-  t = 1.5 * jnp.pi * (1.0 + 2.0 * jax.random.uniform(k_t, (n,)))
-  x = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], -1)
-  return x + 0.5 * jax.random.normal(k_n, (n, 2))
+# Each raw sampler maps shared base randomness -- uniforms ``u`` (n, 3) and normals ``z`` (n, 2)
+# -- to points, so a batch costs two PRNG calls whichever (traced) dataset is chosen.
+
+def _swiss_roll(u, z):
+  t = 1.5 * jnp.pi * (1.0 + 2.0 * u[:, 0])
+  return jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], -1) + 0.5 * z
 
 
-def _eight_gaussians(key, n):
-  k_c, k_n = jax.random.split(key)
-  angle = jax.random.randint(k_c, (n,), 0, 8) * (jnp.pi / 4)
-  centres = 2.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
-  return centres + 0.2 * jax.random.normal(k_n, (n, 2))
+def _eight_gaussians(u, z):
+  angle = jnp.floor(8 * u[:, 0]) * (jnp.pi / 4)
+  return 2.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) + 0.2 * z
 
 
-def _two_moons(key, n):
-  k_t, k_m, k_n = jax.random.split(key, 3)
-  t = jnp.pi * jax.random.uniform(k_t, (n,))
-  lower = jax.random.bernoulli(k_m, 0.5, (n,))[:, None]
+def _two_moons(u, z):
+  t = jnp.pi * u[:, 0]
   upper = jnp.stack([jnp.cos(t), jnp.sin(t)], -1)
-  below = jnp.stack([1.0 - jnp.cos(t), 0.5 - jnp.sin(t)], -1)
-  return jnp.where(lower, below, upper) + 0.08 * jax.random.normal(k_n, (n, 2))
+  lower = jnp.stack([1.0 - jnp.cos(t), 0.5 - jnp.sin(t)], -1)
+  return jnp.where(u[:, 1:2] < 0.5, lower, upper) + 0.08 * z
 
 
-def _checkerboard(key, n):
-  k_x, k_y, k_r = jax.random.split(key, 3)
-  x = 4.0 * jax.random.uniform(k_x, (n,)) - 2.0
-  y = (jax.random.uniform(k_y, (n,)) - 2.0 * jax.random.randint(k_r, (n,), 0, 2)
-       + jnp.mod(jnp.floor(x), 2.0))
+def _checkerboard(u, z):
+  del z
+  x = 4.0 * u[:, 0] - 2.0
+  y = u[:, 1] - 2.0 * jnp.floor(2 * u[:, 2]) + jnp.mod(jnp.floor(x), 2.0)
   return jnp.stack([x, y], -1)
 
 
-def _rings(key, n):
-  k_r, k_a, k_n = jax.random.split(key, 3)
-  radius = 1.0 + jax.random.randint(k_r, (n,), 0, 4).astype(jnp.float32)
-  angle = 2 * jnp.pi * jax.random.uniform(k_a, (n,))
-  x = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
-  return x + 0.08 * jax.random.normal(k_n, (n, 2))
+def _rings(u, z):
+  radius = 1.0 + jnp.floor(4 * u[:, 0])
+  angle = 2 * jnp.pi * u[:, 1]
+  return radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) + 0.08 * z
+
+
+def _base_randomness(key, n):
+  k_u, k_z = jax.random.split(key)
+  return jax.random.uniform(k_u, (n, 3)), jax.random.normal(k_z, (n, 2))
 
 
 # name -> (raw sampler, per-coordinate mean, per-coordinate std) of the raw sampler.
@@ -81,15 +80,19 @@ def toy_sampler(name: str):
   raw, mean, std = _TOYS[name]
 
   def sample(key, n):
-    return (raw(key, n) - jnp.asarray(mean)) / jnp.asarray(std)
+    return standardised(raw, mean, std, *_base_randomness(key, n))
 
   return sample
 
 
+def standardised(raw, mean, std, u, z):
+  return (raw(u, z) - jnp.asarray(mean)) / jnp.asarray(std)
+
+
 def sample_toy(index: jax.Array, key: jax.Array, n: int) -> jax.Array:
   """Draws ``n`` standardised points of toy dataset number ``index`` (traced) of TOY_DATASETS."""
-  branches = [functools.partial(toy_sampler(name), n=n) for name in TOY_DATASETS]
-  return jax.lax.switch(index, branches, key)
+  branches = [functools.partial(standardised, *_TOYS[name]) for name in TOY_DATASETS]
+  return jax.lax.switch(index, branches, *_base_randomness(key, n))
 
 
 DIGITS_NUM_VALID = 297

@@ -101,7 +101,7 @@ def wiener_error(sigmas: Sequence[float], sigma_data: float) -> jax.Array:
 
 def denoising_error(task, params, key: jax.Array, sigmas: Sequence[float] = DEFAULT_SIGMAS,
                     x0: jax.Array | None = None, *, relative: bool = True) -> jax.Array:
-  """The held-out x0-space denoising error, averaged over a fixed σ grid (lower is better).
+  r"""The held-out x0-space denoising error, averaged over a fixed σ grid (lower is better).
 
   .. math::
     \frac{1}{K}\sum_{k=1}^{K} \frac{\mathrm{MSE}(\sigma_k)}{e(\sigma_k)}, \qquad

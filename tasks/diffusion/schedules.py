@@ -89,15 +89,16 @@ def sample_sigma(schedule: jax.Array | int, key: jax.Array, n: int,
                  stratified: bool = True) -> jax.Array:
   """Draws ``n`` noise levels from p(σ) of ``schedule``.
 
-  With ``stratified`` the uniforms are ``(i + U_i)/n`` in a random order: one per stratum of
-  the quantile function, the low-discrepancy sampler of Kingma et al. 2021 (arXiv 2107.00630,
-  App. I.1), which lowers the variance of the loss without changing its expectation.
+  With ``stratified`` the uniforms are ``u_i = (u₀ + i/n) mod 1`` for one ``u₀ ~ U(0, 1)``: one
+  per stratum of the quantile function, the low-discrepancy sampler of Kingma et al. 2021
+  (arXiv 2107.00630, App. I.1), which lowers the variance of the loss without changing its
+  expectation. Otherwise the ``u_i`` are i.i.d.
   """
-  k_u, k_perm = jax.random.split(key)
-  u = jax.random.uniform(k_u, (n,), minval=1e-6, maxval=1.0 - 1e-6)
   if stratified:
-    u = jax.random.permutation(k_perm, (jnp.arange(n) + u) / n)
-  return sigma_from_uniform(schedule, u)
+    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(n) / n, 1.0)
+  else:
+    u = jax.random.uniform(key, (n,))
+  return sigma_from_uniform(schedule, jnp.clip(u, 1e-7, 1.0 - 1e-7))
 
 
 def quadrature_sigmas(schedule: jax.Array | int, n: int = 256) -> jax.Array:

@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A tiny run: SGD-momentum's learnable log-lr on 2-d quadratics, PES with one pair.
 TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.name=pes",
         "estimator.num_particles=2", "estimator.truncation=2", "estimator.horizon=6",
-        "run.num_outer_steps=200", "run.steps_per_dispatch=2", "run.checkpoint_every=10",
+        "run.num_outer_steps=120", "run.steps_per_dispatch=2", "run.checkpoint_every=10",
         "run.log_every=10", "run.max_to_keep=3", "run.progress=off"]
 
 
@@ -63,12 +63,12 @@ def runs(tmp_path_factory):
                           stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 240
   while not _finished_steps(killed) and proc.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.01)
+    time.sleep(0.005)
   os.kill(proc.pid, signal.SIGKILL)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL, f"run ended before the kill: {err[-3000:]}"
   steps_at_kill = _finished_steps(killed)
-  assert steps_at_kill and steps_at_kill[-1] < 200
+  assert steps_at_kill and steps_at_kill[-1] < 120
 
   resumed = subprocess.run(_cmd(killed), env=env, cwd=REPO, capture_output=True, text=True,
                            timeout=300, check=False)
@@ -81,7 +81,7 @@ def runs(tmp_path_factory):
 def template():
   cfg = config_lib.resolve("smoke", TINY)
   trainer, _, _ = run_lib.build_trainer(cfg)
-  return cfg, trainer.init(jax.random.key(cfg.run.seed))
+  return cfg, jax.eval_shape(trainer.init, jax.random.key(cfg.run.seed))
 
 
 def _restore(run_dir, template_state):
@@ -97,18 +97,18 @@ def test_sigkill_and_resume_is_bit_identical(runs, template):
   out = runs["resumed_stdout"]
   assert "resumed" in out and "from checkpoint step" in out
   resumed_from = int(out.split("from checkpoint step ")[1].split()[0])
-  assert 0 < resumed_from < 200
+  assert 0 < resumed_from < 120
   step_a, state_a = _restore(runs["full"], tmpl)
   step_b, state_b = _restore(runs["killed"], tmpl)
-  assert step_a == step_b == 200
-  assert int(state_a.step) == 200
+  assert step_a == step_b == 120
+  assert int(state_a.step) == 120
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
   assert len(leaves_a) == len(leaves_b)
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
   # The meta-parameters moved, so equality is not trivial.
-  assert not np.array_equal(np.asarray(state_a.meta_params["log_lr"]),
-                            np.asarray(tmpl.meta_params["log_lr"]))
+  log_lr0 = np.log(learned_opt.SGDMomentum().initial_learning_rate).astype(np.float32)
+  assert float(state_a.meta_params["log_lr"]) != log_lr0
   # The exported optimizer files hold the same final meta-parameters.
   _, theta_a = learned_opt.load(os.path.join(runs["full"], "optimizer.safetensors"))
   _, theta_b = learned_opt.load(os.path.join(runs["killed"], "optimizer.safetensors"))
@@ -121,7 +121,7 @@ def test_sigkill_and_resume_is_bit_identical(runs, template):
 def test_metrics_file_is_consistent_after_resume(runs):
   full = MetricsFile.read(os.path.join(runs["full"], "metrics.jsonl"))
   killed = MetricsFile.read(os.path.join(runs["killed"], "metrics.jsonl"))
-  assert [r["step"] for r in full] == list(range(10, 201, 10))
+  assert [r["step"] for r in full] == list(range(10, 121, 10))
   assert [r["step"] for r in killed] == [r["step"] for r in full]  # no duplicates, no gaps
   for a, b in zip(full, killed):  # the logged values are reproduced too
     for key in ("meta_loss", "grad_norm", "inner_steps", "nonfinite"):
@@ -136,17 +136,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(runs, template, tmp_pa
   run_dir = tmp_path / "copy"
   subprocess.run(["cp", "-r", str(runs["full"]), str(run_dir)], check=True)
   steps = _finished_steps(run_dir)
-  assert steps == [180, 190, 200]
-  data_files = [f for f in glob.glob(str(run_dir / "checkpoints" / "200" / "state" / "**"),
+  assert steps == [100, 110, 120]
+  data_files = [f for f in glob.glob(str(run_dir / "checkpoints" / "120" / "state" / "**"),
                                      recursive=True) if os.path.isfile(f) and "/d/" in f]
   for f in data_files:
     with open(f, "r+b") as fh:
       fh.truncate(os.path.getsize(f) // 2)
-  with pytest.warns(ckpt_lib.CorruptCheckpointWarning, match="step 200"):
+  with pytest.warns(ckpt_lib.CorruptCheckpointWarning, match="step 120"):
     step, state = _restore(run_dir, tmpl)
-  assert step == 190 and int(state.step) == 190
-  assert _finished_steps(run_dir) == [180, 190]
-  assert os.listdir(run_dir / "corrupt_checkpoints")[0].startswith("200-")
+  assert step == 110 and int(state.step) == 110
+  assert _finished_steps(run_dir) == [100, 110]
+  assert os.listdir(run_dir / "corrupt_checkpoints")[0].startswith("120-")
 
 
 # ------------------------------------------------------------------------------------------

@@ -61,8 +61,8 @@ def test_corpus_is_deterministic_and_matches_bundled_file():
   generated = text.generate_corpus()
   assert generated == text.generate_corpus(text.DEFAULT_SEED, text.DEFAULT_NUM_CHARS)
   assert generated == text.load_corpus()
-  assert text.generate_corpus(seed=1, num_chars=5000) != generated[:len(
-      text.generate_corpus(seed=1, num_chars=5000))]
+  other = text.generate_corpus(seed=1, num_chars=2000)
+  assert len(other) >= 2000 and other != generated[:len(other)]
 
 
 def test_corpus_is_pinned():

@@ -1,0 +1,94 @@
+"""Meta-training speed: inner steps per second of whole outer steps (estimate + outer update).
+
+Configurations (PES, 8 antithetic pairs = 16 inner runs, truncation 20, horizon 100, the
+default ``learned_opt.MLPOptimizer``):
+
+* ``quadratic``: a 10-dimensional :class:`tasks.QuadraticFamily`;
+* ``digits_mlp``: the registered digits MLP classifier family (skipped if absent).
+
+For each configuration and each ``steps_per_dispatch`` the first call (compilation + one
+dispatch) is timed apart from the steady state, which is the median over repeated timing
+windows of ``inner steps / seconds``.
+
+Run::
+
+  python benchmarks/meta_train_speed.py [--families quadratic digits_mlp] [--dispatch 1 10 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+
+import learned_opt
+import tasks
+from meta_train.trainer import MetaTrainer, make_estimator
+
+NUM_PARTICLES, TRUNCATION, HORIZON = 16, 20, 100
+
+
+def build_family(name: str):
+  if name == "quadratic":
+    return tasks.QuadraticFamily(dim=10)
+  if name not in tasks.family_names():
+    return None
+  return tasks.get(name)
+
+
+def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, lopt=None):
+  """Returns ``(compile_seconds, [inner steps/s per window], outer steps/s)``."""
+  lopt = learned_opt.MLPOptimizer() if lopt is None else lopt
+  est = make_estimator("pes", num_particles=NUM_PARTICLES, truncation=TRUNCATION,
+                       horizon=HORIZON, sigma=0.01)
+  trainer = MetaTrainer(lopt, family, est, steps_per_dispatch=steps_per_dispatch)
+  state = jax.block_until_ready(trainer.init(jax.random.key(0)))
+  t0 = time.perf_counter()
+  state, metrics = trainer.step(state)
+  jax.block_until_ready((state, metrics))
+  compile_s = time.perf_counter() - t0
+  per_dispatch = int(metrics["inner_steps"])
+  # Calibrate the number of dispatches per window.
+  t0 = time.perf_counter()
+  state, metrics = jax.block_until_ready(trainer.step(state))
+  one = max(time.perf_counter() - t0, 1e-6)
+  reps = max(1, int(min_seconds / one))
+  rates = []
+  for _ in range(windows):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      state, metrics = trainer.step(state)
+    jax.block_until_ready((state, metrics))
+    dt = time.perf_counter() - t0
+    rates.append(reps * per_dispatch / dt)
+  return compile_s, rates, statistics.median(rates) / (NUM_PARTICLES * TRUNCATION)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--families", nargs="+", default=["quadratic", "digits_mlp"])
+  parser.add_argument("--dispatch", nargs="+", type=int, default=[1, 10, 50])
+  parser.add_argument("--seconds", type=float, default=2.0, help="length of a timing window")
+  parser.add_argument("--windows", type=int, default=5)
+  args = parser.parse_args(argv)
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; PES {NUM_PARTICLES} particles, "
+        f"truncation {TRUNCATION}, horizon {HORIZON}, MLPOptimizer")
+  header = (f"{'family':<12} {'dispatch':>8} {'compile s':>10} {'inner steps/s':>14} "
+            f"{'min..max':>21} {'outer steps/s':>13}")
+  print(header)
+  print("-" * len(header))
+  for name in args.families:
+    family = build_family(name)
+    if family is None:
+      print(f"{name:<12} skipped: family not registered")
+      continue
+    for spd in args.dispatch:
+      compile_s, rates, outer = measure(family, spd, args.seconds, args.windows)
+      print(f"{name:<12} {spd:>8} {compile_s:>10.2f} {statistics.median(rates):>14,.0f} "
+            f"{min(rates):>10,.0f}..{max(rates):<10,.0f} {outer:>13,.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
