@@ -19,9 +19,9 @@ features ``tanh(t / τ - 1)`` are shared by the whole step. A one-hidden-layer M
 direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b`` (Metz et al. 2022,
 arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
 
-The per-parameter network is written as unrolled scalar arithmetic (per-tensor weights folded with
-the feature normalisers) so XLA fuses it into one elementwise loop: no ``[N, features]`` array is
-ever built.
+The per-parameter network is written as broadcast multiplies reduced over a small leading axis
+(per-tensor weights folded with the feature normalisers), which XLA fuses with the feature maths
+while keeping the graph small (fast to compile and to differentiate through unrolls).
 """
 
 from __future__ import annotations
@@ -253,18 +253,21 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
           rsqrts.append(jax.lax.rsqrt(v + _EPS_RSQRT))
         feats = [p32, g32, *new_mus, *(g32 * r for r in rsqrts),
                  new_mus[min(1, n_mom - 1)] * rsqrts[-1]]
-        # Per-tensor normalisers folded into the first-layer weights (scalars).
-        w_eff = jnp.stack([_rms_scale(f) for f in feats])[:, None] * w1[:n_feat]
-        w_eff, hb = w_eff.astype(dt), hidden_bias.astype(dt)
-        direction = jnp.asarray(b2[0], dt)
-        magnitude = jnp.asarray(b2[1], dt)
-        for j in range(n_hidden):
-          pre = hb[j]
-          for i, f in enumerate(feats):
-            pre = pre + w_eff[i, j] * f
-          h = jax.nn.relu(pre)
-          direction = direction + w2[j, 0].astype(dt) * h
-          magnitude = magnitude + w2[j, 1].astype(dt) * h
+        # Features stacked on a small leading axis; the RMS normalisers (one scalar per feature
+        # and tensor) are folded into the first-layer weights. Both layers are broadcast
+        # multiplies reduced over that small axis, which XLA fuses with the feature maths; the
+        # graph stays small, so compiling (and differentiating through) many steps is fast.
+        fs = jnp.stack(feats)  # (F, *shape)
+        axes = tuple(range(1, fs.ndim))
+        norm = jax.lax.rsqrt(jnp.mean(jnp.square(fs), axis=axes) + _EPS_NORM)  # (F,)
+        expand = (1,) * p.ndim
+        w_eff = (norm[:, None] * w1[:n_feat].astype(dt)).reshape((n_feat, n_hidden) + expand)
+        pre = jnp.sum(fs[:, None] * w_eff, axis=0) + hidden_bias.astype(dt).reshape(
+            (n_hidden,) + expand)
+        hid = jax.nn.relu(pre)  # (H, *shape)
+        out = jnp.sum(hid[:, None] * w2.astype(dt).reshape((n_hidden, 2) + expand), axis=0)
+        direction = out[0] + b2[0].astype(dt)
+        magnitude = out[1] + b2[1].astype(dt)
         step = direction * jnp.exp(a * magnitude) * b
         return _Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
 

@@ -136,7 +136,10 @@ class Adam(base.LearnedOptimizer):
     \\quad u_t = -\\exp(\\log\\eta)\\, \\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon)
 
   Meta-parameters: ``{"log_lr": scalar}``. With ``log_lr = log(η)`` the updates equal
-  ``optax.adam(η, b1, b2, eps)``'s. Integer and boolean leaves pass through unchanged.
+  ``optax.adam(η, b1, b2, eps, eps_root)``'s. The tiny default ``eps_root`` (inside the square
+  root, as in optax) keeps meta-gradients finite where a gradient entry is exactly zero
+  (d√v/dv is infinite at v = 0) without changing the updates. Integer and boolean leaves pass
+  through unchanged.
   """
 
   name = "adam"
@@ -144,6 +147,7 @@ class Adam(base.LearnedOptimizer):
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  eps_root: float = 1e-30
 
   def init(self, key: jax.Array) -> base.MetaParams:
     del key
@@ -152,7 +156,7 @@ class Adam(base.LearnedOptimizer):
   def scale_by(self, meta_params, *, num_steps=None):
     del num_steps
     lr = jnp.exp(meta_params["log_lr"])
-    b1, b2, eps = self.b1, self.b2, self.eps
+    b1, b2, eps, eps_root = self.b1, self.b2, self.eps, self.eps_root
 
     def init_fn(params):
       zeros = jax.tree.map(_float_zeros_like, params)
@@ -172,7 +176,7 @@ class Adam(base.LearnedOptimizer):
         g32 = g.astype(m.dtype)
         m_new = (b1 * m + (1 - b1) * g32).astype(m.dtype)
         v_new = (b2 * v + (1 - b2) * g32 * g32).astype(v.dtype)
-        step = (m_new / c1) / (jnp.sqrt(v_new / c2) + eps)
+        step = (m_new / c1) / (jnp.sqrt(v_new / c2 + eps_root) + eps)
         return _Leaf((-lr * step).astype(g.dtype), m_new, v_new)
 
       new_updates, mu, nu = _unzip(jax.tree.map(upd, updates, state.mu, state.nu), 3)

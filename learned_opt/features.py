@@ -121,8 +121,12 @@ def ema(x: jax.Array, acc: jax.Array, decay) -> jax.Array:
 
 
 def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
-  """``1 / sqrt(v + ε)`` of a second-moment accumulator ``v`` (elementwise)."""
-  return jax.lax.rsqrt(v + eps)
+  """``1 / sqrt(v + ε)`` of a second-moment accumulator ``v`` (elementwise).
+
+  Written ``sqrt(1 / (v + ε))``: XLA:CPU lowers ``rsqrt`` to a call that LLVM's loop vectoriser
+  does not widen in large fused loops, which made the fused MLP step ~8x slower.
+  """
+  return jnp.sqrt(1.0 / (v + eps))
 
 
 def tanh_time_features(step: jax.Array, timescales: Sequence[float]) -> jax.Array:

@@ -7,7 +7,7 @@ A run directory holds::
   checkpoints/<step>/     orbax checkpoints of the whole MetaTrainerState (+ a digest)
   optimizer.safetensors   the learned optimizer (learned_opt.save), rewritten at every checkpoint
   wandb/                  the wandb run (offline by default)
-  eval/                   the final evaluation report, if eval.enabled
+  eval.{json,md,png}      the final evaluation report, if eval.enabled
 
 Running again with the same directory resumes from the newest intact checkpoint; since the
 trainer is deterministic given its state, the result is bit-identical to an uninterrupted run.
@@ -162,7 +162,7 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
     warnings.warn("eval.enabled is set but meta_train.evaluate.evaluate_and_report does not "
                   "exist; skipping evaluation")
     return None
-  out_dir = os.path.join(run_dir, "eval")
+  out_dir = run_dir  # eval.json, eval.md, eval.png next to the optimizer file
   eval_config_cls = getattr(eval_lib, "EvalConfig", None)
   if eval_config_cls is None:
     return fn(lopt, meta_params, family, out_dir)
@@ -301,6 +301,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   if cfg.eval.enabled:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)
     if eval_summary is not None:
+      say(f"meta-train: evaluation report in {os.path.join(run_dir, 'eval.md')}")
       logger.summary({f"eval/{k}": v for k, v in eval_summary.items()
                       if isinstance(v, (int, float))})
   logger.close()

@@ -254,7 +254,8 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
                                          (~finite).astype(jnp.int32))
 
   (particle, reset), (losses, after_reset, nonfinite) = jax.lax.scan(
-      body, (particle, jnp.asarray(False)), (cur_data, fresh_data), length=num_steps)
+      body, (particle, jnp.asarray(False)), (cur_data, fresh_data), length=num_steps,
+      unroll=int(__import__("os").environ.get("H6_UNROLL", "1")))
   out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=jnp.sum(nonfinite),
                      meta_loss=jnp.mean(losses), reset=reset)
   return particle, out

@@ -211,6 +211,7 @@ def _from_nnx(module, loss_fn, input_key):
     graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
     fixed_params = nnx.to_pure_dict(param_state)
     init = lambda key: jax.tree.map(jnp.array, fixed_params)
+    rebuild_rest = False
   else:
     factory = module
     abstract = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))
@@ -218,19 +219,24 @@ def _from_nnx(module, loss_fn, input_key):
       raise TypeError(f"from_flax expects an nnx.Module or a factory `rngs -> nnx.Module`; "
                       f"the factory returned {type(abstract).__name__}")
     graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
-    rest = None
+    # Other state (RNG streams, batch statistics) is rebuilt from the loss key when present.
+    rebuild_rest = bool(jax.tree.leaves(rest))
 
     def init(key):
       _, params, _ = nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)
       return nnx.to_pure_dict(params)
 
   param_treedef = jax.tree.structure(param_state)
+  pure_treedef = jax.tree.structure(nnx.to_pure_dict(param_state))
 
   def loss(params, key, batch):
+    if jax.tree.structure(params) != pure_treedef:
+      raise ValueError(f"params do not have the model's structure: expected {pure_treedef}, "
+                       f"got {jax.tree.structure(params)}")
     state = jax.tree.unflatten(param_treedef, jax.tree.leaves(params))
-    if rest is None:
-      # Factory: rebuild the other variables (batch stats, RNG streams) from the key.
-      _, _, other = nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)
+    if rebuild_rest:
+      rngs = nnx.Rngs(jax.random.key(0) if key is None else key)
+      _, _, other = nnx.split(factory(rngs), nnx.Param, ...)
     else:
       other = rest
     model = nnx.merge(graphdef, state, other)

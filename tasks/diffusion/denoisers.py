@@ -15,6 +15,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sinusoidal_embedding(c_noise: jax.Array, dim: int, max_frequency: float = 64.0) -> jax.Array:
@@ -34,9 +35,17 @@ def sinusoidal_embedding(c_noise: jax.Array, dim: int, max_frequency: float = 64
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], -1)
 
 
-def _dense_init(key, fan_in, fan_out, scale):
-  w = jax.random.normal(key, (fan_in, fan_out)) * (scale / jnp.sqrt(fan_in))
-  return {"w": w, "b": jnp.zeros((fan_out,))}
+def _normals(key, shapes):
+  """Standard normals of the given shapes from one PRNG call (threefry is slow to compile)."""
+  sizes = [int(np.prod(s)) for s in shapes]
+  flat = jax.random.normal(key, (sum(sizes),))
+  offsets = np.cumsum([0] + sizes)
+  return [flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+
+
+def _dense_init(z, scale):
+  """LeCun-normal dense layer from standard normals ``z`` of shape ``(fan_in, fan_out)``."""
+  return {"w": z * (scale / np.sqrt(z.shape[0])), "b": jnp.zeros((z.shape[1],))}
 
 
 def _dense(p, x):
@@ -71,10 +80,9 @@ class MLPDenoiser:
 
   def init(self, key: jax.Array, scale: jax.Array | float = 1.0) -> dict:
     sizes = [self.dim + self.embed_dim] + [self.hidden] * self.depth + [self.dim]
-    keys = jax.random.split(key, len(sizes) - 1)
-    last = len(sizes) - 2
-    return {f"dense_{i}": _dense_init(k, a, b, scale * (self.output_scale if i == last else 1.0))
-            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
+    zs = _normals(key, list(zip(sizes[:-1], sizes[1:])))
+    return {f"dense_{i}": _dense_init(z, scale * (self.output_scale if i == self.depth else 1.0))
+            for i, z in enumerate(zs)}
 
   def apply(self, params: dict, x: jax.Array, c_noise: jax.Array) -> jax.Array:
     h = jnp.concatenate([x, sinusoidal_embedding(c_noise, self.embed_dim)], -1)
@@ -83,10 +91,10 @@ class MLPDenoiser:
     return _dense(params[f"dense_{self.depth}"], h)
 
 
-def _conv_init(key, c_in, c_out, scale, size=3):
-  fan_in = size * size * c_in
-  w = jax.random.normal(key, (size, size, c_in, c_out)) * (scale / jnp.sqrt(fan_in))
-  return {"w": w, "b": jnp.zeros((c_out,))}
+def _conv_init(z, scale):
+  """LeCun-normal conv layer from standard normals ``z`` of shape ``(h, w, c_in, c_out)``."""
+  fan_in = z.shape[0] * z.shape[1] * z.shape[2]
+  return {"w": z * (scale / np.sqrt(fan_in)), "b": jnp.zeros((z.shape[3],))}
 
 
 def _conv(p, x):
@@ -128,13 +136,14 @@ class ConvDenoiser:
     return self.side * self.side
 
   def init(self, key: jax.Array, scale: jax.Array | float = 1.0) -> dict:
-    keys = jax.random.split(key, 2 + 2 * self.blocks)
     c = self.channels
-    params = {"conv_in": _conv_init(keys[0], 1, c, scale),
-              "conv_out": _conv_init(keys[1], c, 1, scale * self.output_scale)}
+    shapes = [(3, 3, 1, c), (3, 3, c, 1)] + [(self.embed_dim, c), (3, 3, c, c)] * self.blocks
+    zs = _normals(key, shapes)
+    params = {"conv_in": _conv_init(zs[0], scale),
+              "conv_out": _conv_init(zs[1], scale * self.output_scale)}
     for i in range(self.blocks):
-      params[f"embed_{i}"] = _dense_init(keys[2 + 2 * i], self.embed_dim, c, scale)
-      params[f"conv_{i}"] = _conv_init(keys[3 + 2 * i], c, c, scale)
+      params[f"embed_{i}"] = _dense_init(zs[2 + 2 * i], scale)
+      params[f"conv_{i}"] = _conv_init(zs[3 + 2 * i], scale)
     return params
 
   def apply(self, params: dict, x: jax.Array, c_noise: jax.Array) -> jax.Array:

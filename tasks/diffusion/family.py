@@ -131,9 +131,13 @@ class DiffusionTask(base.Task):
 
   def loss(self, params, key, batch):
     x0 = batch["x0"]
-    k_sigma, k_noise = jax.random.split(key)
-    sigma = schedules.sample_sigma(self.schedule, k_sigma, x0.shape[0], self.stratified)
-    noise = jax.random.normal(k_noise, x0.shape)
+    # One PRNG call for σ and ε (each call compiles to a threefry kernel): u = Φ(z) ~ U(0, 1).
+    z = jax.random.normal(key, (x0.shape[0], x0.shape[1] + 1))
+    u = jax.scipy.special.ndtr(z[:, 0])
+    if self.stratified:
+      u = schedules.stratified_uniforms(u[0], x0.shape[0])
+    sigma = schedules.sigma_from_uniform(self.schedule, jnp.clip(u, 1e-7, 1.0 - 1e-7))
+    noise = z[:, 1:]
     x = x0 + sigma[:, None] * noise
     pc = targets.preconditioning(self.target, sigma, self.sigma_data)
     out = self.denoiser.apply(params, pc.c_in[:, None] * x, pc.c_noise)

@@ -57,9 +57,13 @@ def linear_sigma(t: jax.Array) -> jax.Array:
 
 
 def cosine_sigma(t: jax.Array) -> jax.Array:
-  """σ(t) of the cosine schedule, ``σ² = f(0)/f(t) − 1``."""
+  """σ(t) of the cosine schedule, ``σ² = f(0)/f(t) − 1`` (capped near 10⁶ as t → 1).
+
+  The cap keeps every intermediate finite: an ``inf`` inside ``sqrt`` may come out as NaN
+  depending on how XLA compiles it, and clipping would not catch that.
+  """
   phi = lambda u: (u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * (jnp.pi / 2)
-  ratio = jnp.cos(phi(0.0)) / jnp.maximum(jnp.cos(phi(t)), 1e-20)
+  ratio = jnp.cos(phi(0.0)) / jnp.maximum(jnp.cos(phi(t)), 1e-6)
   return jnp.sqrt(jnp.maximum(ratio**2 - 1.0, 0.0))
 
 
@@ -85,20 +89,27 @@ def sigma_from_uniform(schedule: jax.Array | int, u: jax.Array) -> jax.Array:
   return clip_sigma(jax.lax.switch(schedule, _QUANTILES, u))
 
 
+def stratified_uniforms(u0: jax.Array, n: int) -> jax.Array:
+  """``u_i = (u₀ + i/n) mod 1``: one point per stratum ``[i/n, (i+1)/n)`` up to rotation.
+
+  This is the low-discrepancy sampler of Kingma et al. 2021 (arXiv 2107.00630, App. I.1): it
+  lowers the variance of a batch's loss without changing its expectation.
+  """
+  return jnp.clip(jnp.mod(u0 + jnp.arange(n) / n, 1.0), 1e-7, 1.0 - 1e-7)
+
+
 def sample_sigma(schedule: jax.Array | int, key: jax.Array, n: int,
                  stratified: bool = True) -> jax.Array:
   """Draws ``n`` noise levels from p(σ) of ``schedule``.
 
-  With ``stratified`` the uniforms are ``u_i = (u₀ + i/n) mod 1`` for one ``u₀ ~ U(0, 1)``: one
-  per stratum of the quantile function, the low-discrepancy sampler of Kingma et al. 2021
-  (arXiv 2107.00630, App. I.1), which lowers the variance of the loss without changing its
-  expectation. Otherwise the ``u_i`` are i.i.d.
+  With ``stratified`` the uniforms are :func:`stratified_uniforms` of one ``u₀ ~ U(0, 1)``,
+  otherwise i.i.d.
   """
   if stratified:
-    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(n) / n, 1.0)
+    u = stratified_uniforms(jax.random.uniform(key, ()), n)
   else:
-    u = jax.random.uniform(key, (n,))
-  return sigma_from_uniform(schedule, jnp.clip(u, 1e-7, 1.0 - 1e-7))
+    u = jnp.clip(jax.random.uniform(key, (n,)), 1e-7, 1.0 - 1e-7)
+  return sigma_from_uniform(schedule, u)
 
 
 def quadrature_sigmas(schedule: jax.Array | int, n: int = 256) -> jax.Array:

@@ -138,8 +138,7 @@ def test_wandb_sink_offline_writes_config_and_history_and_resumes_same_run(tmp_p
   assert history[3]["meta_loss"] == 0.5 and history[6]["grad_norm"] == 1.0
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def _tiny_run(run_dir):
   """One in-process run with wandb offline, a forced progress bar and a stand-in evaluation."""
   import meta_train.evaluate as ev  # pylint: disable=import-outside-toplevel
   calls = []
@@ -150,7 +149,6 @@ def tiny_run(tmp_path_factory):
 
   mp = pytest.MonkeyPatch()
   mp.setattr(ev, "evaluate_and_report", fake_eval)
-  run_dir = tmp_path_factory.mktemp("tiny")
   cfg = C.resolve("smoke", TINY + ["wandb.mode=offline", "run.progress=on"])
   out = io.StringIO()
   try:
@@ -160,7 +158,16 @@ def tiny_run(tmp_path_factory):
   return cfg, run_dir, result, out.getvalue(), calls
 
 
-def test_run_writes_metrics_file_wandb_and_bar(tiny_run):
+# One test (not several sharing a fixture): pytest-xdist would run a module fixture once per
+# worker, and compiling the trainer is the expensive part.
+def test_run_logs_to_file_wandb_bar_calls_eval_and_resumes(tmp_path):
+  tiny = _tiny_run(tmp_path)
+  _check_metrics_wandb_and_bar(tiny)
+  _check_evaluation_hook(tiny)
+  _check_rerun_extends_the_run(tiny)
+
+
+def _check_metrics_wandb_and_bar(tiny_run):
   cfg, run_dir, result, out, _ = tiny_run
   assert result.step == 8 and result.resumed_from is None
   recs = L.MetricsFile.read(run_dir / "metrics.jsonl")
@@ -186,18 +193,18 @@ def test_run_writes_metrics_file_wandb_and_bar(tiny_run):
   assert (run_dir / "optimizer.safetensors").exists()
 
 
-def test_run_calls_the_evaluation_hook(tiny_run):
+def _check_evaluation_hook(tiny_run):
   _, run_dir, result, _, calls = tiny_run
   assert len(calls) == 1
   lopt, meta_params, _, out_dir, eval_config = calls[0]
-  assert lopt == result.lopt and out_dir == os.path.join(run_dir, "eval")
+  assert lopt == result.lopt and out_dir == str(run_dir)
   assert eval_config.num_tasks == 2
   np.testing.assert_array_equal(np.asarray(meta_params["log_lr"]),
                                 np.asarray(result.state.meta_params["log_lr"]))
   assert result.eval_summary["win_fraction"] == 0.5
 
 
-def test_rerun_of_a_finished_run_resumes_without_steps_and_prints_plain_lines(tiny_run):
+def _check_rerun_extends_the_run(tiny_run):
   cfg, run_dir, result, _, _ = tiny_run
   out = io.StringIO()
   longer = C.apply_overrides(cfg, ["run.num_outer_steps=10", "run.progress=off",

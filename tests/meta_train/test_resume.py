@@ -49,10 +49,8 @@ def _finished_steps(run_dir):
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _runs(root):
   """An uninterrupted run and a run SIGKILLed after its first checkpoint, then resumed."""
-  root = tmp_path_factory.mktemp("resume")
   env = _env(root / "jax_cache")
   full, killed = root / "full", root / "killed"
   out = subprocess.run(_cmd(full), env=env, cwd=REPO, capture_output=True, text=True,
@@ -77,8 +75,7 @@ def runs(tmp_path_factory):
           "resumed_stdout": resumed.stdout}
 
 
-@pytest.fixture(scope="module")
-def template():
+def _template():
   cfg = config_lib.resolve("smoke", TINY)
   trainer, _, _ = run_lib.build_trainer(cfg)
   return cfg, jax.eval_shape(trainer.init, jax.random.key(cfg.run.seed))
@@ -92,8 +89,17 @@ def _restore(run_dir, template_state):
     ckpt.close()
 
 
-def test_sigkill_and_resume_is_bit_identical(runs, template):
-  _, tmpl = template
+# One test (not several sharing a fixture): pytest-xdist would run a module fixture once per
+# worker, and the three subprocess runs are the expensive part.
+def test_sigkill_resume_is_bit_identical_and_corrupt_latest_checkpoint_is_skipped(tmp_path):
+  runs = _runs(tmp_path)
+  _, tmpl = _template()
+  _check_bit_identical(runs, tmpl)
+  _check_metrics_file(runs)
+  _check_corrupt_fallback(runs, tmpl, tmp_path)
+
+
+def _check_bit_identical(runs, tmpl):
   out = runs["resumed_stdout"]
   assert "resumed" in out and "from checkpoint step" in out
   resumed_from = int(out.split("from checkpoint step ")[1].split()[0])
@@ -118,7 +124,7 @@ def test_sigkill_and_resume_is_bit_identical(runs, template):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(c), strict=True)
 
 
-def test_metrics_file_is_consistent_after_resume(runs):
+def _check_metrics_file(runs):
   full = MetricsFile.read(os.path.join(runs["full"], "metrics.jsonl"))
   killed = MetricsFile.read(os.path.join(runs["killed"], "metrics.jsonl"))
   assert [r["step"] for r in full] == list(range(10, 121, 10))
@@ -131,8 +137,7 @@ def test_metrics_file_is_consistent_after_resume(runs):
         "smoke", TINY + ["wandb.mode=disabled"])
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(runs, template, tmp_path):
-  _, tmpl = template
+def _check_corrupt_fallback(runs, tmpl, tmp_path):
   run_dir = tmp_path / "copy"
   subprocess.run(["cp", "-r", str(runs["full"]), str(run_dir)], check=True)
   steps = _finished_steps(run_dir)

@@ -192,6 +192,8 @@ def test_nnx_params_are_plain_dicts_and_loss_matches_the_model():
                                 params["out"]["bias"])
   direct = mse(model(jnp.asarray(DATA["x"])), DATA)
   np.testing.assert_allclose(task.loss(params, jax.random.key(0), task.train), direct, rtol=1e-6)
+  with pytest.raises(ValueError, match="structure"):
+    task.loss({"hidden": params["hidden"]}, jax.random.key(0), task.train)
   # A factory gives key-dependent inits of the same structure.
   fresh = tasks.from_flax(NnxMLP, None, mse, DATA)
   p1, p2 = fresh.init(jax.random.key(1)), fresh.init(jax.random.key(2))
