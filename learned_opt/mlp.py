@@ -103,7 +103,10 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
   Returns:
     The list of output arrays (one per output unit).
   """
-  h = list(xs)
+  shape = xs[0].shape
+  # A flat loop: XLA:CPU then emits one simple loop that LLVM vectorises for any tensor shape
+  # (a 2-D loop nest with an odd minor dimension was left scalar, and slow to compile).
+  h = [x.reshape(-1) for x in xs]
   for depth, (w, b) in enumerate(layers):
     out = []
     for j in range(w.shape[1]):
@@ -115,7 +118,7 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
       acc = acc + b[j]
       out.append(jax.nn.relu(acc) if depth < len(layers) - 1 else acc)
     h = out
-  return h
+  return [x.reshape(shape) for x in h]
 
 
 def _matmul_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):

@@ -226,36 +226,47 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   fresh = fresh_particle(lopt, family, config, meta_params, next_run_key(particle.run_key))
   # All randomness of the truncation is drawn up front, vectorised over steps, for the current
   # run and for the run that follows a reset, so the scan body holds no PRNG.
+  # The reset index is known up front: step `until_reset - 1` of this scan ends the run.
   index = jnp.arange(num_steps, dtype=jnp.int32)
+  until_reset = particle.horizon - particle.step
+  after_reset = index >= until_reset
+  done = index == until_reset - 1
+  # All randomness of the truncation is drawn here, vectorised over steps, for the current run
+  # and for the run that follows a reset, so the scan body holds no PRNG.
   cur_data = _step_data(family, config, particle, particle.step + index)
-  fresh_steps = jnp.maximum(index - (particle.horizon - particle.step), 0)
-  fresh_data = _step_data(family, config, fresh, fresh_steps)
+  fresh_data = _step_data(family, config, fresh, jnp.maximum(index - until_reset, 0))
+  data = jax.tree.map(
+      lambda f, c: jnp.where(after_reset.reshape((-1,) + (1,) * (c.ndim - 1)), f, c),
+      fresh_data, cur_data)
+  inner = (particle.task_params, particle.params, particle.opt_state)
+  fresh_inner = (fresh.task_params, fresh.params, fresh.opt_state)
 
-  def body(carry, data):
-    ps, reset_seen = carry
-    cur, new = data
-    batch, k_loss, valid_batch, k_valid = _select(reset_seen, new, cur)
-    task = family.task(ps.task_params)
-    loss, grads = jax.value_and_grad(task.loss)(ps.params, wrap_key(k_loss), batch)
-    updates, opt_state = tx.update(grads, ps.opt_state, ps.params, loss=loss)
-    params = optax.apply_updates(ps.params, updates)
+  def body(carry, xs):
+    task_params, params, opt_state = carry
+    (batch, k_loss, valid_batch, k_valid), done_now = xs
+    task = family.task(task_params)
+    loss, grads = jax.value_and_grad(task.loss)(params, wrap_key(k_loss), batch)
+    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    new_params = optax.apply_updates(params, updates)
     if config.meta_loss == "train":
       raw = loss
     else:
-      raw = task.loss(params, wrap_key(k_valid), valid_batch)
+      raw = task.loss(new_params, wrap_key(k_valid), valid_batch)
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
-    step = ps.step + 1
-    done = step >= ps.horizon
-    advanced = ps._replace(params=params, opt_state=opt_state, step=step)
-    new_ps = _select(done, fresh, advanced)
-    return (new_ps, reset_seen | done), (norm.astype(jnp.float32), reset_seen,
-                                         (~finite).astype(jnp.int32))
+    carry = _select(done_now, fresh_inner, (task_params, new_params, opt_state))
+    return carry, (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
 
-  (particle, reset), (losses, after_reset, nonfinite) = jax.lax.scan(
-      body, (particle, jnp.asarray(False)), (cur_data, fresh_data), length=num_steps,
+  (task_params, params, opt_state), (losses, nonfinite) = jax.lax.scan(
+      body, inner, (data, done), length=num_steps,
       unroll=int(__import__("os").environ.get("H6_UNROLL", "1")))
+  reset = until_reset <= num_steps
+  particle = ParticleState(
+      task_params=task_params, params=params, opt_state=opt_state,
+      step=jnp.where(reset, num_steps - until_reset, particle.step + num_steps).astype(jnp.int32),
+      horizon=jnp.where(reset, fresh.horizon, particle.horizon),
+      run_key=jnp.where(reset, fresh.run_key, particle.run_key))
   out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=jnp.sum(nonfinite),
                      meta_loss=jnp.mean(losses), reset=reset)
   return particle, out

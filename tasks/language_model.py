@@ -289,8 +289,8 @@ def lm_transformer_tiny() -> LanguageModelFamily:
 
 
 def lm_transformer_small() -> LanguageModelFamily:
-  """2 layers, width 64, 4 heads, sinusoidal positions, 16 windows of 64 characters."""
-  return LanguageModelFamily(num_layers=2, width=64, num_heads=4, seq_len=64,
+  """2 layers, width 64, 4 heads, sinusoidal positions, 8 windows of 64 characters."""
+  return LanguageModelFamily(num_layers=2, width=64, num_heads=4, seq_len=64, batch_size=8,
                              positions="sinusoidal", name="lm_transformer_small")
 
 

@@ -216,7 +216,7 @@ def test_small_family_with_sinusoidal_positions():
 
   params, batch, loss = run(jax.random.key(12))
   assert "positions" not in params["embed"] and "block_1" in params
-  assert batch["inputs"].shape == (16, 64)
+  assert batch["inputs"].shape == (8, 64)
   assert float(loss) == pytest.approx(LOG_V, abs=0.1)
   pe = lm.sinusoidal_positions(64, 64)
   np.testing.assert_allclose(pe[0, 0::2], 0.0, atol=1e-7)

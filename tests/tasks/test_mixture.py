@@ -1,0 +1,130 @@
+"""Tests of the mixture family: member selection, exact delegation, zero gradients elsewhere."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tasks
+
+MEMBERS = ("quadratic", "gaussian_mixture_mlp")
+
+
+@pytest.fixture(scope="module")
+def family():
+  return tasks.mixture(MEMBERS)
+
+
+def _with_index(tp, index):
+  return {"index": jnp.asarray(index, jnp.int32), "params": tp["params"]}
+
+
+def test_sample_structure(family):
+  tp = family.sample(jax.random.key(0))
+  assert tp["index"].dtype == jnp.int32 and tp["index"].shape == ()
+  assert isinstance(tp["params"], tuple) and len(tp["params"]) == 2
+  for member, member_tp in zip(family.families, tp["params"]):
+    expected = jax.eval_shape(member.sample, jax.random.key(0))
+    assert jax.tree.structure(expected) == jax.tree.structure(member_tp)
+  task = family.task(tp)
+  params = task.init(jax.random.key(1))
+  assert isinstance(params, tuple) and len(params) == 2
+  assert set(params[1]) == {"dense_0", "dense_1", "dense_2"}
+
+
+def test_default_mixture_is_registered():
+  default = tasks.get("mixture")
+  assert [f.name for f in default.families] == list(tasks.mixture.__globals__["DEFAULT_MEMBERS"])
+  assert default.suggested_lr == min(f.suggested_lr for f in default.families)
+
+
+def test_weights_control_member_frequency():
+  keys = jax.random.split(jax.random.key(0), 4000)
+  only_second = tasks.mixture(MEMBERS, weights=(0.0, 2.0))
+  assert (jax.vmap(only_second.sample)(keys)["index"] == 1).all()
+  skewed = tasks.mixture(MEMBERS, weights=(1.0, 3.0))
+  freq = float(jax.vmap(skewed.sample)(keys)["index"].mean())
+  assert abs(freq - 0.75) < 0.03
+  uniform = float(jax.vmap(tasks.mixture(MEMBERS).sample)(keys)["index"].mean())
+  assert abs(uniform - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_loss_normalizer_and_grad_delegate_to_selected_member(family, index):
+  tp = _with_index(family.sample(jax.random.key(0)), index)
+  task = family.task(tp)
+  key = jax.random.key(5)
+  params = task.init(key)
+  batch = task.sample_batch(key, "train")
+  loss, grads = jax.jit(jax.value_and_grad(task.loss))(params, key, batch)
+
+  member = family.families[index].task(tp["params"][index])
+  member_key = jax.random.split(key, 2)[index]
+  member_loss, member_grad = jax.jit(jax.value_and_grad(member.loss))(
+      params[index], member_key, batch[index])
+  np.testing.assert_allclose(loss, member_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads[index]), jax.tree.leaves(member_grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for g in jax.tree.leaves(grads[1 - index]):  # Unselected member: exactly zero gradient.
+    np.testing.assert_array_equal(g, 0.0)
+  np.testing.assert_allclose(task.normalizer(loss), member.normalizer(member_loss), rtol=1e-6)
+  assert float(task.normalizer(jnp.nan)) == task.ceiling == 10.0
+
+
+def test_member_batches_and_params_follow_their_families(family):
+  tp = family.sample(jax.random.key(0))
+  task = family.task(tp)
+  key = jax.random.key(2)
+  keys = jax.random.split(key, 2)
+  for i, (member_family, member_tp) in enumerate(zip(family.families, tp["params"])):
+    member = member_family.task(member_tp)
+    ref_batch = member.sample_batch(keys[i], "valid")
+    for a, b in zip(jax.tree.leaves(task.sample_batch(key, "valid")[i]),
+                    jax.tree.leaves(ref_batch)):
+      np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(task.init(key)[i]), jax.tree.leaves(member.init(keys[i]))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_adam_under_vmap_trains_only_the_selected_members(family):
+  tps = jax.vmap(family.sample)(jax.random.split(jax.random.key(0), 2))
+  tps = {"index": jnp.array([0, 1], jnp.int32), "params": tps["params"]}
+  opt = optax.adam(family.suggested_lr)
+
+  @jax.jit
+  @jax.vmap
+  def train(tp, key):
+    task = family.task(tp)
+    p0 = task.init(key)
+    eval_batch = task.sample_batch(key, "valid")
+    def step(carry, k):
+      p, s = carry
+      g = jax.grad(task.loss)(p, k, task.sample_batch(k, "train"))
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), jax.random.split(key, 20))
+    return p0, p, task.loss(p0, key, eval_batch), task.loss(p, key, eval_batch)
+
+  p0, p, loss0, loss1 = train(tps, jax.random.split(jax.random.key(1), 2))
+  assert (loss1 < loss0).all()
+  for task_i, unselected in [(0, 1), (1, 0)]:
+    moved = [not np.array_equal(a[task_i], b[task_i])
+             for a, b in zip(jax.tree.leaves(p0[task_i]), jax.tree.leaves(p[task_i]))]
+    assert all(moved)
+    for a, b in zip(jax.tree.leaves(p0[unselected]), jax.tree.leaves(p[unselected])):
+      np.testing.assert_array_equal(a[task_i], b[task_i])
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"members": ()}, ValueError),
+    ({"members": ["quadratic"]}, ValueError),
+    ({"members": ("quadratic", "nope")}, tasks.UnknownFamilyError),
+    ({"members": ("quadratic", 3)}, ValueError),
+    ({"members": MEMBERS, "weights": (1.0,)}, ValueError),
+    ({"members": MEMBERS, "weights": (1.0, -1.0)}, ValueError),
+    ({"members": MEMBERS, "weights": (0.0, 0.0)}, ValueError),
+])
+def test_invalid_mixture_raises(kwargs, error):
+  with pytest.raises(error):
+    tasks.MixtureFamily(**kwargs)
