@@ -107,15 +107,15 @@ def _factored_init(p, n: int):
   return rows, cols
 
 
-def _factored_update(g2, row, col, beta):
+def _factored_update(g2, row, col, beta, one_minus_beta):
   """One Adafactor accumulator step; returns ``(row, col, V̂)`` (arXiv 1804.04235, Alg. 4)."""
   if g2.ndim >= 2:
-    row = beta * row + (1 - beta) * jnp.mean(g2, axis=-1)
-    col = beta * col + (1 - beta) * jnp.mean(g2, axis=-2)
-    denom = jnp.mean(row, axis=-1, keepdims=True)
+    row = beta * row + one_minus_beta * jnp.mean(g2, axis=-1)
+    col = beta * col + one_minus_beta * jnp.mean(g2, axis=-2)
+    denom = jnp.maximum(jnp.mean(row, axis=-1, keepdims=True), _EPS_G2)
     v = (row / denom)[..., :, None] * col[..., None, :]
   else:
-    row = beta * row + (1 - beta) * g2
+    row = beta * row + one_minus_beta * g2
     v = row
   return row, col, v
 
@@ -227,8 +227,11 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
           raise ValueError(f"{self.name}: the updates tree does not match the {what} tree:\n"
                            f"  updates: {treedef}\n  {what}: {jax.tree.structure(tree)}")
       count = optax.safe_increment(state.count)
+      # 1 - sigmoid(x) is computed as sigmoid(-x): exact even when a decay rounds to 1.
       betas = jax.nn.sigmoid(meta_params["momentum_logits"])
+      one_m_betas = jax.nn.sigmoid(-meta_params["momentum_logits"])
       fbetas = jax.nn.sigmoid(meta_params["factored_logits"])
+      one_m_fbetas = jax.nn.sigmoid(-meta_params["factored_logits"])
       t = count.astype(taus.dtype)
       time_feats = jnp.tanh(t / taus - 1.0).astype(w1.dtype)
       # Time features are shared by all parameters: fold them into the first-layer bias.
@@ -243,11 +246,12 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
                            f"{p.shape}")
         dt = _acc_dtype(p)
         g32, p32 = g.astype(dt), p.astype(dt)
-        new_mus = tuple((bk * m + (1 - bk) * g32).astype(dt) for bk, m in zip(betas, mus))
+        new_mus = tuple((betas[k] * mus[k] + one_m_betas[k] * g32).astype(dt)
+                        for k in range(n_mom))
         g2 = jnp.square(g32) + _EPS_G2
         new_rows, new_cols, rsqrts = [], [], []
         for j in range(n_fac):
-          r, c, v = _factored_update(g2, rows[j], cols[j], fbetas[j])
+          r, c, v = _factored_update(g2, rows[j], cols[j], fbetas[j], one_m_fbetas[j])
           new_rows.append(r.astype(dt))
           new_cols.append(c.astype(cols[j].dtype))
           rsqrts.append(jax.lax.rsqrt(v + _EPS_RSQRT))
@@ -262,10 +266,9 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
         norm = jax.lax.rsqrt(jnp.mean(jnp.square(fs), axis=axes) + _EPS_NORM)  # (F,)
         expand = (1,) * p.ndim
         w_eff = (norm[:, None] * w1[:n_feat].astype(dt)).reshape((n_feat, n_hidden) + expand)
-        pre = jnp.sum(fs[:, None] * w_eff, axis=0) + hidden_bias.astype(dt).reshape(
-            (n_hidden,) + expand)
-        hid = jax.nn.relu(pre)  # (H, *shape)
-        out = jnp.sum(hid[:, None] * w2.astype(dt).reshape((n_hidden, 2) + expand), axis=0)
+        pre = jnp.tensordot(w_eff.reshape(n_feat, n_hidden), fs, axes=(0, 0))
+        hid = jax.nn.relu(pre + hidden_bias.astype(dt).reshape((n_hidden,) + expand))
+        out = jnp.tensordot(w2.astype(dt), hid, axes=(0, 0))  # (2, *shape)
         direction = out[0] + b2[0].astype(dt)
         magnitude = out[1] + b2[1].astype(dt)
         step = direction * jnp.exp(a * magnitude) * b

@@ -103,10 +103,7 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
   Returns:
     The list of output arrays (one per output unit).
   """
-  shape = xs[0].shape
-  # A flat loop: XLA:CPU then emits one simple loop that LLVM vectorises for any tensor shape
-  # (a 2-D loop nest with an odd minor dimension was left scalar, and slow to compile).
-  h = [x.reshape(-1) for x in xs]
+  h = list(xs)
   for depth, (w, b) in enumerate(layers):
     out = []
     for j in range(w.shape[1]):
@@ -118,7 +115,7 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
       acc = acc + b[j]
       out.append(jax.nn.relu(acc) if depth < len(layers) - 1 else acc)
     h = out
-  return [x.reshape(shape) for x in h]
+  return h
 
 
 def _matmul_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
@@ -348,12 +345,20 @@ class MLPOptimizer(base.LearnedOptimizer):
         if g.shape != p.shape or any(a.shape != p.shape for a in acc):
           raise ValueError(f"{self.name}: update of shape {g.shape} and state of shapes "
                            f"{[a.shape for a in acc]} for a parameter of shape {p.shape}")
+        shape = p.shape
+        fused = p.size >= self.fuse_min_size
         xs, new_mom, new_rms = self.features(g, p, acc[:n_mom], acc[n_mom:])
         scales = self.feature_scales(g, p, new_mom, new_rms)
         layers = [(w0[:n_feat] * scales[:, None].astype(w0.dtype), bias0), *rest]
         clean = [feats_lib.finite_or_zero(x) for x in xs]
-        mlp = _fused_mlp if p.size >= self.fuse_min_size else _matmul_mlp
-        direction, magnitude = mlp(clean, layers)
+        if fused:
+          # Materialise the features: the network's loop then only reads arrays, a kernel that
+          # LLVM vectorises and compiles reliably (with the feature maths inside it, some
+          # shapes compiled for minutes into gigabytes of memory).
+          clean, layers = jax.lax.optimization_barrier((clean, layers))
+          direction, magnitude = _fused_mlp(clean, layers)
+        else:
+          direction, magnitude = _matmul_mlp(clean, layers)
         step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
         finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x) for x in xs])
         step = jnp.where(finite, step, jnp.nan)

@@ -230,7 +230,6 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   index = jnp.arange(num_steps, dtype=jnp.int32)
   until_reset = particle.horizon - particle.step
   after_reset = index >= until_reset
-  done = index == until_reset - 1
   # All randomness of the truncation is drawn here, vectorised over steps, for the current run
   # and for the run that follows a reset, so the scan body holds no PRNG.
   cur_data = _step_data(family, config, particle, particle.step + index)
@@ -242,8 +241,9 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   fresh_inner = (fresh.task_params, fresh.params, fresh.opt_state)
 
   def body(carry, xs):
-    task_params, params, opt_state = carry
-    (batch, k_loss, valid_batch, k_valid), done_now = xs
+    (batch, k_loss, valid_batch, k_valid), start_fresh = xs
+    # The run that ended at the previous step is replaced by the fresh run before this step.
+    task_params, params, opt_state = _select(start_fresh, fresh_inner, carry)
     task = family.task(task_params)
     loss, grads = jax.value_and_grad(task.loss)(params, wrap_key(k_loss), batch)
     updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
@@ -255,12 +255,14 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
-    carry = _select(done_now, fresh_inner, (task_params, new_params, opt_state))
-    return carry, (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
+    return (task_params, new_params, opt_state), (norm.astype(jnp.float32),
+                                                  (~finite).astype(jnp.int32))
 
   (task_params, params, opt_state), (losses, nonfinite) = jax.lax.scan(
-      body, inner, (data, done), length=num_steps,
-      unroll=int(__import__("os").environ.get("H6_UNROLL", "1")))
+      body, inner, (data, index == until_reset), length=num_steps)
+  # A run ending at the last step is replaced after the scan.
+  task_params, params, opt_state = _select(until_reset == num_steps, fresh_inner,
+                                           (task_params, params, opt_state))
   reset = until_reset <= num_steps
   particle = ParticleState(
       task_params=task_params, params=params, opt_state=opt_state,

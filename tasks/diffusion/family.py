@@ -185,6 +185,10 @@ class _DiffusionFamily(base.TaskFamily):
   min_snr_gamma: float = weighting.DEFAULT_MIN_SNR_GAMMA
   stratified: bool = True
 
+  # Adam's learning rate for quick checks (the task conformance suite): the diffusion losses are
+  # noisy (σ and ε are resampled every step), so the default 1e-2 overshoots on some tasks.
+  suggested_lr = 1e-3
+
   def __post_init__(self):
     owner = type(self).__name__
     for field, known in (("targets", targets.TARGETS), ("schedules", schedules.SCHEDULES),

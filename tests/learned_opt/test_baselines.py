@@ -39,8 +39,10 @@ def _run(tx, steps=5):
 @pytest.mark.parametrize("lr,b1,b2,eps", [(1e-3, 0.9, 0.999, 1e-8), (0.1, 0.5, 0.99, 1e-6)])
 def test_adam_matches_optax_adam(lr, b1, b2, eps):
   lopt = learned_opt.Adam(initial_learning_rate=lr, b1=b1, b2=b2, eps=eps)
-  ours = _run(lopt.transform(lopt.init(jax.random.key(0))))
-  ref = _run(optax.adam(lr, b1=b1, b2=b2, eps=eps))
+  mp = lopt.init(jax.random.key(0))
+  ours = _run(lopt.transform(mp))
+  # exp(log(lr)) is lr up to float32 rounding; give optax that same float32 value.
+  ref = _run(optax.adam(float(jnp.exp(mp["log_lr"])), b1=b1, b2=b2, eps=eps))
   for u, r in zip(ours, ref):
     for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(r)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
@@ -49,8 +51,9 @@ def test_adam_matches_optax_adam(lr, b1, b2, eps):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_sgd_momentum_matches_optax_sgd(momentum):
   lopt = learned_opt.SGDMomentum(initial_learning_rate=0.05, initial_momentum=momentum)
-  ours = _run(lopt.transform(lopt.init(jax.random.key(0))))
-  ref = _run(optax.sgd(0.05, momentum=momentum or None, nesterov=False))
+  mp = lopt.init(jax.random.key(0))
+  ours = _run(lopt.transform(mp))
+  ref = _run(optax.sgd(float(jnp.exp(mp["log_lr"])), momentum=momentum or None, nesterov=False))
   for u, r in zip(ours, ref):
     for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(r)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
