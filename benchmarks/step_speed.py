@@ -8,10 +8,13 @@ same way in the same process, interleaved round by round, so the ratio is robust
 on the machine. Prints a table: architecture, compile seconds, median ms/step, ratio to Adam,
 optimizer-state bytes per parameter.
 
-Run::
+Run from the repository root (or anywhere once the package is installed)::
 
-  python benchmarks/step_speed.py                 # every registered architecture
-  python benchmarks/step_speed.py --arch mlp --repeats 30
+  python -m benchmarks.step_speed                 # every registered architecture
+  python -m benchmarks.step_speed --arch mlp adam --repeats 30
+
+The step of a compute-bound optimizer is stretched far more than Adam's short, memory-bound
+step when other processes share the cores: compare ratios taken on an otherwise idle machine.
 """
 
 from __future__ import annotations

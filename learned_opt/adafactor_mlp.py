@@ -257,20 +257,20 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
           rsqrts.append(jax.lax.rsqrt(v + _EPS_RSQRT))
         feats = [p32, g32, *new_mus, *(g32 * r for r in rsqrts),
                  new_mus[min(1, n_mom - 1)] * rsqrts[-1]]
-        # Features stacked on a small leading axis; the RMS normalisers (one scalar per feature
-        # and tensor) are folded into the first-layer weights. Both layers are broadcast
-        # multiplies reduced over that small axis, which XLA fuses with the feature maths; the
-        # graph stays small, so compiling (and differentiating through) many steps is fast.
-        fs = jnp.stack(feats)  # (F, *shape)
-        axes = tuple(range(1, fs.ndim))
-        norm = jax.lax.rsqrt(jnp.mean(jnp.square(fs), axis=axes) + _EPS_NORM)  # (F,)
+        # The RMS normalisers (one scalar per feature and tensor) are folded into the
+        # first-layer weights. The first layer is a sum over features of (H, *shape) broadcasts
+        # and the second an unrolled sum over the H hidden units: elementwise chains that XLA
+        # fuses into a few loops, with a graph small enough to compile and differentiate fast.
+        norm = jnp.stack([_rms_scale(f) for f in feats])  # (F,)
         expand = (1,) * p.ndim
         w_eff = (norm[:, None] * w1[:n_feat].astype(dt)).reshape((n_feat, n_hidden) + expand)
-        pre = jnp.tensordot(w_eff.reshape(n_feat, n_hidden), fs, axes=(0, 0))
-        hid = jax.nn.relu(pre + hidden_bias.astype(dt).reshape((n_hidden,) + expand))
-        out = jnp.tensordot(w2.astype(dt), hid, axes=(0, 0))  # (2, *shape)
-        direction = out[0] + b2[0].astype(dt)
-        magnitude = out[1] + b2[1].astype(dt)
+        pre = hidden_bias.astype(dt).reshape((n_hidden,) + expand)
+        for i, f in enumerate(feats):
+          pre = pre + w_eff[i] * f[None]
+        hid = jax.nn.relu(pre)  # (H, *shape)
+        w2d = w2.astype(dt)
+        direction = b2[0].astype(dt) + sum(w2d[j, 0] * hid[j] for j in range(n_hidden))
+        magnitude = b2[1].astype(dt) + sum(w2d[j, 1] * hid[j] for j in range(n_hidden))
         step = direction * jnp.exp(a * magnitude) * b
         return _Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 MetaParams = Any  # a pytree of jax arrays
@@ -97,11 +98,7 @@ class LearnedOptimizer(abc.ABC):
       params = optax.apply_updates(params, updates)
     """
     step = self.scale_by(meta_params, num_steps=num_steps)
-    if callable(learning_rate):
-      scale = optax.scale_by_schedule(learning_rate)
-    else:
-      scale = optax.scale(learning_rate)
-    return optax.with_extra_args_support(optax.chain(step, scale))
+    return optax.chain(step, scale_floats(learning_rate))
 
   def config(self) -> dict[str, Any]:
     """The static configuration as a JSON-serialisable dict (what ``save`` writes)."""
@@ -122,3 +119,35 @@ class LearnedOptimizer(abc.ABC):
     for k, v in config.items():
       kwargs[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kwargs)
+
+
+class ScaleState(NamedTuple):
+  """State of :func:`scale_floats`: the step count (used by schedules)."""
+
+  count: jax.Array
+
+
+def scale_floats(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+  """Multiplies floating-point updates by ``learning_rate``; integer/bool leaves pass through.
+
+  Like ``optax.scale`` / ``optax.scale_by_schedule`` (a schedule is evaluated at the step count
+  before the increment), except that non-float leaves keep their value and dtype, and each
+  update keeps its own dtype (a bf16 update times an f32 learning rate stays bf16).
+  """
+
+  def init_fn(params):
+    del params
+    return ScaleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+    def scale(u):
+      if u is None or not jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating):
+        return u
+      return (u * lr).astype(u.dtype)
+
+    return jax.tree.map(scale, updates), ScaleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
