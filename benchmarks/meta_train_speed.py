@@ -8,7 +8,9 @@ default ``learned_opt.MLPOptimizer``):
 
 For each configuration and each ``steps_per_dispatch`` the first call (compilation + one
 dispatch) is timed apart from the steady state, which is the median over repeated timing
-windows of ``inner steps / seconds``.
+windows of ``inner steps / wall seconds``. On a shared machine the wall rate depends on the
+other load, so the rate per CPU-second of this process (``time.process_time``) is printed too;
+on an idle machine the two agree up to XLA's own threading.
 
 Run::
 
@@ -18,6 +20,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -39,7 +42,7 @@ def build_family(name: str):
 
 
 def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, lopt=None):
-  """Returns ``(compile_seconds, [inner steps/s per window], outer steps/s)``."""
+  """Returns ``(compile_seconds, [inner steps/s per window], [per CPU-s], outer steps/s)``."""
   lopt = learned_opt.MLPOptimizer() if lopt is None else lopt
   est = make_estimator("pes", num_particles=NUM_PARTICLES, truncation=TRUNCATION,
                        horizon=HORIZON, sigma=0.01)
@@ -55,15 +58,17 @@ def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, l
   state, metrics = jax.block_until_ready(trainer.step(state))
   one = max(time.perf_counter() - t0, 1e-6)
   reps = max(1, int(min_seconds / one))
-  rates = []
+  rates, cpu_rates = [], []
   for _ in range(windows):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
       state, metrics = trainer.step(state)
     jax.block_until_ready((state, metrics))
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     rates.append(reps * per_dispatch / dt)
-  return compile_s, rates, statistics.median(rates) / (NUM_PARTICLES * TRUNCATION)
+    cpu_rates.append(reps * per_dispatch / max(dc, 1e-9))
+  return (compile_s, rates, cpu_rates,
+          statistics.median(rates) / (NUM_PARTICLES * TRUNCATION))
 
 
 def main(argv=None):
@@ -76,7 +81,7 @@ def main(argv=None):
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; PES {NUM_PARTICLES} particles, "
         f"truncation {TRUNCATION}, horizon {HORIZON}, MLPOptimizer")
   header = (f"{'family':<12} {'dispatch':>8} {'compile s':>10} {'inner steps/s':>14} "
-            f"{'min..max':>21} {'outer steps/s':>13}")
+            f"{'min..max':>21} {'per CPU-s':>10} {'outer steps/s':>13}")
   print(header)
   print("-" * len(header))
   for name in args.families:
@@ -85,9 +90,11 @@ def main(argv=None):
       print(f"{name:<12} skipped: family not registered")
       continue
     for spd in args.dispatch:
-      compile_s, rates, outer = measure(family, spd, args.seconds, args.windows)
+      compile_s, rates, cpu_rates, outer = measure(family, spd, args.seconds, args.windows)
       print(f"{name:<12} {spd:>8} {compile_s:>10.2f} {statistics.median(rates):>14,.0f} "
-            f"{min(rates):>10,.0f}..{max(rates):<10,.0f} {outer:>13,.1f}", flush=True)
+            f"{min(rates):>10,.0f}..{max(rates):<10,.0f} {statistics.median(cpu_rates):>10,.0f} "
+            f"{outer:>13,.1f}", flush=True)
+  print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

@@ -98,9 +98,17 @@ def _conv_init(z, scale):
 
 
 def _conv(p, x):
-  y = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return y + p["b"]
+  """'SAME' stride-1 convolution as one matmul over im2col patches.
+
+  Under ``vmap`` over tasks (per-task kernels) this stays a batched matmul, where
+  ``lax.conv_general_dilated`` would become a grouped convolution, far slower on CPU.
+  """
+  kh, kw, c_in, c_out = p["w"].shape
+  h, w = x.shape[1], x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  patches = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  return patches @ p["w"].reshape(kh * kw * c_in, c_out) + p["b"]
 
 
 @dataclasses.dataclass(frozen=True)
