@@ -209,6 +209,11 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   Differentiable in ``meta_params`` (TBPTT differentiates it; ES only evaluates it). Vmap it
   over particles (and over ``meta_params`` for perturbed estimators).
 
+  Speed notes: the batches and keys of all ``K`` steps (of the current run and of the run a
+  reset would start) are drawn before the scan, vectorised, so the scan body holds no PRNG;
+  the reset is a ``jnp.where`` on (task params, params, optimizer state) at the top of the
+  step that starts the fresh run, which lets XLA update the loop carry in place.
+
   Args:
     lopt: the learned optimizer.
     family: the task family.
@@ -224,9 +229,7 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   tx = lopt.transform(meta_params)
   # At most one reset per truncation (min_horizon >= K): its fresh run is computed once here.
   fresh = fresh_particle(lopt, family, config, meta_params, next_run_key(particle.run_key))
-  # All randomness of the truncation is drawn up front, vectorised over steps, for the current
-  # run and for the run that follows a reset, so the scan body holds no PRNG.
-  # The reset index is known up front: step `until_reset - 1` of this scan ends the run.
+  # The reset index is known up front: scan step `until_reset` is step 0 of the fresh run.
   index = jnp.arange(num_steps, dtype=jnp.int32)
   until_reset = particle.horizon - particle.step
   after_reset = index >= until_reset

@@ -5,7 +5,8 @@ One task trains a denoiser ``D(x; σ)`` (see :mod:`tasks.diffusion.targets`) wit
 .. math::
   L(\\theta) = \\mathbb E_{x_0,\\ \\sigma \\sim p,\\ \\varepsilon \\sim \\mathcal N(0, I)}
   \\Big[\\lambda(\\sigma)\\, c_{out}(\\sigma)^2\\,
-  \\big\\| F_\\theta(c_{in} x; c_{noise}) - F^*\\big\\|^2 / d\\Big], \\qquad x = x_0 + \\sigma\\varepsilon,
+  \\big\\| F_\\theta(c_{in} x; c_{noise}) - F^*\\big\\|^2 / d\\Big],
+  \\qquad x = x_0 + \\sigma\\varepsilon,
 
 which equals ``E[λ(σ) ‖D(x; σ) − x0‖²]/d`` (Karras et al. 2022, arXiv 2206.00364, Eq. 2 and 8).
 What shapes training is the product p(σ) λ(σ), not a schedule's name (Kingma & Gao 2023,

@@ -90,7 +90,9 @@ def denoising_error_curve(task, params, key: jax.Array,
 
 
 def wiener_error(sigmas: Sequence[float], sigma_data: float) -> jax.Array:
-  """Per-dimension MSE ``σ² σ_d²/(σ² + σ_d²)`` of the best linear denoiser ``D = x σ_d²/(σ² + σ_d²)``.
+  """Per-dimension MSE ``σ² σ_d²/(σ² + σ_d²)`` of the best linear denoiser.
+
+  The denoiser is ``D = x σ_d²/(σ² + σ_d²)``.
 
   Exact for data with per-coordinate second moment σ_d² (Karras et al. 2022, arXiv 2206.00364,
   App. B.6: it is EDM's ``c_skip x``, the denoiser of a zero-output network).

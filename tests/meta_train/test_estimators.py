@@ -57,18 +57,18 @@ LOPT = learned_opt.SGDMomentum(initial_learning_rate=0.1, initial_momentum=0.0)
 THETA = LOPT.init(jax.random.key(0))
 
 
-def _reference_objective(log_lr):
-  """Mean normalised loss over T plain gradient-descent steps, written out independently."""
+def _reference_objective(log_lr, steps=T):
+  """Mean normalised loss over ``steps`` gradient-descent steps, written out independently."""
   tp = FAMILY.sample(None)
   q, lam = tp["rotation"], tp["eigenvalues"]
   a = (q * lam) @ q.T
   ref = 0.5 * tp["init_scale"]**2 * jnp.sum(lam)
   x, total = tp["x0"], 0.0
-  for _ in range(T):
+  for _ in range(steps):
     r = x - tp["optimum"]
     total = total + 0.5 * r @ a @ r / ref
     x = x - jnp.exp(log_lr) * (a @ r)
-  return total / T
+  return total / steps
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,10 @@ def exact():
   return float(jax.grad(_reference_objective)(THETA["log_lr"]))
 
 
-def _samples(name, **kwargs):
-  """N independent estimates of d(meta-loss)/d(log_lr), each averaged over one inner run."""
-  est = trainer_lib.make_estimator(name, lopt=LOPT, family=FAMILY, truncation=K, horizon=T,
-                                   stagger=False, **kwargs)
+def _samples(name, horizon=T, **kwargs):
+  """N independent estimates of d(meta-loss)/d(log_lr), each averaged over M truncations."""
+  est = trainer_lib.make_estimator(name, lopt=LOPT, family=FAMILY, truncation=K,
+                                   horizon=horizon, stagger=False, **kwargs)
   num_estimates = 1 if name == "full_es" else M
 
   def one(key):
@@ -137,3 +137,15 @@ def test_truncation_bias(name, exact):
   assert abs(mean - exact) > 8 * se
   assert abs(mean - exact) > 0.3 * abs(exact)
   assert np.sign(mean) == np.sign(exact)
+
+
+def test_pes_unbiased_across_a_reset_inside_a_truncation():
+  # Horizon 22 with K = 4: the 6th truncation runs steps 20, 21 of the first run and steps
+  # 0, 1 of the next (same fixed task), so the target is the mean loss of those 24 steps.
+  h = T - 2
+  target = lambda lr: (h * _reference_objective(lr, h) + 2 * _reference_objective(lr, 2)) / T
+  exact = float(jax.grad(target)(THETA["log_lr"]))
+  g = _samples("pes", horizon=h, num_particles=2, sigma=SIGMA)
+  mean, se = _report("pes/reset", g, exact)
+  assert abs(mean - exact) < 4 * se
+  assert se < 0.15 * abs(exact)

@@ -380,3 +380,12 @@ def test_digits_data_and_family():
     loss, norm, den = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), 4))
     assert np.isfinite(loss).all() and ((norm > 0) & (norm < 10)).all(), (denoiser, norm)
     assert den.shape == (4, 8, 64)
+
+
+def test_im2col_conv_matches_lax_conv():
+  from tasks.diffusion import denoisers
+  p = {"w": jax.random.normal(jax.random.key(0), (3, 3, 4, 5)), "b": jnp.arange(5.0)}
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  ref = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
+  np.testing.assert_allclose(denoisers._conv(p, x), ref, rtol=1e-5, atol=1e-5)
