@@ -6,6 +6,10 @@ default ``learned_opt.MLPOptimizer``):
 * ``quadratic``: a 10-dimensional :class:`tasks.QuadraticFamily`;
 * ``digits_mlp``: the registered digits MLP classifier family (skipped if absent).
 
+Each row is also timed with ``learned_opt.SGDMomentum`` in the same process (the framework's
+floor: same unrolls, estimator and tasks, a two-number optimizer); ``vs sgdm`` is the ratio of
+the MLP optimizer's rate to it, which is stable under machine load where raw rates are not.
+
 For each configuration and each ``steps_per_dispatch`` the first call (compilation + one
 dispatch) is timed apart from the steady state, which is the median over repeated timing
 windows of ``inner steps / wall seconds``. On a shared machine the wall rate depends on the
@@ -15,6 +19,7 @@ on an idle machine the two agree up to XLA's own threading.
 Run::
 
   python benchmarks/meta_train_speed.py [--families quadratic digits_mlp] [--dispatch 1 10 50]
+      [--seconds 2] [--windows 5] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -77,11 +82,13 @@ def main(argv=None):
   parser.add_argument("--dispatch", nargs="+", type=int, default=[1, 10, 50])
   parser.add_argument("--seconds", type=float, default=2.0, help="length of a timing window")
   parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                      help="skip the SGDMomentum reference timing")
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; PES {NUM_PARTICLES} particles, "
         f"truncation {TRUNCATION}, horizon {HORIZON}, MLPOptimizer")
   header = (f"{'family':<12} {'dispatch':>8} {'compile s':>10} {'inner steps/s':>14} "
-            f"{'min..max':>21} {'per CPU-s':>10} {'outer steps/s':>13}")
+            f"{'min..max':>21} {'per CPU-s':>10} {'outer steps/s':>13} {'vs sgdm':>8}")
   print(header)
   print("-" * len(header))
   for name in args.families:
@@ -91,9 +98,13 @@ def main(argv=None):
       continue
     for spd in args.dispatch:
       compile_s, rates, cpu_rates, outer = measure(family, spd, args.seconds, args.windows)
+      ratio = ""
+      if args.baseline:
+        base = measure(family, spd, args.seconds, args.windows, learned_opt.SGDMomentum())[1]
+        ratio = f"{statistics.median(rates) / statistics.median(base):>8.2f}"
       print(f"{name:<12} {spd:>8} {compile_s:>10.2f} {statistics.median(rates):>14,.0f} "
             f"{min(rates):>10,.0f}..{max(rates):<10,.0f} {statistics.median(cpu_rates):>10,.0f} "
-            f"{outer:>13,.1f}", flush=True)
+            f"{outer:>13,.1f} {ratio}", flush=True)
   print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 

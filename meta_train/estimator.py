@@ -79,6 +79,15 @@ class Estimator:
     return jax.vmap(fn, in_axes=(0 if batched_meta_params else None, 0))(meta_params, particles)
 
 
+def check_pairs_sigma(est) -> None:
+  """Raises ``ValueError`` unless ``est.num_pairs`` is a positive int and ``est.sigma > 0``."""
+  if not isinstance(est.num_pairs, int) or isinstance(est.num_pairs, bool) or est.num_pairs <= 0:
+    raise ValueError(f"{type(est).__name__}.num_pairs must be a positive int, "
+                     f"got {est.num_pairs!r}")
+  if not est.sigma > 0:
+    raise ValueError(f"{type(est).__name__}.sigma must be > 0, got {est.sigma!r}")
+
+
 def tree_mean0(tree: Any) -> Any:
   """Mean over the leading axis of every leaf."""
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
@@ -115,9 +124,15 @@ def antithetic_perturbation(key: jax.Array, meta_params: Any, sigma: float,
     pair ``i`` evaluates ``θ + ε_i`` and ``θ - ε_i``.
   """
   leaves, treedef = jax.tree.flatten(meta_params)
-  keys = jax.random.split(unroll_lib.wrap_key(key), len(leaves))
-  eps = [sigma * jax.random.normal(k, (num_pairs,) + jnp.shape(x), jnp.result_type(x))
-         for k, x in zip(keys, leaves)]
+  sizes = [int(jnp.size(x)) for x in leaves]
+  dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+  # One draw for all leaves: each PRNG call is a separate loop on CPU.
+  z = sigma * jax.random.normal(unroll_lib.wrap_key(key), (num_pairs, sum(sizes)), dtype)
+  eps, start = [], 0
+  for x, n in zip(leaves, sizes):
+    eps.append(z[:, start:start + n].reshape((num_pairs,) + jnp.shape(x)).astype(
+        jnp.result_type(x)))
+    start += n
   return jax.tree.unflatten(treedef, eps)
 
 

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from meta_train import estimator as est_lib
-from meta_train import truncated_es
 from meta_train import unroll as unroll_lib
 
 
@@ -46,7 +45,7 @@ class FullES(est_lib.Estimator):
   name = "full_es"
 
   def __post_init__(self):
-    truncated_es._check_pairs_sigma(self)  # pylint: disable=protected-access
+    est_lib.check_pairs_sigma(self)
     if self.unroll.min_horizon != self.unroll.max_horizon:
       raise ValueError(f"FullES needs a fixed horizon (min_horizon == max_horizon), got "
                        f"[{self.unroll.min_horizon}, {self.unroll.max_horizon}]")

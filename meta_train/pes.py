@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from meta_train import estimator as est_lib
-from meta_train import truncated_es
 from meta_train import unroll as unroll_lib
 
 
@@ -54,7 +53,7 @@ class PES(est_lib.Estimator):
   name = "pes"
 
   def __post_init__(self):
-    truncated_es._check_pairs_sigma(self)  # pylint: disable=protected-access
+    est_lib.check_pairs_sigma(self)
 
   def init(self, key: jax.Array, meta_params: Any) -> PESState:
     """Samples ``num_pairs`` staggered runs, duplicated for the two members of each pair."""

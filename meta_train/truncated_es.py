@@ -46,7 +46,7 @@ class TruncatedES(est_lib.Estimator):
   name = "es"
 
   def __post_init__(self):
-    _check_pairs_sigma(self)
+    est_lib.check_pairs_sigma(self)
 
   def init(self, key: jax.Array, meta_params: Any) -> TruncatedESState:
     """Samples ``num_pairs`` staggered particles."""
@@ -67,11 +67,3 @@ class TruncatedES(est_lib.Estimator):
         2 * self.num_pairs * self.unroll.truncation_length)
     pos_particles, _ = est_lib.split_pair(particles)
     return grad, TruncatedESState(pos_particles), metrics
-
-
-def _check_pairs_sigma(est) -> None:
-  if not isinstance(est.num_pairs, int) or isinstance(est.num_pairs, bool) or est.num_pairs <= 0:
-    raise ValueError(f"{type(est).__name__}.num_pairs must be a positive int, "
-                     f"got {est.num_pairs!r}")
-  if not est.sigma > 0:
-    raise ValueError(f"{type(est).__name__}.sigma must be > 0, got {est.sigma!r}")

@@ -41,8 +41,16 @@ from tasks import base as task_base
 
 META_LOSSES = ("train", "valid")
 
-# Roles folded into a run key to derive independent streams.
-_NEXT_RUN, _DATA, _FRESH = 0, 1, 2
+# Values folded into a run key to derive independent streams: the next run, the new run's task,
+# initial parameters and horizon, then (batch, loss, valid) keys of step s at 4 + 3 s + role.
+# Each group is drawn with one vectorised fold_in (PRNG calls dominate the per-truncation cost).
+_NEXT_RUN, _TASK, _INIT, _HORIZON, _DATA = 0, 1, 2, 3, 4
+
+
+def _fold_in_many(key: jax.Array, data: jax.Array) -> jax.Array:
+  """``[fold_in(key, d) for d in data]`` as one vectorised PRNG call (``data`` any shape)."""
+  flat = jax.vmap(lambda d: jax.random.fold_in(key, d))(data.reshape(-1))
+  return flat.reshape(data.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +166,8 @@ def fresh_particle(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamil
   Returns:
     An unbatched :class:`ParticleState`.
   """
-  k_task, k_init, k_h = jax.random.split(jax.random.fold_in(wrap_key(run_key), _FRESH), 3)
+  k_task, k_init, k_h = _fold_in_many(wrap_key(run_key),
+                                      jnp.asarray([_TASK, _INIT, _HORIZON], jnp.uint32))
   task_params = family.sample(k_task)
   params = family.task(task_params).init(k_init)
   opt_state = lopt.transform(meta_params).init(params)
@@ -286,13 +295,14 @@ def _step_data(family: task_base.TaskFamily, config: UnrollConfig, particle: Par
     axis; keys as raw data. The valid entries are ``None`` for the ``"train"`` meta-loss.
   """
   task = family.task(particle.task_params)
-  data_key = jax.random.fold_in(wrap_key(particle.run_key), _DATA)
+  roles = 2 if config.meta_loss == "train" else 3
+  ids = _DATA + 3 * steps.astype(jnp.uint32)[:, None] + jnp.arange(roles, dtype=jnp.uint32)
+  keys = _fold_in_many(wrap_key(particle.run_key), ids)
 
-  def one(step):
-    k_batch, k_loss, k_valid = jax.random.split(jax.random.fold_in(data_key, step), 3)
-    batch = task.sample_batch(k_batch, "train")
+  def one(k):
+    batch = task.sample_batch(k[0], "train")
     if config.meta_loss == "train":
-      return batch, key_data(k_loss), None, None
-    return batch, key_data(k_loss), task.sample_batch(k_valid, "valid"), key_data(k_valid)
+      return batch, key_data(k[1]), None, None
+    return batch, key_data(k[1]), task.sample_batch(k[2], "valid"), key_data(k[2])
 
-  return jax.vmap(one)(steps)
+  return jax.vmap(one)(keys)

@@ -13,7 +13,7 @@ from tasks.adapters import as_family, from_flax, from_function, from_haiku
 from tasks import datasets
 from tasks.classifiers import (ClassifierFamily, ClassifierTask, ConvClassifierFamily,
                                MLPClassifierFamily)
-from tasks.mixture import MixtureFamily, MixtureTask, mixture
+from tasks.mixture import MixtureFamily, MixtureTask, mixture_of
 from tasks import diffusion
 from tasks.diffusion import DiffusionTask, DigitsFamily, Toy2DFamily
 
@@ -47,5 +47,5 @@ __all__ = [
     "MLPClassifierFamily",
     "MixtureFamily",
     "MixtureTask",
-    "mixture",
+    "mixture_of",
 ]

@@ -128,9 +128,16 @@ class MixtureFamily(base.TaskFamily):
                        ceiling=ceiling)
 
 
-def mixture(members: Sequence[str | base.TaskFamily], weights: Sequence[float] | None = None,
-            name: str = "mixture") -> MixtureFamily:
-  """Builds a :class:`MixtureFamily` from any sequences of members and weights."""
+def mixture_of(members: Sequence[str | base.TaskFamily],
+               weights: Sequence[float] | None = None,
+               name: str = "mixture") -> MixtureFamily:
+  """Builds a :class:`MixtureFamily` from any sequences of members and weights.
+
+  Example::
+
+    family = tasks.mixture_of(["digits_mlp", "quadratic"], weights=[3, 1])
+    task_params = jax.vmap(family.sample)(jax.random.split(key, 8))
+  """
   return MixtureFamily(members=tuple(members),
                        weights=None if weights is None else tuple(weights), name=name)
 

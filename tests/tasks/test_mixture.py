@@ -7,13 +7,14 @@ import optax
 import pytest
 
 import tasks
+from tasks.mixture import DEFAULT_MEMBERS
 
 MEMBERS = ("quadratic", "gaussian_mixture_mlp")
 
 
 @pytest.fixture(scope="module")
 def family():
-  return tasks.mixture(MEMBERS)
+  return tasks.mixture_of(MEMBERS)
 
 
 def _with_index(tp, index):
@@ -34,14 +35,14 @@ def test_sample_structure(family):
 
 def test_default_mixture_is_registered():
   default = tasks.get("mixture")
-  assert [f.name for f in default.families] == list(tasks.mixture.__globals__["DEFAULT_MEMBERS"])
+  assert [f.name for f in default.families] == list(DEFAULT_MEMBERS)
   assert default.suggested_lr == min(f.suggested_lr for f in default.families)
 
 
 def test_weights_control_member_frequency():
   keys = jax.random.split(jax.random.key(0), 4000)
   def indices(weights):
-    f = tasks.mixture(MEMBERS, weights=weights)
+    f = tasks.mixture_of(MEMBERS, weights=weights)
     return np.asarray(jax.jit(jax.vmap(lambda k: f.sample(k)["index"]))(keys))
   assert (indices((0.0, 2.0)) == 1).all()
   assert abs(indices((1.0, 3.0)).mean() - 0.75) < 0.03
