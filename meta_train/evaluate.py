@@ -11,6 +11,9 @@ What is measured (DESIGN.md, "Evaluation"):
   learned optimizer's final loss, divided by the learned optimizer's number of steps (> 1 means
   the learned optimizer is faster; capped at 1 / num_steps below and at ``max_speedup`` above
   when Adam never gets there);
+* curves are compared after a trailing moving average over ``smoothing_window`` steps
+  (default ``num_steps // 20``): minibatch noise would otherwise let the minimum over a grid of
+  noisy curves "reach" a loss that no single setting holds, and a single final value decide wins;
 * aggregates over runs as the median and the interquartile mean (IQM, Agarwal et al. 2021,
   arXiv 2108.13264), as Celo reports them (arXiv 2501.12670).
 
@@ -45,6 +48,7 @@ class EvalConfig:
     adam_learning_rates: the grid Adam is tuned over.
     seed: the evaluation's PRNG seed (kept apart from meta-training's keys).
     max_speedup: cap on the steps-to-reach speed-up when Adam never reaches the loss.
+    smoothing_window: moving-average window for comparing curves (None: num_steps // 20).
   """
 
   num_tasks: int = 8
@@ -53,6 +57,7 @@ class EvalConfig:
   adam_learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
   seed: int = 12345
   max_speedup: float = 10.0
+  smoothing_window: int | None = None
 
   def __post_init__(self):
     for name in ("num_tasks", "num_seeds", "num_steps"):
@@ -112,8 +117,20 @@ def steps_to_reach(envelope: np.ndarray, target: float) -> float:
   return float(hits[0]) if len(hits) else float("inf")
 
 
+def smooth(curves: np.ndarray, window: int) -> np.ndarray:
+  """Trailing moving average over the last axis (the first ``window - 1`` entries average
+  over what exists so far); ``window = 1`` returns the curves unchanged."""
+  if window <= 1:
+    return curves
+  csum = np.cumsum(curves, axis=-1)
+  out = csum.copy()
+  out[..., window:] = csum[..., window:] - csum[..., :-window]
+  counts = np.minimum(np.arange(1, curves.shape[-1] + 1), window)
+  return out / counts
+
+
 def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[float],
-              max_speedup: float = 10.0) -> dict[str, Any]:
+              max_speedup: float = 10.0, smoothing_window: int | None = None) -> dict[str, Any]:
   """Turns curves into the report's numbers.
 
   Args:
@@ -121,6 +138,8 @@ def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[fl
     adam: valid losses of Adam, ``[lrs, tasks, seeds, steps+1]``.
     learning_rates: Adam's grid, matching ``adam``'s first axis.
     max_speedup: cap when Adam never reaches the learned optimizer's final loss.
+    smoothing_window: trailing moving-average window applied to every curve before comparing;
+      default ``max(1, num_steps // 20)``.
 
   Returns:
     A JSON-serialisable dict with per-run and aggregate numbers.
@@ -128,7 +147,8 @@ def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[fl
   learned = np.asarray(learned, np.float64)
   adam = np.asarray(adam, np.float64)
   num_steps = learned.shape[-1] - 1
-  clean = lambda x: np.where(np.isfinite(x), x, np.inf)
+  window = max(1, num_steps // 20) if smoothing_window is None else int(smoothing_window)
+  clean = lambda x: smooth(np.where(np.isfinite(x), x, np.inf), window)
   final_learned = clean(learned[..., -1])  # [tasks, seeds]
   final_adam = clean(adam[..., -1])  # [lrs, tasks, seeds]
   # Adam tuned per task: the learning rate with the best mean final loss over seeds.
@@ -143,6 +163,7 @@ def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[fl
     speedups[idx] = min(max(reach, 1.0) / num_steps, max_speedup)
   return {
       "num_steps": num_steps,
+      "smoothing_window": window,
       "adam_learning_rates": list(map(float, learning_rates)),
       "adam_best_learning_rate_per_task": [float(learning_rates[i]) for i in best_lr_index],
       "final_loss_learned": final_learned.tolist(),
@@ -175,7 +196,8 @@ def evaluate(lopt: lopt_base.LearnedOptimizer, meta_params: Any, family: task_ba
       for lr in config.adam_learning_rates
   ])
   learned = np.asarray(learned)
-  summary = summarize(learned, adam, config.adam_learning_rates, config.max_speedup)
+  summary = summarize(learned, adam, config.adam_learning_rates, config.max_speedup,
+                      config.smoothing_window)
   summary["family"] = getattr(family, "name", type(family).__name__)
   summary["optimizer"] = lopt.name
   return summary, {"learned": learned, "adam": adam}
@@ -246,7 +268,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
       "",
       f"{len(summary['final_loss_learned'])} held-out tasks x "
       f"{len(summary['final_loss_learned'][0])} seeds, {summary['num_steps']} steps; Adam tuned "
-      f"per task over {summary['adam_learning_rates']}.",
+      f"per task over {summary['adam_learning_rates']}; curves compared after a "
+      f"{summary['smoothing_window']}-step moving average.",
       "",
       "| measure | value |",
       "|---|---|",

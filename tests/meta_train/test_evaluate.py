@@ -29,15 +29,33 @@ def test_summarize_hand_built_curves():
   adam = np.stack([np.broadcast_to(20.0 - steps, (1, 1, 11)),
                    np.broadcast_to(10.0 - steps, (1, 1, 11))])
   learned = np.broadcast_to(np.linspace(10.0, 2.0, 11), (1, 1, 11))
-  s = ev.summarize(learned, adam, (1e-3, 1e-2))
+  s = ev.summarize(learned, adam, (1e-3, 1e-2), smoothing_window=1)
   assert s["adam_best_learning_rate_per_task"] == [1e-2]
   assert s["final_loss_adam_tuned"] == [[0.0]]
   assert s["win_fraction"] == 0.0
   # The envelope (10 - t) reaches 2.0 at t = 8: speed-up 8 / 10.
   assert s["speedup_median"] == pytest.approx(0.8)
   # A learned optimizer that beats Adam's best final loss gets the cap.
-  s = ev.summarize(learned - 3.0, adam, (1e-3, 1e-2), max_speedup=7.0)
+  s = ev.summarize(learned - 3.0, adam, (1e-3, 1e-2), max_speedup=7.0, smoothing_window=1)
   assert s["win_fraction"] == 1.0 and s["speedup_median"] == 7.0
+
+
+def test_smooth_is_a_trailing_moving_average():
+  x = np.array([[4.0, 2.0, 0.0, 2.0, 4.0]])
+  np.testing.assert_allclose(ev.smooth(x, 2), [[4.0, 3.0, 1.0, 1.0, 3.0]])
+  np.testing.assert_array_equal(ev.smooth(x, 1), x)
+
+
+def test_noise_in_the_adam_grid_does_not_fake_a_speedup():
+  """One noisy dip of one Adam curve must not count as reaching the learned optimizer's loss."""
+  steps = 41
+  learned = np.broadcast_to(np.linspace(2.0, 1.0, steps), (1, 1, steps)).copy()
+  adam = np.full((2, 1, 1, steps), 1.5)
+  adam[1, 0, 0, 5] = 0.5  # a single lucky minibatch
+  raw = ev.summarize(learned, adam, (1e-3, 1e-2), smoothing_window=1)
+  smoothed = ev.summarize(learned, adam, (1e-3, 1e-2), max_speedup=7.0, smoothing_window=4)
+  assert raw["speedup_median"] == pytest.approx(5 / 40)
+  assert smoothed["speedup_median"] == 7.0
 
 
 def test_summarize_counts_nonfinite():
