@@ -7,7 +7,7 @@ from learned_opt.base import LearnedOptimizer, MetaParams, register, registry
 from learned_opt.baselines import Adam, SGDMomentum
 from learned_opt.mlp import MLPOptimizer
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
-from learned_opt.serialization import FileFormatError, load, save
+from learned_opt.serialization import FileFormatError, load, provenance, save
 from learned_opt.pretrained import list_pretrained, load_pretrained, pretrained
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "load",
     "load_pretrained",
     "pretrained",
+    "provenance",
     "register",
     "registry",
     "save",

@@ -96,13 +96,16 @@ def _shape_mismatches(lopt: base.LearnedOptimizer, meta_params: Any) -> str | No
   return None
 
 
-def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any) -> None:
+def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any, *,
+         provenance: dict[str, Any] | None = None) -> None:
   """Writes ``lopt`` and its meta-parameters to one safetensors file, atomically.
 
   Args:
     path: destination file (conventionally ``*.safetensors``); replaced if it exists.
     lopt: a registered learned optimizer (its ``name`` and ``config()`` go in the metadata).
     meta_params: nested dicts of arrays matching ``lopt.init``'s structure and shapes.
+    provenance: optional JSON-serialisable description of how the file was made (e.g. the
+      ``meta-train`` preset, resolved config and outer step); read back by :func:`provenance`.
 
   Raises:
     ValueError: if ``lopt`` is not registered or ``meta_params`` do not fit it.
@@ -123,6 +126,12 @@ def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any)
     raise ValueError(f"meta_params do not fit {lopt.name}: {problem}")
   document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": lopt.name,
               "config": lopt.config(), "tree": structure}
+  if provenance is not None:
+    try:
+      json.dumps(provenance, allow_nan=False)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"provenance must be JSON-serialisable: {e}") from None
+    document["provenance"] = provenance
   data = safetensors.numpy.save(tensors, metadata={_METADATA_KEY: json.dumps(document)})
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
@@ -258,3 +267,20 @@ def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
   if problem:
     raise fail(f"tensors do not match {doc['name']} with this config: {problem}")
   return lopt, meta_params
+
+
+def provenance(path: str | os.PathLike) -> dict[str, Any]:
+  """The ``provenance`` dict :func:`save` stored in the file (``{}`` when none was given).
+
+  Raises:
+    FileFormatError: if the file is not a valid learned-optimizer file.
+  """
+  path = os.fspath(path)
+  load(path)  # full validation first
+  with open(path, "rb") as f:
+    data = f.read()
+  doc = _parse_document(path, _read_header(path, data))
+  value = doc.get("provenance", {})
+  if not isinstance(value, dict):
+    raise FileFormatError(f"{path}: metadata field 'provenance' is not an object")
+  return value

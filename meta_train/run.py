@@ -143,11 +143,18 @@ def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str) -> config_lib.RunCo
   return saved
 
 
-def export_optimizer(run_dir: str, lopt: Any, meta_params: Any) -> str:
-  """Writes ``run_dir/optimizer.safetensors`` with ``learned_opt.save`` (atomic)."""
+def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
+                     cfg: config_lib.RunConfig | None = None, step: int | None = None) -> str:
+  """Writes ``run_dir/optimizer.safetensors`` with ``learned_opt.save`` (atomic).
+
+  The file's provenance records the producer, the outer step and the resolved config, so a
+  shipped optimizer says how to reproduce it.
+  """
   import learned_opt  # pylint: disable=import-outside-toplevel
   path = os.path.join(run_dir, OPTIMIZER_FILE)
-  learned_opt.save(path, lopt, jax.device_get(meta_params))
+  provenance = {"producer": "meta-train", "outer_step": step,
+                "config": None if cfg is None else config_lib.to_dict(cfg)}
+  learned_opt.save(path, lopt, jax.device_get(meta_params), provenance=provenance)
   return path
 
 
@@ -285,7 +292,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
         interval = _Interval()
       if step % cfg.run.checkpoint_every == 0 or step == total:
         ckpt.save(step, state)
-        export_optimizer(run_dir, lopt, state.meta_params)
+        export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
   except KeyboardInterrupt:
     if step not in ckpt.all_steps() and step > (resumed_from or 0):
       ckpt.save(step, state)
@@ -296,7 +303,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
     raise
   ckpt.close()
   progress.close()
-  export_optimizer(run_dir, lopt, state.meta_params)
+  export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
   eval_summary = None
   if cfg.eval.enabled:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)

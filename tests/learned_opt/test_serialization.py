@@ -170,3 +170,16 @@ def test_invalid_format_fields(saved, tmp_path):
     safetensors.numpy.save_file(tensors, str(path), metadata={"learned_opt": json.dumps(doc)})
     with pytest.raises(learned_opt.FileFormatError, match=message):
       learned_opt.load(path)
+
+
+def test_provenance_round_trips_and_defaults_to_empty(tmp_path):
+  lopt = learned_opt.SGDMomentum()
+  theta = lopt.init(jax.random.key(0))
+  plain, tagged = tmp_path / "plain.safetensors", tmp_path / "tagged.safetensors"
+  learned_opt.save(plain, lopt, theta)
+  info = {"producer": "meta-train", "outer_step": 7, "config": {"run": {"seed": 1}}}
+  learned_opt.save(tagged, lopt, theta, provenance=info)
+  assert learned_opt.provenance(plain) == {}
+  assert learned_opt.provenance(tagged) == info
+  with pytest.raises(ValueError, match="JSON"):
+    learned_opt.save(plain, lopt, theta, provenance={"bad": object()})
