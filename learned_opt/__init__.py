@@ -8,7 +8,7 @@ from learned_opt.baselines import Adam, SGDMomentum
 from learned_opt.mlp import MLPOptimizer
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
 from learned_opt.serialization import FileFormatError, load, provenance, save
-from learned_opt.pretrained import list_pretrained, load_pretrained, pretrained
+from learned_opt.pretrained import list_pretrained, load_pretrained, pretrained, pretrained_path
 
 __all__ = [
     "AdafactorMLPOptimizer",
@@ -22,6 +22,7 @@ __all__ = [
     "load",
     "load_pretrained",
     "pretrained",
+    "pretrained_path",
     "provenance",
     "register",
     "registry",

@@ -140,6 +140,9 @@ def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any,
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

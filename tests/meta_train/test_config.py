@@ -152,3 +152,14 @@ def test_fields_table_covers_every_leaf_field():
                  for f in dataclasses.fields(C.RunConfig))
   assert len(rows) == n_leaves
   assert all(help_text for _, _, _, help_text in rows)
+
+
+def test_shipped_pretrained_optimizer_was_made_by_the_default_preset():
+  """learned_opt/pretrained/default.safetensors must be reproducible with `--preset default`."""
+  info = learned_opt.provenance(learned_opt.pretrained_path("default"))
+  shipped = dict(info["config"])
+  preset = C.to_dict(C.resolve("default"))
+  for section in ("wandb", "eval"):  # logging and reporting do not change the optimizer
+    shipped.pop(section), preset.pop(section)
+  assert shipped == preset
+  assert info["outer_step"] == preset["run"]["num_outer_steps"]
