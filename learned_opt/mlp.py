@@ -23,7 +23,8 @@ Implementation notes (speed):
   elementwise loop: no ``[N, features]`` or ``[N, hidden]`` array is ever materialised, the
   hidden activations live in vector registers and the loop runs at the machine's FMA rate.
   That costs compile time (a few seconds per large tensor), so smaller tensors use the
-  ordinary matmul formulation. Both compute the same function (up to float rounding order).
+  ordinary matmul formulation (with the two-unit output layer as fused multiply-adds). Both
+  compute the same function (up to float rounding order).
 * The ``F`` normalisers come from one variadic reduction (:func:`features.tensor_means`) fused
   with the state update, so no feature tensor is materialised for them either.
 
@@ -121,14 +122,21 @@ def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
 
 
 def _matmul_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
-  """The same network as :func:`_fused_mlp` written with matmuls on ``[n, features]``."""
+  """The same network as :func:`_fused_mlp` with matmuls on ``[n, width]``, for small tensors.
+
+  The output layer (``fan_out = 2``) is written as unrolled multiply-adds on the columns of the
+  last hidden layer: XLA fuses it with the step computation that consumes it, where a matmul
+  with two output columns is a library call that costs more than the rest of the network at
+  these sizes.
+  """
   shape = xs[0].shape
   h = jnp.stack([x.reshape(-1) for x in xs], axis=-1)
-  for depth, (w, b) in enumerate(layers):
-    h = jnp.dot(h, w, precision=jax.lax.Precision.HIGHEST) + b
-    if depth < len(layers) - 1:
-      h = jax.nn.relu(h)
-  return [h[:, j].reshape(shape) for j in range(h.shape[1])]
+  for w, b in layers[:-1]:
+    h = jax.nn.relu(jnp.dot(h, w, precision=jax.lax.Precision.HIGHEST) + b)
+  w, b = layers[-1]
+  cols = [h[:, i] for i in range(w.shape[0])]
+  return [functools.reduce(jnp.add, [c * w[i, j] for i, c in enumerate(cols)]).reshape(shape)
+          + b[j] for j in range(w.shape[1])]
 
 
 @base.register

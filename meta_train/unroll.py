@@ -220,8 +220,9 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
 
   Speed notes: the batches and keys of all ``K`` steps (of the current run and of the run a
   reset would start) are drawn before the scan, vectorised, so the scan body holds no PRNG;
-  the reset is a ``jnp.where`` on (task params, params, optimizer state) at the top of the
-  step that starts the fresh run, which lets XLA update the loop carry in place.
+  the reset is a ``jnp.where`` on (params, optimizer state) at the top of the step that starts
+  the fresh run, which lets XLA update the loop carry in place; task parameters are not
+  carried but selected per step from the two runs' (loop-invariant) values.
 
   Args:
     lopt: the learned optimizer.
@@ -244,18 +245,23 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   after_reset = index >= until_reset
   # All randomness of the truncation is drawn here, vectorised over steps, for the current run
   # and for the run that follows a reset, so the scan body holds no PRNG.
-  cur_data = _step_data(family, config, particle, particle.step + index)
-  fresh_data = _step_data(family, config, fresh, jnp.maximum(index - until_reset, 0))
+  cur_data = _step_data(family, config, particle.task_params, particle.run_key,
+                        particle.step + index)
+  fresh_data = _step_data(family, config, fresh.task_params, fresh.run_key,
+                          jnp.maximum(index - until_reset, 0))
   data = jax.tree.map(
       lambda f, c: jnp.where(after_reset.reshape((-1,) + (1,) * (c.ndim - 1)), f, c),
       fresh_data, cur_data)
-  inner = (particle.task_params, particle.params, particle.opt_state)
-  fresh_inner = (fresh.task_params, fresh.params, fresh.opt_state)
+  inner = (particle.params, particle.opt_state)
+  fresh_inner = (fresh.params, fresh.opt_state)
 
   def body(carry, xs):
-    (batch, k_loss, valid_batch, k_valid), start_fresh = xs
+    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh = xs
     # The run that ended at the previous step is replaced by the fresh run before this step.
-    task_params, params, opt_state = _select(start_fresh, fresh_inner, carry)
+    params, opt_state = _select(start_fresh, fresh_inner, carry)
+    # Task parameters are loop invariants (not carried): selecting them here lets XLA fuse the
+    # select into their consumers instead of writing a new carry every step.
+    task_params = _select(is_fresh, fresh.task_params, particle.task_params)
     task = family.task(task_params)
     loss, grads = jax.value_and_grad(task.loss)(params, wrap_key(k_loss), batch)
     updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
@@ -267,15 +273,14 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
-    return (task_params, new_params, opt_state), (norm.astype(jnp.float32),
-                                                  (~finite).astype(jnp.int32))
+    return (new_params, opt_state), (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
 
-  (task_params, params, opt_state), (losses, nonfinite) = jax.lax.scan(
-      body, inner, (data, index == until_reset), length=num_steps)
+  (params, opt_state), (losses, nonfinite) = jax.lax.scan(
+      body, inner, (data, index == until_reset, after_reset), length=num_steps)
   # A run ending at the last step is replaced after the scan.
-  task_params, params, opt_state = _select(until_reset == num_steps, fresh_inner,
-                                           (task_params, params, opt_state))
+  params, opt_state = _select(until_reset == num_steps, fresh_inner, (params, opt_state))
   reset = until_reset <= num_steps
+  task_params = _select(reset, fresh.task_params, particle.task_params)
   particle = ParticleState(
       task_params=task_params, params=params, opt_state=opt_state,
       step=jnp.where(reset, num_steps - until_reset, particle.step + num_steps).astype(jnp.int32),
@@ -286,18 +291,18 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   return particle, out
 
 
-def _step_data(family: task_base.TaskFamily, config: UnrollConfig, particle: ParticleState,
-               steps: jax.Array) -> tuple[Any, jax.Array, Any, jax.Array]:
-  """Batches and keys of ``particle``'s run at inner ``steps`` (vectorised over steps).
+def _step_data(family: task_base.TaskFamily, config: UnrollConfig, task_params: Any,
+               run_key: jax.Array, steps: jax.Array) -> tuple[Any, jax.Array, Any, jax.Array]:
+  """Batches and keys of the run (``task_params``, ``run_key``) at inner ``steps`` (vectorised).
 
   Returns:
     ``(train_batches, loss_keys, valid_batches, valid_keys)`` with a leading ``len(steps)``
     axis; keys as raw data. The valid entries are ``None`` for the ``"train"`` meta-loss.
   """
-  task = family.task(particle.task_params)
+  task = family.task(task_params)
   roles = 2 if config.meta_loss == "train" else 3
   ids = _DATA + 3 * steps.astype(jnp.uint32)[:, None] + jnp.arange(roles, dtype=jnp.uint32)
-  keys = _fold_in_many(wrap_key(particle.run_key), ids)
+  keys = _fold_in_many(wrap_key(run_key), ids)
 
   def one(k):
     batch = task.sample_batch(k[0], "train")
