@@ -35,6 +35,10 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt.tree_utils import Leaf as _Leaf
+from learned_opt.tree_utils import is_float as _is_float
+from learned_opt.tree_utils import placeholder as _placeholder
+from learned_opt.tree_utils import unzip as _unzip
 
 _EPS_G2 = 1e-30  # Adafactor's ε₁, added to G² before averaging
 _EPS_RSQRT = 1e-30  # floor under V̂ before the reciprocal square root
@@ -59,28 +63,8 @@ class AdafactorMLPState(NamedTuple):
   col: tuple[optax.Updates, ...]
 
 
-class _Leaf:
-  """Per-leaf results of a ``jax.tree.map``; a plain class, so pytrees treat it as one leaf."""
-
-  def __init__(self, *values):
-    self.values = values
-
-
-def _unzip(tree, n: int) -> tuple[Any, ...]:
-  """Splits a tree of :class:`_Leaf` into ``n`` trees (safe for params that are tuples)."""
-  return tuple(jax.tree.map(lambda o, i=i: o.values[i], tree) for i in range(n))
-
-
-def _is_float(x) -> bool:
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
 def _acc_dtype(p) -> jnp.dtype:
   return jnp.promote_types(p.dtype, jnp.float32)
-
-
-def _placeholder() -> jax.Array:
-  return jnp.zeros((0,), jnp.float32)
 
 
 def _logit(p: float) -> float:

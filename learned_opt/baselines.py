@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt.tree_utils import Leaf as _Leaf
+from learned_opt.tree_utils import is_float as _is_float
+from learned_opt.tree_utils import unzip as _unzip
 
 
 class SGDMState(NamedTuple):
@@ -29,25 +32,6 @@ class AdamState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-
-
-class _Leaf:
-  """Per-leaf results of a ``jax.tree.map``; a plain class, so pytrees treat it as one leaf.
-
-  (Returning tuples instead would be ambiguous when the params tree itself contains tuples.)
-  """
-
-  def __init__(self, *values):
-    self.values = values
-
-
-def _unzip(tree, n: int):
-  """Splits a tree of :class:`_Leaf` into ``n`` trees."""
-  return tuple(jax.tree.map(lambda o, i=i: o.values[i], tree) for i in range(n))
-
-
-def _is_float(x) -> bool:
-  return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
 def _check_trees(name: str, updates, state_tree, params) -> None:

@@ -47,6 +47,10 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt.tree_utils import Leaf as _Leaf
+from learned_opt.tree_utils import is_float as _is_float
+from learned_opt.tree_utils import placeholder as _placeholder
+from learned_opt.tree_utils import unzip as _unzip
 from learned_opt import features as feats_lib
 
 
@@ -64,26 +68,6 @@ class MLPState(NamedTuple):
   count: jax.Array
   mom: tuple[optax.Updates, ...]
   rms: tuple[optax.Updates, ...]
-
-
-class _Leaf:
-  """Per-leaf results of a ``jax.tree.map``: a plain class, so pytrees treat it as one leaf."""
-
-  def __init__(self, *values):
-    self.values = values
-
-
-def _unzip(tree, n: int) -> tuple[Any, ...]:
-  """Splits a tree of :class:`_Leaf` into ``n`` trees (safe when params contain tuples)."""
-  return tuple(jax.tree.map(lambda o, i=i: o.values[i], tree) for i in range(n))
-
-
-def _is_float(x) -> bool:
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _placeholder() -> jax.Array:
-  return jnp.zeros((0,), jnp.float32)
 
 
 def _state_zeros(p) -> jax.Array:
