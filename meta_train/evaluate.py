@@ -189,8 +189,10 @@ def evaluate(lopt: lopt_base.LearnedOptimizer, meta_params: Any, family: task_ba
   k_tasks, k_runs = jax.random.split(key)
   task_params = jax.vmap(family.sample)(jax.random.split(k_tasks, config.num_tasks))
   run_keys = jax.random.split(k_runs, (config.num_tasks, config.num_seeds))
-  learned = training_curves(family, lopt.transform(meta_params, num_steps=config.num_steps),
-                            task_params, run_keys, config.num_steps)
+  # Same transform as during meta-training (the unrolls do not pass num_steps), so horizon
+  # features that were never trained cannot change the optimizer's behaviour at evaluation.
+  learned = training_curves(family, lopt.transform(meta_params), task_params, run_keys,
+                            config.num_steps)
   adam = np.stack([
       np.asarray(training_curves(family, optax.adam(lr), task_params, run_keys, config.num_steps))
       for lr in config.adam_learning_rates
