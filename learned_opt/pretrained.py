@@ -50,7 +50,9 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
   Args:
     name: one of :func:`list_pretrained`.
     learning_rate: multiplier on the learned step (1.0 = as meta-trained).
-    num_steps: optional length of the user's training run (horizon features).
+    num_steps: optional length of the training run, for horizon features. Leave it None for
+      the shipped optimizers: ``meta-train`` unrolls do not pass it, so their horizon-feature
+      weights are untrained.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
