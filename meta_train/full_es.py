@@ -72,12 +72,12 @@ class FullES(est_lib.Estimator):
     eps = est_lib.antithetic_perturbation(k_eps, meta_params, self.sigma, self.num_pairs)
     thetas = est_lib.perturbed_pair(meta_params, eps)
     config = self._full_config()
-    particles = jax.vmap(
-        lambda mp, rk: unroll_lib.fresh_particle(self.lopt, self.family, config, mp, rk))(
-            thetas, est_lib.repeat_pair(run_keys))
-    _, out = jax.vmap(
-        lambda mp, ps: unroll_lib.unroll(self.lopt, self.family, config, mp, ps))(thetas,
-                                                                                  particles)
+    # Tasks and initial points are drawn once per pair; only optimizer states depend on θ.
+    runs = est_lib.repeat_pair(jax.vmap(
+        lambda rk: unroll_lib.fresh_run(self.family, config, rk))(run_keys))
+    particles = jax.vmap(lambda mp, run: unroll_lib.start_particle(self.lopt, mp, run))(
+        thetas, runs)
+    _, out = self._unroll_pairs(thetas, particles, config=config)
     pos, neg = est_lib.split_pair(out)
     per_pair = est_lib.es_grads(eps, pos.meta_loss - neg.meta_loss, self.sigma)
     grad, metrics = est_lib.combine(per_pair, jnp.mean(out.meta_loss), jnp.sum(out.nonfinite),

@@ -68,8 +68,8 @@ class PES(est_lib.Estimator):
     """One PES estimate; ``key`` draws this truncation's perturbations."""
     self._check_bound()
     eps = est_lib.antithetic_perturbation(key, meta_params, self.sigma, self.num_pairs)
-    particles, out = self._unroll_many(est_lib.perturbed_pair(meta_params, eps),
-                                       state.particles, True)
+    particles, out = self._unroll_pairs(est_lib.perturbed_pair(meta_params, eps),
+                                        state.particles)
     pos, neg = est_lib.split_pair(out)
     k = self.unroll.truncation_length
     after = pos.after_reset.astype(jnp.float32)  # identical for both members (same runs)

@@ -58,8 +58,8 @@ class TruncatedES(est_lib.Estimator):
     """One antithetic truncated-ES estimate; ``key`` draws the perturbations."""
     self._check_bound()
     eps = est_lib.antithetic_perturbation(key, meta_params, self.sigma, self.num_pairs)
-    particles, out = self._unroll_many(est_lib.perturbed_pair(meta_params, eps),
-                                       est_lib.repeat_pair(state.particles), True)
+    particles, out = self._unroll_pairs(est_lib.perturbed_pair(meta_params, eps),
+                                        est_lib.repeat_pair(state.particles), state.particles)
     pos_out, neg_out = est_lib.split_pair(out)
     per_pair = est_lib.es_grads(eps, pos_out.meta_loss - neg_out.meta_loss, self.sigma)
     grad, metrics = est_lib.combine(

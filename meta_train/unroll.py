@@ -152,6 +152,41 @@ def sample_horizon(key: jax.Array, config: UnrollConfig) -> jax.Array:
   return jnp.clip(h, config.min_horizon, config.max_horizon).astype(jnp.int32)
 
 
+class FreshRun(NamedTuple):
+  """The θ-independent part of a new run (leading particle axis when batched).
+
+  Attributes:
+    task_params: the family's task parameters of the run.
+    params: the initial inner parameters.
+    horizon: int32, length of the run.
+    run_key: uint32 raw key data of the run.
+  """
+
+  task_params: Any
+  params: Any
+  horizon: jax.Array
+  run_key: jax.Array
+
+
+def fresh_run(family: task_base.TaskFamily, config: UnrollConfig,
+              run_key: jax.Array) -> FreshRun:
+  """Task, initial parameters and horizon of the run ``run_key`` (raw data of one key)."""
+  k_task, k_init, k_h = _fold_in_many(wrap_key(run_key),
+                                      jnp.asarray([_TASK, _INIT, _HORIZON], jnp.uint32))
+  task_params = family.sample(k_task)
+  params = family.task(task_params).init(k_init)
+  return FreshRun(task_params=task_params, params=params, horizon=sample_horizon(k_h, config),
+                  run_key=key_data(wrap_key(run_key)))
+
+
+def start_particle(lopt: lopt_base.LearnedOptimizer, meta_params: Any,
+                   run: FreshRun) -> ParticleState:
+  """The particle at step 0 of ``run`` (its optimizer state initialised with ``meta_params``)."""
+  return ParticleState(task_params=run.task_params, params=run.params,
+                       opt_state=lopt.transform(meta_params).init(run.params),
+                       step=jnp.zeros([], jnp.int32), horizon=run.horizon, run_key=run.run_key)
+
+
 def fresh_particle(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily,
                    config: UnrollConfig, meta_params: Any, run_key: jax.Array) -> ParticleState:
   """A particle at step 0 of a new run drawn from ``run_key`` (raw data of one key).
@@ -166,14 +201,7 @@ def fresh_particle(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamil
   Returns:
     An unbatched :class:`ParticleState`.
   """
-  k_task, k_init, k_h = _fold_in_many(wrap_key(run_key),
-                                      jnp.asarray([_TASK, _INIT, _HORIZON], jnp.uint32))
-  task_params = family.sample(k_task)
-  params = family.task(task_params).init(k_init)
-  opt_state = lopt.transform(meta_params).init(params)
-  return ParticleState(task_params=task_params, params=params, opt_state=opt_state,
-                       step=jnp.zeros([], jnp.int32), horizon=sample_horizon(k_h, config),
-                       run_key=key_data(wrap_key(run_key)))
+  return start_particle(lopt, meta_params, fresh_run(family, config, run_key))
 
 
 def next_run_key(run_key: jax.Array) -> jax.Array:
@@ -210,17 +238,59 @@ def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+class TruncationDraws(NamedTuple):
+  """All randomness of one truncated unroll of a particle (leading particle axis when batched).
+
+  It depends only on the particle's run (task, run key, step, horizon), not on θ nor on the
+  inner parameters, so the two members of an antithetic pair can share one draw.
+
+  Attributes:
+    fresh: the run a reset inside this truncation would start.
+    data: per-step ``(train_batch, loss_key, valid_batch, valid_key)`` with a leading ``K``
+      axis: the current run's before the reset, the fresh run's from it on.
+  """
+
+  fresh: FreshRun
+  data: Any
+
+
+def draw_truncation(family: task_base.TaskFamily, config: UnrollConfig, particle: ParticleState,
+                    num_steps: int | None = None) -> TruncationDraws:
+  """Draws the :class:`TruncationDraws` of ``particle``'s next ``num_steps`` (default ``K``).
+
+  Only ``task_params``, ``step``, ``horizon`` and ``run_key`` of ``particle`` are read: particles
+  on the same run at the same step get bit-identical draws.
+  """
+  num_steps = config.truncation_length if num_steps is None else num_steps
+  # At most one reset per truncation (min_horizon >= K): its fresh run is drawn once here.
+  fresh = fresh_run(family, config, next_run_key(particle.run_key))
+  index = jnp.arange(num_steps, dtype=jnp.int32)
+  until_reset = particle.horizon - particle.step
+  after_reset = index >= until_reset
+  # Vectorised over steps, for the current run and for the run that follows a reset, so the
+  # scan body holds no PRNG.
+  cur_data = _step_data(family, config, particle.task_params, particle.run_key,
+                        particle.step + index)
+  fresh_data = _step_data(family, config, fresh.task_params, fresh.run_key,
+                          jnp.maximum(index - until_reset, 0))
+  data = jax.tree.map(
+      lambda f, c: jnp.where(after_reset.reshape((-1,) + (1,) * (c.ndim - 1)), f, c),
+      fresh_data, cur_data)
+  return TruncationDraws(fresh=fresh, data=data)
+
+
 def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, config: UnrollConfig,
-           meta_params: Any, particle: ParticleState,
-           num_steps: int | None = None) -> tuple[ParticleState, UnrollOutput]:
+           meta_params: Any, particle: ParticleState, num_steps: int | None = None,
+           draws: TruncationDraws | None = None) -> tuple[ParticleState, UnrollOutput]:
   """Advances one particle by ``num_steps`` (default ``K``) inner steps with ``lopt.transform(θ)``.
 
   Differentiable in ``meta_params`` (TBPTT differentiates it; ES only evaluates it). Vmap it
   over particles (and over ``meta_params`` for perturbed estimators).
 
   Speed notes: the batches and keys of all ``K`` steps (of the current run and of the run a
-  reset would start) are drawn before the scan, vectorised, so the scan body holds no PRNG;
-  the reset is a ``jnp.where`` on (params, optimizer state) at the top of the step that starts
+  reset would start) are drawn before the scan (:func:`draw_truncation`), vectorised, so the
+  scan body holds no PRNG; antithetic estimators draw them once per pair and pass ``draws``.
+  The reset is a ``jnp.where`` on (params, optimizer state) at the top of the step that starts
   the fresh run, which lets XLA update the loop carry in place; task parameters are not
   carried but selected per step from the two runs' (loop-invariant) values.
 
@@ -231,27 +301,22 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     meta_params: meta-parameters θ of the optimizer applied during this unroll.
     particle: an unbatched :class:`ParticleState`.
     num_steps: scan length; defaults to ``config.truncation_length``.
+    draws: ``draw_truncation(family, config, particle, num_steps)`` if already computed (e.g.
+      shared by an antithetic pair); drawn here when ``None``.
 
   Returns:
     ``(new_particle, output)`` with ``output`` an :class:`UnrollOutput`.
   """
   num_steps = config.truncation_length if num_steps is None else num_steps
+  if draws is None:
+    draws = draw_truncation(family, config, particle, num_steps)
   tx = lopt.transform(meta_params)
-  # At most one reset per truncation (min_horizon >= K): its fresh run is computed once here.
-  fresh = fresh_particle(lopt, family, config, meta_params, next_run_key(particle.run_key))
+  fresh = start_particle(lopt, meta_params, draws.fresh)
+  data = draws.data
   # The reset index is known up front: scan step `until_reset` is step 0 of the fresh run.
   index = jnp.arange(num_steps, dtype=jnp.int32)
   until_reset = particle.horizon - particle.step
   after_reset = index >= until_reset
-  # All randomness of the truncation is drawn here, vectorised over steps, for the current run
-  # and for the run that follows a reset, so the scan body holds no PRNG.
-  cur_data = _step_data(family, config, particle.task_params, particle.run_key,
-                        particle.step + index)
-  fresh_data = _step_data(family, config, fresh.task_params, fresh.run_key,
-                          jnp.maximum(index - until_reset, 0))
-  data = jax.tree.map(
-      lambda f, c: jnp.where(after_reset.reshape((-1,) + (1,) * (c.ndim - 1)), f, c),
-      fresh_data, cur_data)
   inner = (particle.params, particle.opt_state)
   fresh_inner = (fresh.params, fresh.opt_state)
 
