@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt import features as feats_lib
 from learned_opt.tree_utils import Leaf as _Leaf
 from learned_opt.tree_utils import is_float as _is_float
 from learned_opt.tree_utils import placeholder as _placeholder
@@ -152,10 +153,7 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
       if not decays or not all(0.0 < d < 1.0 for d in decays):
         raise ValueError(f"{field} must be a non-empty sequence in (0, 1), got {decays!r}")
       object.__setattr__(self, field, decays)
-    scales = tuple(float(s) for s in self.time_scales)
-    if not all(s > 0 for s in scales):
-      raise ValueError(f"time_scales must be positive, got {scales!r}")
-    object.__setattr__(self, "time_scales", scales)
+    object.__setattr__(self, "time_scales", feats_lib.check_time_scales(self.time_scales))
 
   @property
   def num_features(self) -> int:

@@ -129,6 +129,18 @@ def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
   return jnp.sqrt(1.0 / (v + eps))
 
 
+def check_time_scales(time_scales: Sequence[float]) -> tuple[float, ...]:
+  """Validates the time-feature timescales τ of a config; returns them as a tuple of floats.
+
+  Raises:
+    ValueError: if any timescale is not positive.
+  """
+  scales = tuple(float(s) for s in time_scales)
+  if not all(s > 0 for s in scales):
+    raise ValueError(f"time_scales must be positive, got {scales!r}")
+  return scales
+
+
 def tanh_time_features(step: jax.Array, timescales: Sequence[float]) -> jax.Array:
   """Training-step embedding ``tanh(t / τ - 1)`` for each timescale ``τ``.
 

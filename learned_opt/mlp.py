@@ -197,10 +197,7 @@ class MLPOptimizer(base.LearnedOptimizer):
       if not all(0.0 <= d < 1.0 for d in decays):
         raise ValueError(f"{field} must lie in [0, 1), got {decays!r}")
       object.__setattr__(self, field, decays)
-    scales = tuple(float(s) for s in self.time_scales)
-    if not all(s > 0 for s in scales):
-      raise ValueError(f"time_scales must be positive, got {scales!r}")
-    object.__setattr__(self, "time_scales", scales)
+    object.__setattr__(self, "time_scales", feats_lib.check_time_scales(self.time_scales))
 
   # -- static shapes ------------------------------------------------------------------------
 
