@@ -23,12 +23,10 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 import time
-import warnings
 from typing import Any, NamedTuple, TextIO
 
 import jax
@@ -36,7 +34,7 @@ import optax
 
 from meta_train import checkpoint as ckpt_lib
 from meta_train import config as config_lib
-from meta_train import logging as log_lib
+from meta_train import metrics_log as log_lib
 from meta_train import progress as progress_lib
 
 CONFIG_FILE = "config.json"
@@ -159,24 +157,15 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
 
 
 def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir: str):
-  """Calls ``meta_train.evaluate.evaluate_and_report`` if it exists; returns its summary."""
-  try:
-    from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    eval_lib = None
-  fn = getattr(eval_lib, "evaluate_and_report", None)
-  if fn is None:
-    warnings.warn("eval.enabled is set but meta_train.evaluate.evaluate_and_report does not "
-                  "exist; skipping evaluation")
-    return None
-  out_dir = run_dir  # eval.json, eval.md, eval.png next to the optimizer file
-  eval_config_cls = getattr(eval_lib, "EvalConfig", None)
-  if eval_config_cls is None:
-    return fn(lopt, meta_params, family, out_dir)
-  known = {f.name for f in dataclasses.fields(eval_config_cls)}
-  kwargs = {k: getattr(cfg.eval, k) for k in ("num_tasks", "num_seeds", "num_steps")
-            if k in known}
-  return fn(lopt, meta_params, family, out_dir, eval_config_cls(**kwargs))
+  """Evaluates the meta-trained optimizer as ``cfg.eval`` says; writes ``eval.*`` in ``run_dir``.
+
+  Returns:
+    The summary of :func:`meta_train.evaluate.evaluate_and_report`.
+  """
+  from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  eval_config = eval_lib.EvalConfig(num_tasks=cfg.eval.num_tasks, num_seeds=cfg.eval.num_seeds,
+                                    num_steps=cfg.eval.num_steps)
+  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, eval_config)
 
 
 class _Interval:
@@ -307,10 +296,9 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   eval_summary = None
   if cfg.eval.enabled:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)
-    if eval_summary is not None:
-      say(f"meta-train: evaluation report in {os.path.join(run_dir, 'eval.md')}")
-      logger.summary({f"eval/{k}": v for k, v in eval_summary.items()
-                      if isinstance(v, (int, float))})
+    say(f"meta-train: evaluation report in {os.path.join(run_dir, 'eval.md')}")
+    logger.summary({f"eval/{k}": v for k, v in eval_summary.items()
+                    if isinstance(v, (int, float))})
   logger.close()
   say(f"meta-train: done, {step} outer steps; optimizer in "
       f"{os.path.join(run_dir, OPTIMIZER_FILE)}")

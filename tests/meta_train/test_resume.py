@@ -19,7 +19,7 @@ import learned_opt
 from meta_train import checkpoint as ckpt_lib
 from meta_train import config as config_lib
 from meta_train import run as run_lib
-from meta_train.logging import MetricsFile
+from meta_train.metrics_log import MetricsFile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,37 +75,23 @@ def _runs(root):
           "resumed_stdout": resumed.stdout}
 
 
-def _template():
-  cfg = config_lib.resolve("smoke", TINY)
-  trainer, _, _ = run_lib.build_trainer(cfg)
-  return cfg, jax.eval_shape(trainer.init, jax.random.key(cfg.run.seed))
-
-
-def _restore(run_dir, template_state):
-  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=3)
-  try:
-    return ckpt.restore_latest(template_state)
-  finally:
-    ckpt.close()
-
-
 # One test (not several sharing a fixture): pytest-xdist would run a module fixture once per
 # worker, and the three subprocess runs are the expensive part.
 def test_sigkill_resume_is_bit_identical_and_corrupt_latest_checkpoint_is_skipped(tmp_path):
   runs = _runs(tmp_path)
-  _, tmpl = _template()
-  _check_bit_identical(runs, tmpl)
+  _check_bit_identical(runs)
   _check_metrics_file(runs)
-  _check_corrupt_fallback(runs, tmpl, tmp_path)
+  _check_corrupt_fallback(runs, tmp_path)
 
 
-def _check_bit_identical(runs, tmpl):
+def _check_bit_identical(runs):
   out = runs["resumed_stdout"]
   assert "resumed" in out and "from checkpoint step" in out
   resumed_from = int(out.split("from checkpoint step ")[1].split()[0])
   assert 0 < resumed_from < 120
-  step_a, state_a = _restore(runs["full"], tmpl)
-  step_b, state_b = _restore(runs["killed"], tmpl)
+  # load_final_state rebuilds the trainer from the run directory's config.json.
+  step_a, state_a = run_lib.load_final_state(runs["full"])
+  step_b, state_b = run_lib.load_final_state(runs["killed"])
   assert step_a == step_b == 120
   assert int(state_a.step) == 120
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
@@ -137,7 +123,7 @@ def _check_metrics_file(runs):
         "smoke", TINY + ["wandb.mode=disabled"])
 
 
-def _check_corrupt_fallback(runs, tmpl, tmp_path):
+def _check_corrupt_fallback(runs, tmp_path):
   run_dir = tmp_path / "copy"
   subprocess.run(["cp", "-r", str(runs["full"]), str(run_dir)], check=True)
   steps = _finished_steps(run_dir)
@@ -148,7 +134,7 @@ def _check_corrupt_fallback(runs, tmpl, tmp_path):
     with open(f, "r+b") as fh:
       fh.truncate(os.path.getsize(f) // 2)
   with pytest.warns(ckpt_lib.CorruptCheckpointWarning, match="step 120"):
-    step, state = _restore(run_dir, tmpl)
+    step, state = run_lib.load_final_state(run_dir)
   assert step == 110 and int(state.step) == 110
   assert _finished_steps(run_dir) == [100, 110]
   assert os.listdir(run_dir / "corrupt_checkpoints")[0].startswith("120-")

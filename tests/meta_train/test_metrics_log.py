@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from meta_train import config as C  # pylint: disable=wrong-import-position
-from meta_train import logging as L  # pylint: disable=wrong-import-position
+from meta_train import metrics_log as L  # pylint: disable=wrong-import-position
 from meta_train import progress as P  # pylint: disable=wrong-import-position
 from meta_train import run as R  # pylint: disable=wrong-import-position
 
