@@ -33,9 +33,10 @@ import jax
 
 import learned_opt
 import tasks
-from meta_train.trainer import MetaTrainer, make_estimator
+from meta_train.registry import make_estimator
+from meta_train.trainer import MetaTrainer
 
-NUM_PARTICLES, TRUNCATION, HORIZON = 16, 20, 100
+NUM_PAIRS, TRUNCATION_LENGTH, HORIZON = 8, 20, 100
 
 
 def build_family(name: str):
@@ -49,9 +50,10 @@ def build_family(name: str):
 def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, lopt=None):
   """Returns ``(compile_seconds, [inner steps/s per window], [per CPU-s], outer steps/s)``."""
   lopt = learned_opt.MLPOptimizer() if lopt is None else lopt
-  est = make_estimator("pes", num_particles=NUM_PARTICLES, truncation=TRUNCATION,
-                       horizon=HORIZON, sigma=0.01)
-  trainer = MetaTrainer(lopt, family, est, steps_per_dispatch=steps_per_dispatch)
+  est = make_estimator("pes", lopt, family, num_pairs=NUM_PAIRS,
+                       truncation_length=TRUNCATION_LENGTH, min_horizon=HORIZON,
+                       max_horizon=HORIZON, sigma=0.01)
+  trainer = MetaTrainer(est, steps_per_dispatch=steps_per_dispatch)
   state = jax.block_until_ready(trainer.init(jax.random.key(0)))
   t0 = time.perf_counter()
   state, metrics = trainer.step(state)
@@ -73,7 +75,7 @@ def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, l
     rates.append(reps * per_dispatch / dt)
     cpu_rates.append(reps * per_dispatch / max(dc, 1e-9))
   return (compile_s, rates, cpu_rates,
-          statistics.median(rates) / (NUM_PARTICLES * TRUNCATION))
+          statistics.median(rates) / (2 * NUM_PAIRS * TRUNCATION_LENGTH))
 
 
 def main(argv=None):
@@ -85,8 +87,8 @@ def main(argv=None):
   parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                       help="skip the SGDMomentum reference timing")
   args = parser.parse_args(argv)
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; PES {NUM_PARTICLES} particles, "
-        f"truncation {TRUNCATION}, horizon {HORIZON}, MLPOptimizer")
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; PES {NUM_PAIRS} pairs, "
+        f"truncation_length {TRUNCATION_LENGTH}, horizon {HORIZON}, MLPOptimizer")
   header = (f"{'family':<12} {'dispatch':>8} {'compile s':>10} {'inner steps/s':>14} "
             f"{'min..max':>21} {'per CPU-s':>10} {'outer steps/s':>13} {'vs sgdm':>8}")
   print(header)

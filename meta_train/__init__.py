@@ -1,14 +1,17 @@
-"""meta_train: unrolls, gradient estimators, the outer trainer, runs, logging and the CLI."""
+"""meta_train: unrolls, gradient estimators, the outer trainer, runs, metrics logs and the CLI."""
 
 # Meta-training core: unrolls, estimators, outer trainer.
+from meta_train.antithetic import AntitheticEstimator
+from meta_train.errors import FieldError
 from meta_train.estimator import Estimator, GradientEstimator
 from meta_train.full_es import FullES
 from meta_train.pes import PES
+from meta_train.registry import ESTIMATORS, build_estimator, make_estimator
 from meta_train.tbptt import TBPTT
-from meta_train.trainer import MetaTrainer, MetaTrainerState, make_estimator
+from meta_train.trainer import MetaTrainer, MetaTrainerState
 from meta_train.truncated_es import TruncatedES
 from meta_train.unroll import ParticleState, UnrollConfig, UnrollOutput
 
-# Runs: typed config, driver, checkpoints, logging, progress, CLI.
+# Runs: typed config, driver, checkpoints, metrics logs, progress, CLI.
 from meta_train.config import ConfigError, RunConfig
 from meta_train.run import RunDirError, RunResult

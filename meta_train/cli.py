@@ -3,7 +3,7 @@
 Usage::
 
   meta-train --preset smoke --run-dir runs/smoke
-  meta-train --preset quickstart --run-dir runs/qs estimator.num_particles=8 --set outer.lr=3e-3
+  meta-train --preset quickstart --run-dir runs/qs estimator.num_pairs=8 --set outer.lr=3e-3
   meta-train --preset default --run-dir runs/default --wandb online
 
 Every config field can be overridden as ``field.path=value`` (positional or ``--set``);
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--print-config", action="store_true",
                       help="print the resolved config as JSON and exit (nothing is compiled)")
   parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
-                      help="config overrides, e.g. estimator.num_particles=4")
+                      help="config overrides, e.g. estimator.num_pairs=4")
   return parser
 
 

@@ -13,8 +13,8 @@ those classes' dataclass fields.
 
 Example::
 
-  cfg = resolve("smoke", ["estimator.num_particles=4", "run.num_outer_steps=20"])
-  cfg.estimator.num_particles  # 4
+  cfg = resolve("smoke", ["estimator.num_pairs=4", "run.num_outer_steps=20"])
+  cfg.estimator.num_pairs  # 4
   assert from_json(to_json(cfg)) == cfg
 """
 
@@ -26,8 +26,11 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence
 
-ESTIMATORS = ("tbptt", "es", "pes", "full_es")
-ANTITHETIC_ESTIMATORS = ("es", "pes", "full_es")
+from meta_train import errors
+from meta_train import registry
+
+# The estimator names, from the registry (so --help, the Literal and its error follow it).
+EstimatorName = Literal[tuple(registry.ESTIMATORS)]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -63,18 +66,24 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
-  """The meta-gradient estimator (``meta_train.trainer.make_estimator``)."""
+  """The meta-gradient estimator (``meta_train.registry.build_estimator``).
 
-  name: Literal["tbptt", "es", "pes", "full_es"] = _f(
-      "pes", help="tbptt | es (antithetic truncated ES) | pes | full_es")
-  num_particles: int = _f(8, help="inner trainings per estimate (even for es/pes/full_es)")
-  truncation: int = _f(20, help="inner steps per truncated unroll")
-  horizon: int = _f(100, help="inner steps of one inner training before its task is reset "
-                              "(the longest one if min_horizon is set)")
-  min_horizon: int | None = _f(None, help="if set, horizons are log-uniform in "
-                                          "[min_horizon, horizon]; else fixed")
+  Each field is the estimator's or its ``UnrollConfig``'s field of the same name; an estimator
+  reads only the fields it has (``num_particles`` for tbptt, ``num_pairs`` and ``sigma`` for
+  the antithetic ones).
+  """
+
+  name: EstimatorName = _f("pes", help="; ".join(
+      f"{n}: {c.__doc__.splitlines()[0].rstrip('.')}" for n, c in registry.ESTIMATORS.items()))
+  num_pairs: int = _f(4, help="antithetic pairs per estimate, 2 * num_pairs inner trainings "
+                              "(es, pes, full_es)")
+  num_particles: int = _f(8, help="inner trainings per estimate (tbptt)")
+  sigma: float = _f(0.01, help="std of the meta-parameter perturbation (es, pes, full_es)")
+  truncation_length: int = _f(20, help="inner steps per truncated unroll (not full_es)")
+  min_horizon: int = _f(100, help="shortest inner training before its task is reset; "
+                                  "horizons are log-uniform in [min_horizon, max_horizon]")
+  max_horizon: int = _f(100, help="longest inner training (= min_horizon: a fixed horizon)")
   stagger: bool = _f(True, help="start particles at random points of their first inner run")
-  sigma: float = _f(0.01, help="std of the meta-parameter perturbation (ES estimators)")
   meta_loss: Literal["train", "valid"] = _f(
       "train", help="mean normalised loss on train batches, or on a held-out valid batch")
 
@@ -155,7 +164,8 @@ PRESETS: dict[str, RunConfig] = {
     "smoke": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (8, 8)}),
         task=TaskConfig("quadratic", {"dim": 4}),
-        estimator=EstimatorConfig("pes", num_particles=4, truncation=5, horizon=20, sigma=0.01),
+        estimator=EstimatorConfig("pes", num_pairs=2, truncation_length=5, min_horizon=20,
+                                  max_horizon=20, sigma=0.01),
         outer=OuterConfig(lr=1e-3),
         run=RunSettings(num_outer_steps=20, checkpoint_every=10, log_every=5, max_to_keep=2),
     ),
@@ -164,8 +174,8 @@ PRESETS: dict[str, RunConfig] = {
     "quickstart": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}),
         task=TaskConfig("digits_mlp", {}),
-        estimator=EstimatorConfig("pes", num_particles=16, truncation=20, horizon=200,
-                                  sigma=0.01),
+        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
+                                  max_horizon=200, sigma=0.01),
         outer=OuterConfig(lr=3e-3, clip=1.0),
         run=RunSettings(num_outer_steps=1500, steps_per_dispatch=10, checkpoint_every=250,
                         log_every=50),
@@ -176,8 +186,8 @@ PRESETS: dict[str, RunConfig] = {
     "default": RunConfig(
         optimizer=OptimizerConfig("mlp", {}),
         task=TaskConfig("mixture", {}),
-        estimator=EstimatorConfig("pes", num_particles=16, truncation=20, horizon=500,
-                                  min_horizon=100, sigma=0.01),
+        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
+                                  max_horizon=500, sigma=0.01),
         outer=OuterConfig(lr=1e-3, clip=1.0, schedule="cosine", warmup_steps=100),
         run=RunSettings(num_outer_steps=5000, steps_per_dispatch=10, checkpoint_every=500,
                         log_every=50),
@@ -646,35 +656,8 @@ def validate(cfg: RunConfig) -> RunConfig:
       cfg,
       optimizer=dataclasses.replace(cfg.optimizer, kwargs=_check_kwargs(cfg, "optimizer")),
       task=dataclasses.replace(cfg.task, kwargs=_check_kwargs(cfg, "task")))
-  build_optimizer(cfg)
-  build_family(cfg)
-
-  est = cfg.estimator
-  if est.name not in ESTIMATORS:
-    raise ConfigError("estimator.name", f"unknown estimator {est.name!r}; known: "
-                                        f"{', '.join(ESTIMATORS)}")
-  _positive(cfg, "estimator.num_particles", "estimator.truncation", "estimator.horizon")
-  if est.name in ANTITHETIC_ESTIMATORS and est.num_particles % 2:
-    raise ConfigError("estimator.num_particles",
-                      f"must be even for the antithetic estimator {est.name!r} "
-                      f"(pairs of ±σε perturbations), got {est.num_particles}")
-  shortest = est.horizon if est.min_horizon is None else est.min_horizon
-  if est.min_horizon is not None:
-    _positive(cfg, "estimator.min_horizon")
-    if est.min_horizon > est.horizon:
-      raise ConfigError("estimator.min_horizon", f"min_horizon ({est.min_horizon}) must not "
-                                                 f"exceed estimator.horizon ({est.horizon})")
-  if est.name == "full_es" and est.min_horizon is not None:
-    raise ConfigError("estimator.min_horizon", "full_es unrolls one fixed horizon; leave "
-                                               "min_horizon unset")
-  if est.truncation > shortest:
-    name = "horizon" if est.min_horizon is None else "min_horizon"
-    raise ConfigError("estimator.truncation",
-                      f"truncation ({est.truncation}) must not exceed estimator.{name} "
-                      f"({shortest})")
+  build_estimator(cfg, build_optimizer(cfg), build_family(cfg))
   _positive(cfg, "eval.num_tasks", "eval.num_seeds", "eval.num_steps")
-  if est.name in ANTITHETIC_ESTIMATORS:
-    _positive(cfg, "estimator.sigma")
 
   _positive(cfg, "outer.lr")
   _positive(cfg, "outer.clip", "outer.warmup_steps", allow_zero=True)
@@ -705,6 +688,18 @@ def build_optimizer(cfg: RunConfig):
   except (TypeError, ValueError) as e:
     raise ConfigError("optimizer.kwargs", f"{cls.__name__} rejected {cfg.optimizer.kwargs}: "
                                           f"{e}") from None
+
+
+def build_estimator(cfg: RunConfig, lopt, family):
+  """The estimator ``cfg.estimator`` describes, for ``lopt`` and ``family``.
+
+  Raises:
+    ConfigError: naming ``estimator.<field>`` when the estimator's constructor rejects a field.
+  """
+  try:
+    return registry.build_estimator(cfg.estimator, lopt, family)
+  except errors.FieldError as e:
+    raise ConfigError(f"estimator.{e.field}", e.message) from None
 
 
 def build_family(cfg: RunConfig):

@@ -10,76 +10,75 @@ horizon ``T`` with ``θ + ε`` and ``θ − ε``:
 
 Unbiased for the gradient of the smoothed full-horizon meta-loss, with no truncation at all, at
 the cost of ``T`` inner steps per particle per estimate (Salimans et al. 2017, arXiv
-1703.03864; Vicol et al. 2021, arXiv 2112.13835, Sec. 2).
+1703.03864; Vicol et al. 2021, arXiv 2112.13835, Sec. 2). The per-pair gradient is truncated
+ES's (:func:`meta_train.truncated_es.es_pair_grads`) over the whole horizon.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from meta_train import estimator as est_lib
+from meta_train import antithetic
+from meta_train import errors
 from meta_train import unroll as unroll_lib
+from meta_train.truncated_es import es_pair_grads
 
 
 class FullESState(NamedTuple):
-  """State of :class:`FullES`: only a count of estimates (runs are sampled afresh)."""
-
-  num_estimates: jax.Array
+  """State of :class:`FullES`: empty (every estimate samples fresh runs)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class FullES(est_lib.Estimator):
-  """Antithetic ES over the full horizon ``unroll.max_horizon`` (must equal ``min_horizon``).
+class FullES(antithetic.AntitheticEstimator):
+  """Antithetic ES over whole inner trainings of a fixed horizon.
 
-  Attributes:
-    num_pairs: antithetic pairs (fresh tasks) per estimate.
-    sigma: standard deviation of the perturbation ε.
+  The horizon is ``unroll.max_horizon``, which must equal ``unroll.min_horizon``.
+  ``unroll.truncation_length`` (still at most the horizon) and ``unroll.stagger`` are not used:
+  every pair runs one whole inner training from its first step. Other fields: those of
+  :class:`~meta_train.antithetic.AntitheticEstimator`.
   """
 
-  num_pairs: int = 8
-  sigma: float = 0.01
-  name = "full_es"
+  name: ClassVar[str] = "full_es"
 
   def __post_init__(self):
-    est_lib.check_pairs_sigma(self)
+    super().__post_init__()
     if self.unroll.min_horizon != self.unroll.max_horizon:
-      raise ValueError(f"FullES needs a fixed horizon (min_horizon == max_horizon), got "
-                       f"[{self.unroll.min_horizon}, {self.unroll.max_horizon}]")
+      raise errors.FieldError(type(self).__name__, "min_horizon",
+                              f"full_es unrolls one fixed horizon: must equal max_horizon "
+                              f"({self.unroll.max_horizon}), got {self.unroll.min_horizon}")
 
   @property
   def horizon(self) -> int:
     return self.unroll.max_horizon
 
-  def _full_config(self) -> unroll_lib.UnrollConfig:
+  @property
+  def pair_unroll(self) -> unroll_lib.UnrollConfig:
+    """One truncation of the whole horizon, from step 0."""
     h = self.horizon
     return dataclasses.replace(self.unroll, truncation_length=h, min_horizon=h, max_horizon=h,
                                stagger=False)
 
   def init(self, key: jax.Array, meta_params: Any) -> FullESState:
     del key, meta_params
-    self._check_bound()
-    return FullESState(jnp.zeros([], jnp.int32))
+    return FullESState()
 
-  def estimate(self, meta_params, state, key):
-    """One full-horizon ES estimate; ``key`` draws the tasks and the perturbations."""
-    self._check_bound()
+  def pair_particles(self, meta_params, state, key):
+    """``key`` draws the pairs' tasks and ε; optimizer states are initialised with ``θ ± ε``."""
+    del state
     k_runs, k_eps = jax.random.split(unroll_lib.wrap_key(key))
     run_keys = jax.vmap(unroll_lib.key_data)(jax.random.split(k_runs, self.num_pairs))
-    eps = est_lib.antithetic_perturbation(k_eps, meta_params, self.sigma, self.num_pairs)
-    thetas = est_lib.perturbed_pair(meta_params, eps)
-    config = self._full_config()
+    eps = self.perturbation(k_eps, meta_params)
+    config = self.pair_unroll
     # Tasks and initial points are drawn once per pair; only optimizer states depend on θ.
-    runs = est_lib.repeat_pair(jax.vmap(
+    runs = antithetic.repeat_pair(jax.vmap(
         lambda rk: unroll_lib.fresh_run(self.family, config, rk))(run_keys))
     particles = jax.vmap(lambda mp, run: unroll_lib.start_particle(self.lopt, mp, run))(
-        thetas, runs)
-    _, out = self._unroll_pairs(thetas, particles, config=config)
-    pos, neg = est_lib.split_pair(out)
-    per_pair = est_lib.es_grads(eps, pos.meta_loss - neg.meta_loss, self.sigma)
-    grad, metrics = est_lib.combine(per_pair, jnp.mean(out.meta_loss), jnp.sum(out.nonfinite),
-                                    2 * self.num_pairs * self.horizon)
-    return grad, FullESState(state.num_estimates + 1), metrics
+        antithetic.perturbed_pair(meta_params, eps), runs)
+    return eps, particles
+
+  def pair_update(self, eps, state, particles, pos, neg):
+    del particles
+    return es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma), state

@@ -18,13 +18,61 @@ those before it with ``ξ + ε``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from meta_train import estimator as est_lib
+from meta_train import antithetic
 from meta_train import unroll as unroll_lib
+
+
+def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses: jax.Array,
+                   after_reset: jax.Array, sigma: float) -> Any:
+  """Per-pair PES gradients (arXiv 2112.13835, Alg. 2, with a reset inside the truncation).
+
+  .. math::
+    g_i = \\frac{\\xi_i + \\epsilon_i}{2\\sigma^2} \\frac1K \\sum_{t < r_i} \\Delta_{i,t}
+        + \\frac{\\epsilon_i}{2\\sigma^2} \\frac1K \\sum_{t \\ge r_i} \\Delta_{i,t},
+    \\qquad \\Delta_{i,t} = \\ell^+_{i,t} - \\ell^-_{i,t}
+
+  where ``r_i`` is the step at which pair ``i`` starts a new run (``K`` if it does not).
+
+  Args:
+    eps: this truncation's perturbations ε with a leading pair axis.
+    accumulator: the accumulated perturbations ξ of the pairs' current runs (like ``eps``).
+    pos_losses: (num_pairs, K) per-step meta-losses of the ``θ + ε`` members.
+    neg_losses: (num_pairs, K) per-step meta-losses of the ``θ − ε`` members.
+    after_reset: (num_pairs, K) bool, the step belongs to a run begun in this truncation.
+    sigma: the perturbation standard deviation σ.
+
+  Returns:
+    Per-pair gradient estimates, shaped like ``eps``.
+  """
+  k = pos_losses.shape[-1]
+  after = after_reset.astype(jnp.float32)
+  delta = pos_losses - neg_losses
+  delta_before = jnp.sum(delta * (1.0 - after), axis=-1) / k
+  delta_after = jnp.sum(delta * after, axis=-1) / k
+  xi = jax.tree.map(jnp.add, accumulator, eps)
+  return jax.tree.map(jnp.add, antithetic.antithetic_grads(xi, delta_before, sigma),
+                      antithetic.antithetic_grads(eps, delta_after, sigma))
+
+
+def pes_accumulate(accumulator: Any, eps: Any, reset: jax.Array) -> Any:
+  """The next accumulator: ``ξ_i + ε_i``, or ``ε_i`` where pair ``i`` started a new run.
+
+  Args:
+    accumulator: accumulated perturbations ξ with a leading pair axis.
+    eps: this truncation's perturbations ε (like ``accumulator``).
+    reset: (num_pairs,) bool, the pair started a new run during this truncation.
+
+  Returns:
+    The accumulator for the next truncation, shaped like ``accumulator``.
+  """
+  xi = jax.tree.map(jnp.add, accumulator, eps)
+  return jax.tree.map(
+      lambda x, e: jnp.where(reset.reshape((-1,) + (1,) * (x.ndim - 1)), e, x), xi, eps)
 
 
 class PESState(NamedTuple):
@@ -40,48 +88,29 @@ class PESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class PES(est_lib.Estimator):
-  """Persistent evolution strategies (arXiv 2112.13835, Alg. 2) with antithetic pairs.
+class PES(antithetic.AntitheticEstimator):
+  """Persistent ES, unbiased over truncations (arXiv 2112.13835, Alg. 2).
 
-  Attributes:
-    num_pairs: antithetic pairs (``2 * num_pairs`` persistent particles).
-    sigma: standard deviation of each truncation's perturbation ε.
+  ``2 * num_pairs`` persistent particles; σ is the std of each truncation's perturbation.
+  Other fields: those of :class:`~meta_train.antithetic.AntitheticEstimator`.
   """
 
-  num_pairs: int = 8
-  sigma: float = 0.01
-  name = "pes"
-
-  def __post_init__(self):
-    est_lib.check_pairs_sigma(self)
+  name: ClassVar[str] = "pes"
 
   def init(self, key: jax.Array, meta_params: Any) -> PESState:
     """Samples ``num_pairs`` staggered runs, duplicated for the two members of each pair."""
-    self._check_bound()
     particles = unroll_lib.init_particles(self.lopt, self.family, self.unroll, meta_params, key,
                                           self.num_pairs)
     acc = jax.tree.map(lambda t: jnp.zeros((self.num_pairs,) + jnp.shape(t), jnp.result_type(t)),
                        meta_params)
-    return PESState(est_lib.repeat_pair(particles), acc)
+    return PESState(antithetic.repeat_pair(particles), acc)
 
-  def estimate(self, meta_params, state, key):
-    """One PES estimate; ``key`` draws this truncation's perturbations."""
-    self._check_bound()
-    eps = est_lib.antithetic_perturbation(key, meta_params, self.sigma, self.num_pairs)
-    particles, out = self._unroll_pairs(est_lib.perturbed_pair(meta_params, eps),
-                                        state.particles)
-    pos, neg = est_lib.split_pair(out)
-    k = self.unroll.truncation_length
-    after = pos.after_reset.astype(jnp.float32)  # identical for both members (same runs)
-    delta = pos.losses - neg.losses
-    delta_before = jnp.sum(delta * (1.0 - after), axis=-1) / k
-    delta_after = jnp.sum(delta * after, axis=-1) / k
-    xi = jax.tree.map(jnp.add, state.accumulator, eps)
-    per_pair = jax.tree.map(jnp.add, est_lib.es_grads(xi, delta_before, self.sigma),
-                            est_lib.es_grads(eps, delta_after, self.sigma))
-    reset = pos.reset
-    new_acc = jax.tree.map(
-        lambda x, e: jnp.where(reset.reshape((-1,) + (1,) * (x.ndim - 1)), e, x), xi, eps)
-    grad, metrics = est_lib.combine(per_pair, jnp.mean(out.meta_loss), jnp.sum(out.nonfinite),
-                                    2 * self.num_pairs * k)
-    return grad, PESState(particles, new_acc), metrics
+  def pair_particles(self, meta_params, state, key):
+    """``key`` draws this truncation's ε; each member continues its own particle."""
+    return self.perturbation(key, meta_params), state.particles
+
+  def pair_update(self, eps, state, particles, pos, neg):
+    """PES gradients and accumulators (``after_reset``/``reset`` are the same for both members)."""
+    per_pair = pes_pair_grads(eps, state.accumulator, pos.losses, neg.losses, pos.after_reset,
+                              self.sigma)
+    return per_pair, PESState(particles, pes_accumulate(state.accumulator, eps, pos.reset))

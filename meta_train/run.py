@@ -75,30 +75,13 @@ def build_outer_optimizer(cfg: config_lib.RunConfig) -> optax.GradientTransforma
   return opt
 
 
-def estimator_kwargs(cfg: config_lib.RunConfig) -> dict[str, Any]:
-  """``meta_train.trainer.make_estimator`` keyword arguments for ``cfg.estimator``."""
-  e = cfg.estimator
-  horizon = e.horizon if e.min_horizon is None else (e.min_horizon, e.horizon)
-  kwargs: dict[str, Any] = {"num_particles": e.num_particles, "horizon": horizon,
-                            "meta_loss": e.meta_loss, "stagger": e.stagger}
-  if e.name != "full_es":
-    kwargs["truncation"] = e.truncation
-  if e.name in config_lib.ANTITHETIC_ESTIMATORS:
-    kwargs["sigma"] = e.sigma
-  return kwargs
-
-
 def build_trainer(cfg: config_lib.RunConfig):
   """``(trainer, lopt, family)`` for a validated config (builds objects, compiles nothing)."""
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   lopt = config_lib.build_optimizer(cfg)
   family = config_lib.build_family(cfg)
-  try:
-    estimator = trainer_lib.make_estimator(cfg.estimator.name, **estimator_kwargs(cfg))
-  except (TypeError, ValueError) as e:
-    raise config_lib.ConfigError("estimator", str(e)) from None
-  trainer = trainer_lib.MetaTrainer(lopt, family, estimator,
-                                    outer_optimizer=build_outer_optimizer(cfg),
+  estimator = config_lib.build_estimator(cfg, lopt, family)
+  trainer = trainer_lib.MetaTrainer(estimator, outer_optimizer=build_outer_optimizer(cfg),
                                     steps_per_dispatch=cfg.run.steps_per_dispatch)
   return trainer, lopt, family
 
@@ -323,5 +306,5 @@ def load_final_state(run_dir: str, cfg: config_lib.RunConfig | None = None):
 
 
 __all__ = ["RunDirError", "RunResult", "build_outer_optimizer", "build_trainer",
-           "estimator_kwargs", "export_optimizer", "load_final_state", "prepare_run_dir", "run",
+           "export_optimizer", "load_final_state", "prepare_run_dir", "run",
            "run_evaluation"]

@@ -17,11 +17,12 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from meta_train import errors
 from meta_train import estimator as est_lib
 from meta_train import unroll as unroll_lib
 
@@ -41,22 +42,20 @@ class TBPTT(est_lib.Estimator):
   """
 
   num_particles: int = 8
-  name = "tbptt"
+  name: ClassVar[str] = "tbptt"
 
   def __post_init__(self):
-    if not isinstance(self.num_particles, int) or self.num_particles <= 0:
-      raise ValueError(f"TBPTT.num_particles must be a positive int, got {self.num_particles!r}")
+    super().__post_init__()
+    errors.check_positive_int(type(self).__name__, "num_particles", self.num_particles)
 
   def init(self, key: jax.Array, meta_params: Any) -> TBPTTState:
     """Samples ``num_particles`` staggered particles."""
-    self._check_bound()
     return TBPTTState(unroll_lib.init_particles(self.lopt, self.family, self.unroll, meta_params,
                                                 key, self.num_particles))
 
   def estimate(self, meta_params, state, key):
     """One TBPTT estimate; ``key`` is unused (all randomness lives in the particles)."""
     del key
-    self._check_bound()
 
     def loss_fn(mp, ps):
       ps = jax.lax.stop_gradient(ps)

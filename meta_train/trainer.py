@@ -11,7 +11,8 @@ data), so an orbax checkpoint of it resumes bit-exactly.
 Example::
 
   lopt = learned_opt.SGDMomentum()
-  trainer = MetaTrainer(lopt, tasks.get("quadratic"), make_estimator("pes", num_pairs=4))
+  estimator = make_estimator("pes", lopt, tasks.get("quadratic"), num_pairs=4)
+  trainer = MetaTrainer(estimator)
   state = trainer.init(jax.random.key(0))
   for _ in range(100):
     state, metrics = trainer.step(state)
@@ -27,82 +28,8 @@ import optax
 
 from meta_train import estimator as est_lib
 from meta_train import unroll as unroll_lib
-from meta_train.full_es import FullES
-from meta_train.pes import PES
-from meta_train.tbptt import TBPTT
-from meta_train.truncated_es import TruncatedES
 
-ESTIMATORS = {"tbptt": TBPTT, "es": TruncatedES, "pes": PES, "full_es": FullES}
-_ANTITHETIC = ("es", "pes", "full_es")
 _COUNT_METRICS = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
-
-
-def make_estimator(name: str, *, lopt=None, family=None, num_particles: int | None = None,
-                   num_pairs: int | None = None, truncation: int | None = None,
-                   truncation_length: int | None = None, horizon: int | tuple[int, int] = 100,
-                   sigma: float = 0.01, meta_loss: str = "train",
-                   stagger: bool = True) -> est_lib.Estimator:
-  """Builds a gradient estimator by name.
-
-  Args:
-    name: ``"tbptt"`` (truncated backprop), ``"es"`` (antithetic truncated ES), ``"pes"``
-      (persistent ES) or ``"full_es"`` (antithetic ES over the whole horizon).
-    lopt: optional learned optimizer (otherwise bound by :class:`MetaTrainer`).
-    family: optional task family (otherwise bound by :class:`MetaTrainer`).
-    num_particles: inner trainings per estimate; must be even for the antithetic estimators
-      (``es``, ``pes``, ``full_es``), where it means ``2 * num_pairs``. Default 8.
-    num_pairs: alternative to ``num_particles`` for antithetic estimators.
-    truncation: inner steps per truncated unroll (alias ``truncation_length``); default
-      ``min(20, horizon)``; ignored by ``full_es``, which unrolls the whole horizon.
-    truncation_length: alias of ``truncation``.
-    horizon: steps of one inner training: an int (fixed) or ``(min, max)`` (log-uniform).
-    sigma: perturbation standard deviation of the ES estimators.
-    meta_loss: ``"train"`` or ``"valid"`` (see :class:`~meta_train.unroll.UnrollConfig`).
-    stagger: randomise the starting step of each particle's first run.
-
-  Returns:
-    An estimator (frozen dataclass) with ``init`` and ``estimate``.
-
-  Raises:
-    ValueError: unknown name (listing the known ones) or invalid values.
-  """
-  if name not in ESTIMATORS:
-    raise ValueError(f"Unknown estimator {name!r}; known estimators: {', '.join(ESTIMATORS)}")
-  if truncation is not None and truncation_length is not None and truncation != truncation_length:
-    raise ValueError(f"truncation ({truncation}) and truncation_length ({truncation_length}) "
-                     "disagree; pass one of them")
-  if isinstance(horizon, (tuple, list)):
-    if len(horizon) != 2:
-      raise ValueError(f"horizon must be an int or a (min, max) pair, got {horizon!r}")
-    min_h, max_h = horizon
-  else:
-    min_h = max_h = horizon
-  if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in (min_h, max_h)):
-    raise ValueError(f"horizon must be positive ints, got {horizon!r}")
-  k = truncation if truncation is not None else truncation_length
-  if name == "full_es":
-    if min_h != max_h:
-      raise ValueError(f"full_es needs a fixed int horizon, got {horizon!r}")
-    k = max_h
-  elif k is None:
-    k = min(20, min_h)
-  config = unroll_lib.UnrollConfig(truncation_length=k, min_horizon=min_h, max_horizon=max_h,
-                                   meta_loss=meta_loss, stagger=stagger)
-  if name in _ANTITHETIC:
-    if num_pairs is not None and num_particles is not None and num_particles != 2 * num_pairs:
-      raise ValueError(f"num_particles ({num_particles}) must equal 2 * num_pairs ({num_pairs})")
-    if num_pairs is None:
-      n = 8 if num_particles is None else num_particles
-      if not isinstance(n, int) or n <= 0 or n % 2:
-        raise ValueError(f"estimator {name!r} is antithetic: num_particles must be a positive "
-                         f"even int, got {n!r}")
-      num_pairs = n // 2
-    return ESTIMATORS[name](lopt=lopt, family=family, unroll=config, num_pairs=num_pairs,
-                            sigma=sigma)
-  if num_pairs is not None:
-    raise ValueError("tbptt is not antithetic: pass num_particles, not num_pairs")
-  return TBPTT(lopt=lopt, family=family, unroll=config,
-               num_particles=8 if num_particles is None else num_particles)
 
 
 def default_outer_optimizer() -> optax.GradientTransformation:
@@ -129,28 +56,37 @@ class MetaTrainerState(NamedTuple):
 
 
 class MetaTrainer:
-  """Meta-trains ``lopt`` on ``family`` with ``estimator`` and an optax outer optimizer.
+  """Meta-trains an estimator's learned optimizer with an optax outer optimizer.
 
   Args:
-    lopt: a :class:`learned_opt.LearnedOptimizer`.
-    family: a :class:`tasks.TaskFamily`.
-    estimator: an estimator from :func:`make_estimator` (bound to ``lopt``/``family`` here).
+    estimator: a :class:`~meta_train.estimator.GradientEstimator` built for the learned
+      optimizer and task family to meta-train (e.g. from
+      :func:`meta_train.registry.make_estimator`); the trainer uses its ``lopt``.
     outer_optimizer: optax transformation applied to the meta-gradient; default
       :func:`default_outer_optimizer`.
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
   """
 
-  def __init__(self, lopt, family, estimator, outer_optimizer=None, steps_per_dispatch: int = 1):
+  def __init__(self, estimator: est_lib.GradientEstimator, outer_optimizer=None,
+               steps_per_dispatch: int = 1):
     if not isinstance(steps_per_dispatch, int) or steps_per_dispatch <= 0:
       raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
-    self.lopt = lopt
-    self.family = family
-    self.estimator = estimator.bind(lopt, family)
+    self.estimator = estimator
     self.outer_optimizer = (default_outer_optimizer() if outer_optimizer is None
                             else outer_optimizer)
     self.steps_per_dispatch = steps_per_dispatch
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
+
+  @property
+  def lopt(self):
+    """The learned optimizer being meta-trained (the estimator's)."""
+    return self.estimator.lopt
+
+  @property
+  def family(self):
+    """The task family inner trainings are drawn from (the estimator's)."""
+    return self.estimator.family
 
   def init(self, key: jax.Array, meta_params: Any = None) -> MetaTrainerState:
     """Initial state from ``key`` (typed or raw); ``meta_params`` default ``lopt.init``."""

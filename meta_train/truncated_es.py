@@ -17,13 +17,27 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from meta_train import estimator as est_lib
+from meta_train import antithetic
 from meta_train import unroll as unroll_lib
+
+
+def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: float) -> Any:
+  """Per-pair antithetic ES gradients ``ε_i (L⁺_i − L⁻_i) / (2σ²)`` (arXiv 2112.13835, Eq. 3).
+
+  Args:
+    eps: the perturbations ε with a leading pair axis.
+    pos_loss: (num_pairs,) meta-losses ``L⁺_i`` of the ``θ + ε_i`` members.
+    neg_loss: (num_pairs,) meta-losses ``L⁻_i`` of the ``θ − ε_i`` members.
+    sigma: the perturbation standard deviation σ.
+
+  Returns:
+    Per-pair gradient estimates, shaped like ``eps``.
+  """
+  return antithetic.antithetic_grads(eps, pos_loss - neg_loss, sigma)
 
 
 class TruncatedESState(NamedTuple):
@@ -33,37 +47,26 @@ class TruncatedESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedES(est_lib.Estimator):
+class TruncatedES(antithetic.AntitheticEstimator):
   """Antithetic ES on truncated unrolls.
 
-  Attributes:
-    num_pairs: antithetic pairs per estimate (``2 * num_pairs`` unrolls).
-    sigma: standard deviation of the perturbation ε.
+  Fields: those of :class:`~meta_train.antithetic.AntitheticEstimator`.
   """
 
-  num_pairs: int = 8
-  sigma: float = 0.01
-  name = "es"
-
-  def __post_init__(self):
-    est_lib.check_pairs_sigma(self)
+  name: ClassVar[str] = "es"
 
   def init(self, key: jax.Array, meta_params: Any) -> TruncatedESState:
     """Samples ``num_pairs`` staggered particles."""
-    self._check_bound()
     return TruncatedESState(unroll_lib.init_particles(
         self.lopt, self.family, self.unroll, meta_params, key, self.num_pairs))
 
-  def estimate(self, meta_params, state, key):
-    """One antithetic truncated-ES estimate; ``key`` draws the perturbations."""
-    self._check_bound()
-    eps = est_lib.antithetic_perturbation(key, meta_params, self.sigma, self.num_pairs)
-    particles, out = self._unroll_pairs(est_lib.perturbed_pair(meta_params, eps),
-                                        est_lib.repeat_pair(state.particles), state.particles)
-    pos_out, neg_out = est_lib.split_pair(out)
-    per_pair = est_lib.es_grads(eps, pos_out.meta_loss - neg_out.meta_loss, self.sigma)
-    grad, metrics = est_lib.combine(
-        per_pair, jnp.mean(out.meta_loss), jnp.sum(out.nonfinite),
-        2 * self.num_pairs * self.unroll.truncation_length)
-    pos_particles, _ = est_lib.split_pair(particles)
-    return grad, TruncatedESState(pos_particles), metrics
+  def pair_particles(self, meta_params, state, key):
+    """``key`` draws ε; both members of pair ``i`` start from particle ``i``."""
+    return self.perturbation(key, meta_params), antithetic.repeat_pair(state.particles)
+
+  def pair_update(self, eps, state, particles, pos, neg):
+    """ES gradients; each particle continues from its ``θ + ε`` branch."""
+    del state
+    pos_particles, _ = antithetic.split_pair(particles)
+    return (es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma),
+            TruncatedESState(pos_particles))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base as lopt_base
+from meta_train import errors
 from tasks import base as task_base
 
 META_LOSSES = ("train", "valid")
@@ -75,19 +76,19 @@ class UnrollConfig:
   stagger: bool = True
 
   def __post_init__(self):
+    owner = type(self).__name__
     for name in ("truncation_length", "min_horizon", "max_horizon"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"UnrollConfig.{name} must be a positive int, got {value!r}")
+      errors.check_positive_int(owner, name, getattr(self, name))
     if self.min_horizon > self.max_horizon:
-      raise ValueError(f"UnrollConfig needs min_horizon <= max_horizon, got "
-                       f"{self.min_horizon} > {self.max_horizon}")
+      raise errors.FieldError(owner, "min_horizon", f"must not exceed max_horizon "
+                                                    f"({self.max_horizon}), got {self.min_horizon}")
     if self.truncation_length > self.min_horizon:
-      raise ValueError(f"UnrollConfig.truncation_length ({self.truncation_length}) must not "
-                       f"exceed min_horizon ({self.min_horizon})")
+      raise errors.FieldError(owner, "truncation_length", f"must not exceed min_horizon "
+                                                          f"({self.min_horizon}), got "
+                                                          f"{self.truncation_length}")
     if self.meta_loss not in META_LOSSES:
-      raise ValueError(f"UnrollConfig.meta_loss must be one of {META_LOSSES}, "
-                       f"got {self.meta_loss!r}")
+      raise errors.FieldError(owner, "meta_loss", f"must be one of {list(META_LOSSES)}, "
+                                                  f"got {self.meta_loss!r}")
 
 
 class ParticleState(NamedTuple):

@@ -11,8 +11,8 @@ from meta_train import cli
 from meta_train import config as C
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_particles=2",
-        "estimator.truncation=2", "estimator.horizon=4", "run.num_outer_steps=4",
+TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_pairs=1",
+        "estimator.truncation_length=2", "estimator.min_horizon=4", "estimator.max_horizon=4", "run.num_outer_steps=4",
         "run.checkpoint_every=2", "run.log_every=2"]
 
 
@@ -33,17 +33,20 @@ def test_help_lists_every_option_and_every_field_with_its_default(capsys):
 
 def test_print_config_combines_positional_set_and_wandb(capsys):
   assert cli.main(["--preset", "smoke", "--print-config", "run.seed=3", "--set", "outer.lr=0.01",
-                   "--set", "estimator.num_particles=6", "--wandb", "online"]) == 0
+                   "--set", "estimator.num_pairs=3", "--wandb", "online"]) == 0
   cfg = C.from_json(capsys.readouterr().out)
-  assert cfg == C.resolve("smoke", ["run.seed=3", "outer.lr=0.01", "estimator.num_particles=6",
+  assert cfg == C.resolve("smoke", ["run.seed=3", "outer.lr=0.01", "estimator.num_pairs=3",
                                     "wandb.mode=online"])
-  assert cfg.wandb.mode == "online" and cfg.run.seed == 3
+  assert cfg.wandb.mode == "online" and cfg.run.seed == 3 and cfg.estimator.num_pairs == 3
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["estimator.num_particles=3"], "estimator.num_particles: must be even"),
+    (["estimator.num_pairs=0"], "estimator.num_pairs: must be > 0, got 0"),
+    (["estimator.name=adam"], "estimator.name: expected one of ['tbptt', 'es', 'pes', 'full_es'], "
+                              "got 'adam'"),
     (["--set", "outer.lrr=1"], "outer.lrr: unknown field"),
-    (["estimator.truncation=999"], "estimator.truncation: truncation (999) must not exceed"),
+    (["estimator.truncation_length=999"],
+     "estimator.truncation_length: must not exceed min_horizon (20), got 999"),
     (["run.seed=x"], "run.seed: expected int"),
 ])
 def test_config_errors_exit_with_a_message_naming_the_field(capsys, args, expected):
@@ -83,11 +86,10 @@ def test_console_command_reports_config_errors_without_traceback():
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
   out = subprocess.run([sys.executable, "-m", "meta_train.cli", "--preset", "smoke",
-                        "estimator.name=es", "estimator.num_particles=5"],
+                        "estimator.name=es", "estimator.num_pairs=-1"],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
                        check=False)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "meta-train: config error: estimator.num_particles: must be even for the antithetic "
-      "estimator 'es' (pairs of ±σε perturbations), got 5"]
+      "meta-train: config error: estimator.num_pairs: must be > 0, got -1"]
   assert out.stdout == ""

@@ -2,11 +2,15 @@
 
 import dataclasses
 import json
+import typing
 
 import pytest
 
 import learned_opt
 from meta_train import config as C
+from meta_train import registry
+from meta_train import run as R
+from meta_train import unroll as ul
 
 
 def _tiny(*extra):
@@ -25,20 +29,50 @@ def test_presets_validate_and_round_trip(name):
 def test_smoke_preset_is_small():
   cfg = C.resolve("smoke")
   assert cfg.run.num_outer_steps <= 50
-  assert cfg.estimator.num_particles * cfg.estimator.truncation <= 64
+  assert 2 * cfg.estimator.num_pairs * cfg.estimator.truncation_length <= 64
+
+
+def test_presets_keep_their_meaning_after_the_estimator_renames():
+  # Before the renames, particles counted both members of a pair and `horizon` was the longest.
+  e = C.preset("smoke").estimator
+  assert (e.name, e.num_pairs, e.truncation_length, e.min_horizon, e.max_horizon, e.sigma) == (
+      "pes", 2, 5, 20, 20, 0.01)
+  e = C.preset("quickstart").estimator
+  assert (e.num_pairs, e.truncation_length, e.min_horizon, e.max_horizon) == (8, 20, 200, 200)
+  e = C.preset("default").estimator
+  assert (e.num_pairs, e.truncation_length, e.min_horizon, e.max_horizon) == (8, 20, 100, 500)
+
+
+def test_estimator_fields_are_the_registry_fields():
+  """Every setting of every registered estimator is an ``estimator.*`` field of the same name."""
+  names = {f.name for f in dataclasses.fields(C.EstimatorConfig)}
+  used = {"name"}
+  for name in registry.ESTIMATORS:
+    assert set(registry.estimator_fields(name)) <= names, name
+    used |= set(registry.estimator_fields(name))
+  assert used == names  # and no field is unused by all of them
+  assert typing.get_args(typing.get_type_hints(C.EstimatorConfig)["name"]) == (
+      "tbptt", "es", "pes", "full_es")
+  for name in ("tbptt", "es", "pes", "full_es"):
+    cfg = C.resolve("smoke", _tiny(f"estimator.name={name}", "estimator.min_horizon=5",
+                                   "estimator.max_horizon=5"))
+    trainer, _, _ = R.build_trainer(cfg)
+    assert type(trainer.estimator) is registry.ESTIMATORS[name]
+    assert trainer.estimator.unroll == ul.UnrollConfig(
+        truncation_length=5, min_horizon=5, max_horizon=5, meta_loss="train", stagger=True)
 
 
 def test_overrides_are_parsed_against_field_types():
   cfg = C.resolve("smoke", _tiny(
-      "estimator.num_particles=6", "estimator.sigma=3e-3", "estimator.stagger=false",
-      "estimator.min_horizon=10", "estimator.horizon=40", "outer.schedule=cosine",
+      "estimator.num_pairs=6", "estimator.sigma=3e-3", "estimator.stagger=false",
+      "estimator.min_horizon=10", "estimator.max_horizon=40", "outer.schedule=cosine",
       "wandb.entity=me", "wandb.name=none", "run.num_outer_steps=1_000",
       "optimizer.kwargs.initial_learning_rate=0.1", "optimizer.kwargs.learn_momentum=yes",
       "task.kwargs.init_scale=0.5,1.5", "task.kwargs.noise_scale=[0, 0]"))
-  assert cfg.estimator.num_particles == 6 and isinstance(cfg.estimator.num_particles, int)
+  assert cfg.estimator.num_pairs == 6 and isinstance(cfg.estimator.num_pairs, int)
   assert cfg.estimator.sigma == 3e-3
   assert cfg.estimator.stagger is False
-  assert cfg.estimator.min_horizon == 10
+  assert cfg.estimator.min_horizon == 10 and cfg.estimator.max_horizon == 40
   assert cfg.outer.schedule == "cosine"
   assert cfg.wandb.entity == "me" and cfg.wandb.name is None
   assert cfg.run.num_outer_steps == 1000
@@ -59,17 +93,20 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
 
 
 @pytest.mark.parametrize("override, field, words", [
-    ("estimator.num_particle=4", "estimator.num_particle", "unknown field"),
+    ("estimator.num_pair=4", "estimator.num_pair", "unknown field"),
     ("estimatr.name=pes", "estimatr.name", "unknown field"),
-    ("estimator.num_particles=four", "estimator.num_particles", "expected int"),
+    ("estimator.num_pairs=four", "estimator.num_pairs", "expected int, got 'four'"),
     ("run.seed=1.5", "run.seed", "expected int"),
     ("outer.lr=fast", "outer.lr", "expected float"),
     ("estimator.stagger=maybe", "estimator.stagger", "expected bool"),
-    ("estimator.name=sgd", "estimator.name", "expected one of"),
-    ("estimator.num_particles=3", "estimator.num_particles", "even"),
-    ("estimator.truncation=50", "estimator.truncation", "must not exceed estimator.horizon"),
-    ("estimator.min_horizon=30", "estimator.min_horizon", "must not exceed"),
-    ("estimator.sigma=0", "estimator.sigma", "> 0"),
+    ("estimator.name=sgd", "estimator.name",
+     "expected one of ['tbptt', 'es', 'pes', 'full_es'], got 'sgd'"),
+    ("estimator.num_pairs=0", "estimator.num_pairs", "must be > 0, got 0"),
+    ("estimator.truncation_length=50", "estimator.truncation_length",
+     "must not exceed min_horizon (20), got 50"),
+    ("estimator.min_horizon=30", "estimator.min_horizon", "must not exceed max_horizon (20), got 30"),
+    ("estimator.max_horizon=0", "estimator.max_horizon", "must be > 0, got 0"),
+    ("estimator.sigma=0", "estimator.sigma", "must be > 0, got 0.0"),
     ("outer.lr=-1", "outer.lr", "> 0"),
     ("run.log_every=3", "run.log_every", "multiple of run.steps_per_dispatch"),
     ("run.num_outer_steps=0", "run.num_outer_steps", "> 0"),
@@ -82,21 +119,27 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
     ("task.kwargs.dim=0", "task.kwargs", "positive"),
     ("task.kwargs.init_scale=1", "task.kwargs.init_scale", "expected 2 items"),
     ("estimator=pes", "estimator", "is a section"),
-    ("estimator.num_particles", "estimator.num_particles", "field.path=value"),
+    ("estimator.num_pairs", "estimator.num_pairs", "field.path=value"),
 ])
 def test_invalid_overrides_name_the_field(override, field, words):
   extra = ["run.steps_per_dispatch=2"] if field == "run.log_every" else []
   with pytest.raises(C.ConfigError) as e:
     C.resolve("smoke", _tiny(*extra, override))
-  assert str(e.value).startswith(field + ":") or e.value.path == field, str(e.value)
+  assert str(e.value).startswith(field + ": ") and e.value.path == field, str(e.value)
   assert words in str(e.value)
 
 
-def test_tbptt_accepts_odd_particle_counts_and_full_es_needs_fixed_horizon():
-  cfg = C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=3"))
-  assert cfg.estimator.num_particles == 3
-  with pytest.raises(C.ConfigError, match="^estimator.min_horizon:"):
+def test_estimators_check_only_their_own_fields_and_full_es_needs_fixed_horizon():
+  cfg = C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=3",
+                                 "estimator.num_pairs=0", "estimator.sigma=0"))
+  assert cfg.estimator.num_particles == 3  # tbptt has no pairs nor sigma
+  with pytest.raises(C.ConfigError) as e:
+    C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=0"))
+  assert str(e.value) == "estimator.num_particles: must be > 0, got 0"
+  with pytest.raises(C.ConfigError) as e:
     C.resolve("smoke", _tiny("estimator.name=full_es", "estimator.min_horizon=10"))
+  assert str(e.value) == ("estimator.min_horizon: full_es unrolls one fixed horizon: must equal "
+                          "max_horizon (20), got 10")
 
 
 def test_from_dict_rejects_unknown_and_mistyped_fields():
@@ -105,8 +148,8 @@ def test_from_dict_rejects_unknown_and_mistyped_fields():
   with pytest.raises(C.ConfigError, match=r"^run\.sed: unknown field"):
     C.from_dict(data)
   data = C.to_dict(C.resolve("smoke"))
-  data["estimator"]["num_particles"] = True  # a bool is not an int
-  with pytest.raises(C.ConfigError, match=r"^estimator\.num_particles: expected int"):
+  data["estimator"]["num_pairs"] = True  # a bool is not an int
+  with pytest.raises(C.ConfigError, match=r"^estimator\.num_pairs: expected int, got True$"):
     C.from_dict(data)
   data = C.to_dict(C.resolve("smoke"))
   data["estimator"]["sigma"] = 1  # ints are fine for floats and become floats
@@ -146,7 +189,7 @@ def test_incompatible_fields_for_resume():
 def test_fields_table_covers_every_leaf_field():
   rows = C.fields_table()
   paths = [r[0] for r in rows]
-  assert "estimator.num_particles" in paths and "run.checkpoint_every" in paths
+  assert "estimator.num_pairs" in paths and "run.checkpoint_every" in paths
   assert "optimizer.kwargs" in paths and "eval.enabled" in paths
   n_leaves = sum(len(dataclasses.fields(getattr(C.RunConfig(), f.name)))
                  for f in dataclasses.fields(C.RunConfig))
@@ -158,6 +201,13 @@ def test_shipped_pretrained_optimizer_was_made_by_the_default_preset():
   """learned_opt/pretrained/default.safetensors must be reproducible with `--preset default`."""
   info = learned_opt.provenance(learned_opt.pretrained_path("default"))
   shipped = dict(info["config"])
+  # The file was written before the estimator fields took their estimators' names.
+  old = shipped["estimator"]
+  shipped["estimator"] = {
+      "name": old["name"], "num_pairs": old["num_particles"] // 2, "num_particles": 8,
+      "sigma": old["sigma"], "truncation_length": old["truncation"],
+      "min_horizon": old["min_horizon"], "max_horizon": old["horizon"],
+      "stagger": old["stagger"], "meta_loss": old["meta_loss"]}
   preset = C.to_dict(C.resolve("default"))
   for section in ("wandb", "eval"):  # logging and reporting do not change the optimizer
     shipped.pop(section), preset.pop(section)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import learned_opt
-from meta_train import trainer as trainer_lib
+from meta_train import registry
 from tasks.quadratic import QuadraticFamily, QuadraticTask
 
 T, K = 24, 4
@@ -78,8 +78,8 @@ def exact():
 
 def _samples(name, horizon=T, **kwargs):
   """N independent estimates of d(meta-loss)/d(log_lr), each averaged over M truncations."""
-  est = trainer_lib.make_estimator(name, lopt=LOPT, family=FAMILY, truncation=K,
-                                   horizon=horizon, stagger=False, **kwargs)
+  est = registry.make_estimator(name, LOPT, FAMILY, truncation_length=K, min_horizon=horizon,
+                                max_horizon=horizon, stagger=False, **kwargs)
   num_estimates = 1 if name == "full_es" else M
 
   def one(key):
@@ -109,8 +109,8 @@ def _report(name, g, exact):
 
 def test_reference_matches_unrolled_tbptt_over_full_horizon(exact):
   # TBPTT with a single truncation covering the whole horizon is the exact gradient.
-  est = trainer_lib.make_estimator("tbptt", lopt=LOPT, family=FAMILY, truncation=T, horizon=T,
-                                   stagger=False, num_particles=1)
+  est = registry.make_estimator("tbptt", LOPT, FAMILY, truncation_length=T, min_horizon=T,
+                                max_horizon=T, stagger=False, num_particles=1)
   state = est.init(jax.random.key(0), THETA)
   g, _, metrics = jax.jit(est.estimate)(THETA, state, jax.random.key(1))
   np.testing.assert_allclose(float(g["log_lr"]), exact, rtol=1e-4)
@@ -121,7 +121,7 @@ def test_reference_matches_unrolled_tbptt_over_full_horizon(exact):
 
 @pytest.mark.parametrize("name", ["pes", "full_es"])
 def test_unbiased_estimators(name, exact):
-  g = _samples(name, num_particles=2, sigma=SIGMA)
+  g = _samples(name, num_pairs=1, sigma=SIGMA)
   mean, se = _report(name, g, exact)
   assert se > 0
   assert abs(mean - exact) < 4 * se
@@ -130,7 +130,7 @@ def test_unbiased_estimators(name, exact):
 
 @pytest.mark.parametrize("name", ["tbptt", "es"])
 def test_truncation_bias(name, exact):
-  kwargs = {"num_particles": 1} if name == "tbptt" else {"num_particles": 2, "sigma": SIGMA}
+  kwargs = {"num_particles": 1} if name == "tbptt" else {"num_pairs": 1, "sigma": SIGMA}
   g = _samples(name, **kwargs)
   mean, se = _report(name, g, exact)
   # Short truncations ignore how log_lr shaped the state: they see well under the true gradient.
@@ -145,7 +145,7 @@ def test_pes_unbiased_across_a_reset_inside_a_truncation():
   h = T - 2
   target = lambda lr: (h * _reference_objective(lr, h) + 2 * _reference_objective(lr, 2)) / T
   exact = float(jax.grad(target)(THETA["log_lr"]))
-  g = _samples("pes", horizon=h, num_particles=2, sigma=SIGMA)
+  g = _samples("pes", horizon=h, num_pairs=1, sigma=SIGMA)
   mean, se = _report("pes/reset", g, exact)
   assert abs(mean - exact) < 4 * se
   assert se < 0.15 * abs(exact)

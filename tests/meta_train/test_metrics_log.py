@@ -18,8 +18,8 @@ from meta_train import metrics_log as L  # pylint: disable=wrong-import-position
 from meta_train import progress as P  # pylint: disable=wrong-import-position
 from meta_train import run as R  # pylint: disable=wrong-import-position
 
-TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_particles=2",
-        "estimator.truncation=2", "estimator.horizon=4", "run.num_outer_steps=8",
+TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_pairs=1",
+        "estimator.truncation_length=2", "estimator.min_horizon=4", "estimator.max_horizon=4", "run.num_outer_steps=8",
         "run.steps_per_dispatch=2", "run.checkpoint_every=4", "run.log_every=2",
         "eval.enabled=true", "eval.num_tasks=2"]
 

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 
 import learned_opt
-from meta_train import estimator as est_lib
-from meta_train import trainer as trainer_lib
+from meta_train import antithetic
+from meta_train import registry
+from meta_train import unroll as unroll_lib
 from tasks.quadratic import QuadraticFamily
 
 FAMILY = QuadraticFamily(dim=3)
@@ -15,15 +16,18 @@ THETA = LOPT.init(jax.random.key(0))
 
 def test_pair_draws_match_per_particle_draws():
   # Horizons 4..6 with K = 4: most particles reset inside the truncation (fresh runs are used).
-  est = trainer_lib.make_estimator("pes", lopt=LOPT, family=FAMILY, num_particles=6,
-                                   truncation=4, horizon=(4, 6), meta_loss="valid")
+  est = registry.make_estimator("pes", LOPT, FAMILY, num_pairs=3, truncation_length=4,
+                                min_horizon=4, max_horizon=6, meta_loss="valid")
   state = est.init(jax.random.key(1), THETA)
-  eps = est_lib.antithetic_perturbation(jax.random.key(2), THETA, 0.1, est.num_pairs)
-  thetas = est_lib.perturbed_pair(THETA, eps)
+  eps = antithetic.antithetic_perturbation(jax.random.key(2), THETA, 0.1, est.num_pairs)
+  thetas = antithetic.perturbed_pair(THETA, eps)
+
+  def per_particle(mp, ps):  # each particle draws its own randomness
+    return unroll_lib.unroll(LOPT, FAMILY, est.unroll, mp, ps)
 
   @jax.jit
   def both(ps):
-    return est._unroll_pairs(thetas, ps), est._unroll_many(thetas, ps, True)
+    return est.unroll_pairs(THETA, eps, ps), jax.vmap(per_particle)(thetas, ps)
 
   ps = state.particles
   resets = 0

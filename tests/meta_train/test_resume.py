@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A tiny run: SGD-momentum's learnable log-lr on 2-d quadratics, PES with one pair.
 TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.name=pes",
-        "estimator.num_particles=2", "estimator.truncation=2", "estimator.horizon=6",
+        "estimator.num_pairs=1", "estimator.truncation_length=2", "estimator.min_horizon=6",
+        "estimator.max_horizon=6",
         "run.num_outer_steps=120", "run.steps_per_dispatch=2", "run.checkpoint_every=10",
         "run.log_every=10", "run.max_to_keep=3", "run.progress=off"]
 

@@ -1,4 +1,4 @@
-"""The outer trainer and the estimator factory: API, determinism, resume, learning, NaN safety."""
+"""The outer trainer and the estimator registry: API, determinism, resume, learning, NaN safety."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,15 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train import trainer as trainer_lib
-from meta_train.trainer import MetaTrainer, MetaTrainerState, make_estimator
+from meta_train import registry
+from meta_train.errors import FieldError
+from meta_train.full_es import FullES
+from meta_train.pes import PES
+from meta_train.registry import make_estimator
+from meta_train.tbptt import TBPTT
+from meta_train.trainer import MetaTrainer, MetaTrainerState
+from meta_train.truncated_es import TruncatedES
+from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticFamily
 
 FAMILY = QuadraticFamily(dim=4, noise_scale=(0.0, 0.05))
@@ -21,8 +28,9 @@ def _assert_trees_equal(a, b):
 
 @pytest.fixture(scope="module")
 def pes_trainer():
-  est = make_estimator("pes", num_particles=4, truncation=5, horizon=(10, 30), sigma=0.05)
-  return MetaTrainer(LOPT, FAMILY, est, optax.adam(0.05), steps_per_dispatch=4)
+  est = make_estimator("pes", LOPT, FAMILY, num_pairs=2, truncation_length=5, min_horizon=10,
+                       max_horizon=30, sigma=0.05)
+  return MetaTrainer(est, optax.adam(0.05), steps_per_dispatch=4)
 
 
 def test_state_is_plain_arrays_and_metrics(pes_trainer):
@@ -70,8 +78,9 @@ def test_meta_training_raises_a_too_small_learning_rate(pes_trainer):
 
 def test_diverging_inner_training_never_reaches_meta_params():
   lopt = learned_opt.SGDMomentum(initial_learning_rate=1e30, initial_momentum=0.0)
-  est = make_estimator("tbptt", num_particles=2, truncation=4, horizon=8)
-  trainer = MetaTrainer(lopt, FAMILY, est, steps_per_dispatch=2)
+  est = make_estimator("tbptt", lopt, FAMILY, num_particles=2, truncation_length=4,
+                       min_horizon=8, max_horizon=8)
+  trainer = MetaTrainer(est, steps_per_dispatch=2)
   state, metrics = trainer.step(trainer.init(jax.random.key(0)))
   assert int(metrics["nonfinite_loss"]) > 0 and int(metrics["nonfinite_grad"]) > 0
   assert int(metrics["nonfinite"]) == int(metrics["nonfinite_loss"] + metrics["nonfinite_grad"])
@@ -80,43 +89,62 @@ def test_diverging_inner_training_never_reaches_meta_params():
   assert np.isfinite(float(metrics["grad_norm"]))
 
 
-@pytest.mark.parametrize("name, cls, n", [("tbptt", trainer_lib.TBPTT, 3),
-                                          ("es", trainer_lib.TruncatedES, 2),
-                                          ("pes", trainer_lib.PES, 2),
-                                          ("full_es", trainer_lib.FullES, 2)])
-def test_make_estimator(name, cls, n):
-  est = make_estimator(name, num_particles=2 * n if name != "tbptt" else n, truncation=5,
-                       horizon=40, sigma=0.1, meta_loss="valid")
-  assert isinstance(est, cls)
-  assert est.unroll.meta_loss == "valid" and est.unroll.max_horizon == 40
-  assert est.unroll.truncation_length == (40 if name == "full_es" else 5)
-  assert getattr(est, "num_particles", None) == n or getattr(est, "num_pairs", None) == n
+_UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "stagger")
 
 
-@pytest.mark.parametrize("name, kwargs, match", [
-    ("adam", {}, "known estimators: tbptt, es, pes, full_es"),
-    ("pes", {"num_particles": 3}, "even"),
-    ("es", {"num_particles": 0}, "even"),
-    ("full_es", {"horizon": (10, 20)}, "fixed"),
-    ("tbptt", {"truncation": 30, "horizon": 20}, "must not exceed"),
-    ("tbptt", {"num_particles": 0}, "positive"),
-    ("tbptt", {"num_pairs": 2}, "not antithetic"),
-    ("pes", {"sigma": 0.0}, "sigma"),
-    ("pes", {"meta_loss": "test"}, "meta_loss"),
-    ("pes", {"horizon": -5}, "horizon"),
-    ("pes", {"num_particles": 4, "num_pairs": 3}, "2 \\* num_pairs"),
+@pytest.mark.parametrize("name, cls, own", [("tbptt", TBPTT, {"num_particles": 3}),
+                                            ("es", TruncatedES, {"num_pairs": 2, "sigma": 0.1}),
+                                            ("pes", PES, {"num_pairs": 2, "sigma": 0.1}),
+                                            ("full_es", FullES, {"num_pairs": 2, "sigma": 0.1})])
+def test_make_estimator(name, cls, own):
+  assert registry.ESTIMATORS[name] is cls and cls.name == name
+  assert registry.estimator_fields(name) == _UNROLL + tuple(own)
+  est = make_estimator(name, LOPT, FAMILY, truncation_length=5, min_horizon=40, max_horizon=40,
+                       meta_loss="valid", **own)
+  assert type(est) is cls and est.lopt is LOPT and est.family is FAMILY
+  assert est.unroll == UnrollConfig(truncation_length=5, min_horizon=40, max_horizon=40,
+                                    meta_loss="valid", stagger=True)
+  assert {k: getattr(est, k) for k in own} == own
+  assert est == cls(LOPT, FAMILY, est.unroll, **own)
+
+
+_PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma"))
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("adam", {}, "unknown estimator 'adam'; known estimators: tbptt, es, pes, full_es"),
+    ("tbptt", {"num_pairs": 2}, "estimator 'tbptt' has no field 'num_pairs'; its fields: "
+                                + ", ".join(_UNROLL + ("num_particles",))),
+    ("pes", {"truncation": 5}, f"estimator 'pes' has no field 'truncation'; its fields: "
+                               f"{_PES_FIELDS}"),
+    ("pes", {"num_particles": 4}, f"estimator 'pes' has no field 'num_particles'; its fields: "
+                                  f"{_PES_FIELDS}"),
+    ("pes", {"num_pairs": 0}, "PES.num_pairs: must be > 0, got 0"),
+    ("es", {"num_pairs": 1.5}, "TruncatedES.num_pairs: must be an int, got 1.5"),
+    ("full_es", {"truncation_length": 5, "min_horizon": 10, "max_horizon": 20},
+     "FullES.min_horizon: full_es unrolls one fixed horizon: must equal max_horizon (20), got 10"),
+    ("tbptt", {"truncation_length": 30, "min_horizon": 20, "max_horizon": 20},
+     "UnrollConfig.truncation_length: must not exceed min_horizon (20), got 30"),
+    ("tbptt", {"num_particles": 0}, "TBPTT.num_particles: must be > 0, got 0"),
+    ("pes", {"sigma": 0.0}, "PES.sigma: must be > 0, got 0.0"),
+    ("pes", {"meta_loss": "test"},
+     "UnrollConfig.meta_loss: must be one of ['train', 'valid'], got 'test'"),
+    ("pes", {"max_horizon": -5}, "UnrollConfig.max_horizon: must be > 0, got -5"),
 ])
-def test_make_estimator_errors(name, kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    make_estimator(name, **kwargs)
+def test_make_estimator_errors(name, kwargs, message):
+  with pytest.raises(ValueError) as e:
+    make_estimator(name, LOPT, FAMILY, **kwargs)
+  assert str(e.value) == message
 
 
-def test_unbound_and_rebinding_errors():
-  est = make_estimator("pes", num_particles=2)
-  with pytest.raises(ValueError, match="bind"):
-    est.init(jax.random.key(0), LOPT.init(None))
-  bound = est.bind(LOPT, FAMILY)
-  with pytest.raises(ValueError, match="already bound"):
-    bound.bind(learned_opt.Adam(), FAMILY)
-  with pytest.raises(ValueError, match="steps_per_dispatch"):
-    MetaTrainer(LOPT, FAMILY, est, steps_per_dispatch=0)
+def test_estimators_are_complete_when_constructed():
+  with pytest.raises(FieldError) as e:
+    PES(None, FAMILY)
+  assert (e.value.field, str(e.value)) == ("lopt", "PES.lopt: is required, got None")
+  with pytest.raises(TypeError, match="family"):
+    TBPTT(LOPT)  # pylint: disable=no-value-for-parameter
+  est = make_estimator("pes", LOPT, FAMILY, num_pairs=1)
+  trainer = MetaTrainer(est)
+  assert trainer.estimator is est and trainer.lopt is LOPT and trainer.family is FAMILY
+  with pytest.raises(ValueError, match="^steps_per_dispatch must be a positive int, got 0$"):
+    MetaTrainer(est, steps_per_dispatch=0)

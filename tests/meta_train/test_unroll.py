@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import learned_opt
+from meta_train import errors
 from meta_train import unroll as ul
 from tasks.quadratic import QuadraticFamily
 
@@ -115,12 +116,18 @@ def test_nonfinite_losses_are_replaced_and_counted():
   assert np.sum(losses == 10.0) >= int(out.nonfinite)  # the quadratic's ceiling
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"truncation_length": 0}, "positive int"),
-    ({"truncation_length": 8, "min_horizon": 5, "max_horizon": 9}, "must not exceed"),
-    ({"min_horizon": 50, "max_horizon": 40}, "min_horizon <= max_horizon"),
-    ({"meta_loss": "test"}, "meta_loss"),
+@pytest.mark.parametrize("kwargs, field, message", [
+    ({"truncation_length": 0}, "truncation_length", "must be > 0, got 0"),
+    ({"max_horizon": 2.5}, "max_horizon", "must be an int, got 2.5"),
+    ({"truncation_length": 8, "min_horizon": 5, "max_horizon": 9}, "truncation_length",
+     "must not exceed min_horizon (5), got 8"),
+    ({"min_horizon": 50, "max_horizon": 40}, "min_horizon",
+     "must not exceed max_horizon (40), got 50"),
+    ({"meta_loss": "test"}, "meta_loss", "must be one of ['train', 'valid'], got 'test'"),
 ])
-def test_config_validation(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+def test_config_validation(kwargs, field, message):
+  with pytest.raises(errors.FieldError) as info:
     ul.UnrollConfig(**kwargs)
+  assert (info.value.owner, info.value.field, info.value.message) == ("UnrollConfig", field,
+                                                                      message)
+  assert str(info.value) == f"UnrollConfig.{field}: {message}"

@@ -1,0 +1,66 @@
+"""The estimators' per-pair gradients and their combination, on inputs worked out by hand."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from meta_train import estimator as est_lib
+from meta_train.pes import pes_accumulate, pes_pair_grads
+from meta_train.truncated_es import es_pair_grads
+
+
+def _close(tree, expected):
+  assert set(tree) == set(expected)
+  for k, v in expected.items():
+    np.testing.assert_allclose(np.asarray(tree[k]), np.asarray(v, np.float32), rtol=1e-6)
+
+
+def test_es_pair_grads():
+  # Two pairs, sigma = 0.5 so 2 sigma^2 = 0.5; L+ - L- = (3 - 1, 1 - 2) = (2, -1), so the
+  # per-pair scales are 2 / 0.5 = 4 and -1 / 0.5 = -2.
+  eps = {"a": jnp.array([[1.0, 2.0], [-1.0, 0.5]]), "b": jnp.array([0.1, -0.2])}
+  g = es_pair_grads(eps, jnp.array([3.0, 1.0]), jnp.array([1.0, 2.0]), 0.5)
+  _close(g, {"a": [[4.0, 8.0], [2.0, -1.0]], "b": [0.4, 0.4]})
+
+
+def test_pes_pair_grads_split_at_the_reset():
+  # sigma = 1 (2 sigma^2 = 2), K = 4.
+  # Pair 0: xi = 2 + 1 = 3; deltas (1, 1 | 2, 2) with a reset before step 2:
+  #   before = (1 + 1) / 4 = 0.5 goes with xi, after = (2 + 2) / 4 = 1 with eps:
+  #   3 * 0.5 / 2 + 1 * 1 / 2 = 1.25.
+  # Pair 1: xi = 0.5 - 2 = -1.5; deltas all -1, no reset: before = -1, after = 0:
+  #   -1.5 * -1 / 2 = 0.75.
+  eps = {"w": jnp.array([[1.0], [-2.0]])}
+  acc = {"w": jnp.array([[2.0], [0.5]])}
+  pos = jnp.array([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]])
+  neg = jnp.array([[0.0, 1.0, 1.0, 2.0], [2.0, 2.0, 2.0, 2.0]])
+  after = jnp.array([[False, False, True, True], [False, False, False, False]])
+  _close(pes_pair_grads(eps, acc, pos, neg, after, 1.0), {"w": [[1.25], [0.75]]})
+  # Without any reset PES is ES with the accumulated perturbation xi = acc + eps.
+  none = jnp.zeros_like(after)
+  _close(pes_pair_grads(eps, acc, pos, neg, none, 1.0),
+         es_pair_grads({"w": acc["w"] + eps["w"]}, pos.mean(-1), neg.mean(-1), 1.0))
+
+
+def test_pes_accumulate_restarts_at_a_reset():
+  # Pair 0 started a new run: its accumulator restarts from eps; pair 1 adds eps.
+  acc = {"w": jnp.array([[2.0, 1.0], [0.5, 0.0]])}
+  eps = {"w": jnp.array([[1.0, -1.0], [-2.0, 3.0]])}
+  _close(pes_accumulate(acc, eps, jnp.array([True, False])),
+         {"w": [[1.0, -1.0], [-1.5, 3.0]]})
+
+
+def test_combine_means_pairs_and_counts_non_finite_entries():
+  # Per-pair estimates (1, 2) and (3, 6): mean (2, 4), norm sqrt(20); unbiased variances
+  # 2 and 8 sum to 10, divided by the 2 pairs: 5.
+  g, m = est_lib.combine({"x": jnp.array([[1.0, 2.0], [3.0, 6.0]])}, jnp.float32(0.5),
+                         jnp.int32(3), 40)
+  _close(g, {"x": [2.0, 4.0]})
+  np.testing.assert_allclose(float(m["grad_norm"]), np.sqrt(20.0), rtol=1e-6)
+  np.testing.assert_allclose(float(m["grad_variance"]), 5.0, rtol=1e-6)
+  assert (float(m["meta_loss"]), int(m["inner_steps"])) == (0.5, 40)
+  assert (int(m["nonfinite_loss"]), int(m["nonfinite_grad"]), int(m["nonfinite"])) == (3, 0, 3)
+  # A NaN entry is zeroed before the mean and counted: (0 + 3) / 2 = 1.5.
+  g, m = est_lib.combine({"x": jnp.array([[jnp.nan, 2.0], [3.0, 6.0]])}, jnp.float32(0.5),
+                         jnp.int32(0), 40)
+  _close(g, {"x": [1.5, 4.0]})
+  assert (int(m["nonfinite_grad"]), int(m["nonfinite"])) == (1, 1)
