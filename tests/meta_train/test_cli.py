@@ -74,12 +74,17 @@ def test_incompatible_run_dir_is_refused_naming_the_fields(tmp_path, capsys):
 
 
 def test_unreadable_config_in_run_dir_is_refused(tmp_path, capsys):
-  (tmp_path / "config.json").write_text(json.dumps({"estimator": {"particles": 2}}))
+  # The estimator section as written before its fields took the estimators' names.
+  old = {"name": "pes", "num_particles": 4, "truncation": 5, "horizon": 20, "min_horizon": None}
+  (tmp_path / "config.json").write_text(json.dumps({"estimator": old}))
   with pytest.raises(SystemExit) as e:
     cli.main(["--preset", "smoke", "--run-dir", str(tmp_path), *TINY])
   assert e.value.code == cli.EXIT_CONFIG_ERROR
   err = capsys.readouterr().err
-  assert "estimator.particles: unknown field" in err and "another --run-dir" in err
+  assert ("estimator.horizon: unknown field; known fields of estimator: name, num_pairs, "
+          "num_particles, sigma, truncation_length, min_horizon, max_horizon, stagger, "
+          "meta_loss") in err
+  assert "another --run-dir" in err
 
 
 def test_console_command_reports_config_errors_without_traceback():

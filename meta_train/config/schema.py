@@ -1,0 +1,232 @@
+"""The schema of a meta-training run's config: frozen dataclasses, presets, JSON, resume rules.
+
+A run is described by one :class:`RunConfig`, a tree of frozen dataclasses whose fields carry
+their ``--help`` text. :data:`PRESETS` names complete configs (``smoke``, ``quickstart``,
+``default``). The estimator section's fields are named as the estimator fields they set
+(:mod:`meta_train.registry`). Parsing is generic (:mod:`meta_train.config.parsing`); checks and
+the building of the objects a config describes are in :mod:`meta_train.config.validation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal, Mapping
+
+from meta_train import registry
+from meta_train.config import parsing
+
+# The estimator names, from the registry (so --help, the Literal and its error follow it).
+EstimatorName = Literal[tuple(registry.ESTIMATORS)]  # type: ignore[valid-type]
+
+
+def _f(default=dataclasses.MISSING, *, help: str, factory=None):  # pylint: disable=redefined-builtin
+  """A dataclass field with a help string (shown by ``meta-train --help``)."""
+  if factory is not None:
+    return dataclasses.field(default_factory=factory, metadata={"help": help})
+  return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The learned optimizer to meta-train: an architecture of ``learned_opt.registry()``."""
+
+  name: str = _f("mlp", help="architecture name in learned_opt.registry()")
+  kwargs: dict[str, Any] = _f(help="constructor arguments of the architecture", factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """The task family inner trainings are drawn from: a name of ``tasks.family_names()``."""
+
+  family: str = _f("quadratic", help="task family name in tasks.family_names()")
+  kwargs: dict[str, Any] = _f(help="fields of the family's dataclass to override", factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+  """The meta-gradient estimator (``meta_train.registry.build_estimator``).
+
+  Each field is the estimator's or its ``UnrollConfig``'s field of the same name; an estimator
+  reads only the fields it has (``num_particles`` for tbptt, ``num_pairs`` and ``sigma`` for
+  the antithetic ones).
+  """
+
+  name: EstimatorName = _f("pes", help="; ".join(
+      f"{n}: {c.__doc__.splitlines()[0].rstrip('.')}" for n, c in registry.ESTIMATORS.items()))
+  num_pairs: int = _f(4, help="antithetic pairs per estimate, 2 * num_pairs inner trainings "
+                              "(es, pes, full_es)")
+  num_particles: int = _f(8, help="inner trainings per estimate (tbptt)")
+  sigma: float = _f(0.01, help="std of the meta-parameter perturbation (es, pes, full_es)")
+  truncation_length: int = _f(20, help="inner steps per truncated unroll (not full_es)")
+  min_horizon: int = _f(100, help="shortest inner training before its task is reset; "
+                                  "horizons are log-uniform in [min_horizon, max_horizon]")
+  max_horizon: int = _f(100, help="longest inner training (= min_horizon: a fixed horizon)")
+  stagger: bool = _f(True, help="start particles at random points of their first inner run")
+  meta_loss: Literal["train", "valid"] = _f(
+      "train", help="mean normalised loss on train batches, or on a held-out valid batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+  """The outer (meta) optimizer applied to the estimated meta-gradient."""
+
+  optimizer: Literal["adam", "sgd"] = _f("adam", help="outer optimizer")
+  lr: float = _f(1e-3, help="outer learning rate")
+  clip: float = _f(1.0, help="clip the meta-gradient's global norm to this (0 disables)")
+  schedule: Literal["constant", "cosine"] = _f(
+      "constant", help="learning-rate schedule over run.num_outer_steps")
+  warmup_steps: int = _f(0, help="linear warm-up steps of the outer learning rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """Length, seeding, dispatch, checkpointing and logging cadence of the run."""
+
+  seed: int = _f(0, help="PRNG seed of the whole run")
+  num_outer_steps: int = _f(1000, help="total outer steps")
+  steps_per_dispatch: int = _f(1, help="outer steps per jitted call (divides the cadences)")
+  checkpoint_every: int = _f(100, help="outer steps between orbax checkpoints")
+  max_to_keep: int = _f(3, help="checkpoints kept on disk")
+  log_every: int = _f(10, help="outer steps between logged metrics")
+  progress: Literal["auto", "on", "off"] = _f(
+      "auto", help="tqdm bar: auto (only on a terminal), on, off")
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """Weights & Biases logging (offline by default, into the run directory)."""
+
+  mode: Literal["offline", "online", "disabled"] = _f("offline", help="wandb mode")
+  project: str = _f("learned_opt", help="wandb project")
+  entity: str | None = _f(None, help="wandb entity (team or user)")
+  name: str | None = _f(None, help="wandb run name (default: the run directory's name)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Evaluation at the end of the run (``meta_train.evaluate.evaluate_and_report``)."""
+
+  enabled: bool = _f(False, help="call meta_train.evaluate.evaluate_and_report at the end")
+  num_tasks: int = _f(8, help="held-out tasks sampled from the training family")
+  num_seeds: int = _f(2, help="seeds per held-out task")
+  num_steps: int = _f(200, help="inner steps per evaluation run")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The whole configuration of a meta-training run."""
+
+  optimizer: OptimizerConfig = _f(help="learned optimizer", factory=OptimizerConfig)
+  task: TaskConfig = _f(help="task family", factory=TaskConfig)
+  estimator: EstimatorConfig = _f(help="meta-gradient estimator", factory=EstimatorConfig)
+  outer: OuterConfig = _f(help="outer optimizer", factory=OuterConfig)
+  run: RunSettings = _f(help="run settings", factory=RunSettings)
+  wandb: WandbConfig = _f(help="wandb", factory=WandbConfig)
+  eval: EvalConfig = _f(help="final evaluation", factory=EvalConfig)
+
+
+# Fields that may change when a run is resumed: they do not affect the trajectory of the
+# meta-parameters. Everything else must match the run directory's config.json.
+RESUMABLE_FIELDS = frozenset({
+    "run.num_outer_steps", "run.checkpoint_every", "run.max_to_keep", "run.log_every",
+    "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
+    "eval.num_tasks", "eval.num_seeds", "eval.num_steps",
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets.
+
+PRESETS: dict[str, RunConfig] = {
+    # Under a minute on CPU, compile included: a few outer steps on 4-d quadratics.
+    "smoke": RunConfig(
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (8, 8)}),
+        task=TaskConfig("quadratic", {"dim": 4}),
+        estimator=EstimatorConfig("pes", num_pairs=2, truncation_length=5, min_horizon=20,
+                                  max_horizon=20, sigma=0.01),
+        outer=OuterConfig(lr=1e-3),
+        run=RunSettings(num_outer_steps=20, checkpoint_every=10, log_every=5, max_to_keep=2),
+    ),
+    # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
+    # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits.
+    "quickstart": RunConfig(
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}),
+        task=TaskConfig("digits_mlp", {}),
+        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
+                                  max_horizon=200, sigma=0.01),
+        outer=OuterConfig(lr=3e-3, clip=1.0),
+        run=RunSettings(num_outer_steps=1500, steps_per_dispatch=10, checkpoint_every=250,
+                        log_every=50),
+        eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
+    ),
+    # The recipe of the shipped pretrained optimizer: the mixture of classifier families and
+    # quadratics, longer horizons, a cosine outer schedule.
+    "default": RunConfig(
+        optimizer=OptimizerConfig("mlp", {}),
+        task=TaskConfig("mixture", {}),
+        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
+                                  max_horizon=500, sigma=0.01),
+        outer=OuterConfig(lr=1e-3, clip=1.0, schedule="cosine", warmup_steps=100),
+        run=RunSettings(num_outer_steps=5000, steps_per_dispatch=10, checkpoint_every=500,
+                        log_every=50),
+        eval=EvalConfig(enabled=True),
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+  """The preset ``name``; raises ``ConfigError`` listing the known ones."""
+  if name not in PRESETS:
+    raise parsing.ConfigError("preset", f"unknown preset {name!r}; known presets: "
+                                        f"{', '.join(PRESETS)}")
+  return PRESETS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON round trip, field listing, resume rules.
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+  """The config as nested JSON-compatible dicts (tuples become lists)."""
+  return parsing.to_dict(cfg)
+
+
+def to_json(cfg: RunConfig) -> str:
+  """The config as indented JSON (what the run directory's ``config.json`` holds)."""
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n"
+
+
+def from_dict(data: Mapping[str, Any]) -> RunConfig:
+  """Builds a :class:`RunConfig` from :func:`to_dict`'s output; missing fields take defaults.
+
+  Raises:
+    ConfigError: for an unknown field or a value of the wrong type, naming its path.
+  """
+  return parsing.from_dict(RunConfig, data)
+
+
+def from_json(text: str) -> RunConfig:
+  """Inverse of :func:`to_json`."""
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise parsing.ConfigError("", f"config is not valid JSON: {e}") from None
+  return from_dict(data)
+
+
+def fields_table(cfg: RunConfig | None = None) -> list[tuple[str, str, Any, str]]:
+  """``(path, type name, value, help)`` for every leaf field of ``cfg`` (default: defaults)."""
+  return parsing.fields_table(RunConfig() if cfg is None else cfg)
+
+
+def incompatible_fields(saved: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+  """Differences that forbid resuming ``saved``'s run with ``new`` (trajectory-changing ones).
+
+  ``run.num_outer_steps`` may change only with a constant outer schedule (a cosine schedule
+  depends on it).
+  """
+  allowed = set(RESUMABLE_FIELDS)
+  if saved.outer.schedule != "constant" or new.outer.schedule != "constant":
+    allowed.discard("run.num_outer_steps")
+  return [d for d in parsing.diff(saved, new) if d[0] not in allowed]

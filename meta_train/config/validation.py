@@ -1,0 +1,199 @@
+"""Checking a run config and building what it describes; ``field.path=value`` overrides.
+
+:func:`validate` checks a :class:`~meta_train.config.schema.RunConfig` as a whole before
+anything is compiled; each check lives in one place:
+
+* types of every field: :func:`meta_train.config.parsing.from_dict` on the config's dict;
+* ``optimizer.kwargs`` / ``task.kwargs``: against the architecture's / family's dataclass
+  fields, then by building the learned optimizer and the task family;
+* the estimator section: by building the estimator (:func:`build_estimator`); the estimator
+  and its ``UnrollConfig`` check their own fields and the error is re-raised naming
+  ``estimator.<field>``;
+* the outer optimizer, run cadences and evaluation sizes: here.
+
+:func:`apply_overrides` applies ``field.path=value`` strings (entries of ``optimizer.kwargs`` /
+``task.kwargs`` typed by the target class), and :func:`resolve` is preset + overrides +
+validation.
+
+Example::
+
+  cfg = resolve("smoke", ["estimator.num_pairs=4", "run.num_outer_steps=20"])
+  cfg.estimator.num_pairs  # 4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from meta_train import errors
+from meta_train import registry
+from meta_train.config import parsing
+from meta_train.config import schema
+from meta_train.config.parsing import ConfigError
+from meta_train.config.schema import RunConfig
+
+_KWARGS_SECTIONS = ("optimizer", "task")
+
+
+def kwargs_target(cfg: RunConfig, section: str):
+  """The dataclass whose fields type ``<section>.kwargs`` (``optimizer`` or ``task``), or None."""
+  if section == "optimizer":
+    import learned_opt  # pylint: disable=import-outside-toplevel
+    cls = learned_opt.registry().get(cfg.optimizer.name)
+  else:
+    import tasks  # pylint: disable=import-outside-toplevel
+    try:
+      cls = type(tasks.get(cfg.task.family))
+    except (KeyError, ValueError):
+      cls = None
+  return cls if cls is not None and dataclasses.is_dataclass(cls) else None
+
+
+def _kwargs_entry_type(cfg: RunConfig, dict_path: str, name: str):
+  """The annotation of entry ``name`` of ``<section>.kwargs`` (for :func:`parsing.set_field`)."""
+  target = kwargs_target(cfg, dict_path.split(".")[0])
+  if target is None:
+    return Any
+  known = [f.name for f in dataclasses.fields(target) if f.init]
+  if name not in known:
+    raise ConfigError(f"{dict_path}.{name}", f"unknown field of {target.__name__}; known: "
+                                             f"{', '.join(known)}")
+  return parsing.hints(target).get(name, Any)
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
+  """Applies ``field.path=value`` strings, each parsed against its field's type.
+
+  ``optimizer.kwargs.NAME=value`` / ``task.kwargs.NAME=value`` set one constructor argument,
+  typed by the architecture's / family's dataclass field. Changing ``optimizer.name`` (or
+  ``task.family``) drops the preset's kwargs of the old one (unless a whole
+  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply.
+
+  Raises:
+    ConfigError: unknown field or unparsable value, naming the field path.
+  """
+  plain, entries = [], []
+  for item in overrides:
+    path, text = parsing.split_override(item)
+    parts = path.split(".")
+    (entries if len(parts) >= 3 and parts[1] == "kwargs" else plain).append((path, text))
+  old = cfg
+  for path, text in plain:
+    cfg = parsing.set_field(cfg, path, text)
+  whole = {path.split(".")[0] for path, _ in plain if path.split(".")[1:] == ["kwargs"]}
+  for section, name in (("optimizer", "name"), ("task", "family")):
+    sub = getattr(cfg, section)
+    if getattr(sub, name) != getattr(getattr(old, section), name) and section not in whole:
+      cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, kwargs={})})
+  for path, text in entries:
+    cfg = parsing.set_field(cfg, path, text, entry_type=_kwargs_entry_type)
+  return cfg
+
+
+def _check_kwargs(cfg: RunConfig, section: str) -> dict[str, Any]:
+  """Checks ``<section>.kwargs`` against the target dataclass; returns normalised kwargs."""
+  kwargs = getattr(cfg, section).kwargs
+  if kwargs_target(cfg, section) is None:
+    return dict(kwargs)
+  return {name: parsing.convert(value, _kwargs_entry_type(cfg, f"{section}.kwargs", name),
+                                f"{section}.kwargs.{name}")
+          for name, value in kwargs.items()}
+
+
+def _positive(cfg: RunConfig, *paths: str, allow_zero: bool = False) -> None:
+  for path in paths:
+    v = parsing.get_field(cfg, path)
+    if v < 0 or (v == 0 and not allow_zero):
+      raise ConfigError(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+  """Checks every field and every cross-field constraint; returns the normalised config.
+
+  Runs before anything is compiled. Builds (without running) the learned optimizer and the task
+  family so their constructors' own checks run too.
+
+  Raises:
+    ConfigError: naming the first offending field.
+  """
+  # Types of every plain field (catches values set programmatically with the wrong type).
+  cfg = schema.from_dict(schema.to_dict(cfg))
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  import tasks  # pylint: disable=import-outside-toplevel
+
+  archs = learned_opt.registry()
+  if cfg.optimizer.name not in archs:
+    raise ConfigError("optimizer.name", f"unknown architecture {cfg.optimizer.name!r}; "
+                                        f"known: {', '.join(sorted(archs))}")
+  if cfg.task.family not in tasks.family_names():
+    raise ConfigError("task.family", f"unknown task family {cfg.task.family!r}; "
+                                     f"known: {', '.join(tasks.family_names())}")
+  cfg = dataclasses.replace(
+      cfg,
+      optimizer=dataclasses.replace(cfg.optimizer, kwargs=_check_kwargs(cfg, "optimizer")),
+      task=dataclasses.replace(cfg.task, kwargs=_check_kwargs(cfg, "task")))
+  build_estimator(cfg, build_optimizer(cfg), build_family(cfg))
+
+  _positive(cfg, "outer.lr")
+  _positive(cfg, "outer.clip", "outer.warmup_steps", allow_zero=True)
+
+  run = cfg.run
+  _positive(cfg, "run.num_outer_steps", "run.steps_per_dispatch", "run.checkpoint_every",
+            "run.max_to_keep", "run.log_every")
+  _positive(cfg, "run.seed", allow_zero=True)
+  k = run.steps_per_dispatch
+  for name in ("num_outer_steps", "checkpoint_every", "log_every"):
+    v = getattr(run, name)
+    if v % k:
+      raise ConfigError(f"run.{name}", f"must be a multiple of run.steps_per_dispatch ({k}), "
+                                       f"got {v}")
+  if cfg.outer.warmup_steps >= run.num_outer_steps and cfg.outer.warmup_steps:
+    raise ConfigError("outer.warmup_steps", f"must be < run.num_outer_steps "
+                                            f"({run.num_outer_steps}), got "
+                                            f"{cfg.outer.warmup_steps}")
+  _positive(cfg, "eval.num_tasks", "eval.num_seeds", "eval.num_steps")
+  return cfg
+
+
+def build_optimizer(cfg: RunConfig):
+  """The learned optimizer object ``learned_opt.registry()[name](**kwargs)``."""
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  cls = learned_opt.registry()[cfg.optimizer.name]
+  try:
+    return cls(**cfg.optimizer.kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError("optimizer.kwargs", f"{cls.__name__} rejected {cfg.optimizer.kwargs}: "
+                                          f"{e}") from None
+
+
+def build_estimator(cfg: RunConfig, lopt, family):
+  """The estimator ``cfg.estimator`` describes, for ``lopt`` and ``family``.
+
+  Raises:
+    ConfigError: naming ``estimator.<field>`` when the estimator's constructor rejects a field.
+  """
+  try:
+    return registry.build_estimator(cfg.estimator, lopt, family)
+  except errors.FieldError as e:
+    raise ConfigError(f"estimator.{e.field}", e.message) from None
+
+
+def build_family(cfg: RunConfig):
+  """The task family ``tasks.get(family)`` with ``task.kwargs`` replacing its fields."""
+  import tasks  # pylint: disable=import-outside-toplevel
+  family = tasks.get(cfg.task.family)
+  if not cfg.task.kwargs:
+    return family
+  if not dataclasses.is_dataclass(family):
+    raise ConfigError("task.kwargs", f"family {cfg.task.family!r} takes no kwargs")
+  try:
+    return dataclasses.replace(family, **cfg.task.kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError("task.kwargs", f"{type(family).__name__} rejected {cfg.task.kwargs}: "
+                                     f"{e}") from None
+
+
+def resolve(preset_name: str = "default", overrides: Sequence[str] = ()) -> RunConfig:
+  """Preset + overrides, validated. The one-call way to build a run's config."""
+  return validate(apply_overrides(schema.preset(preset_name), overrides))
