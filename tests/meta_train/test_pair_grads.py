@@ -1,8 +1,11 @@
 """The estimators' per-pair gradients and their combination, on inputs worked out by hand."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from meta_train import antithetic
 from meta_train import estimator as est_lib
 from meta_train.pes import pes_accumulate, pes_pair_grads
 from meta_train.truncated_es import es_pair_grads
@@ -64,3 +67,44 @@ def test_combine_means_pairs_and_counts_non_finite_entries():
                          jnp.int32(0), 40)
   _close(g, {"x": [1.5, 4.0]})
   assert (int(m["nonfinite_grad"]), int(m["nonfinite"])) == (1, 1)
+
+
+def _tiny_estimator(name):
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train import registry  # pylint: disable=import-outside-toplevel
+  from tasks.quadratic import QuadraticFamily  # pylint: disable=import-outside-toplevel
+  lopt = learned_opt.SGDMomentum()
+  est = registry.make_estimator(name, lopt, QuadraticFamily(dim=2), num_pairs=3, sigma=0.1,
+                                truncation_length=3, min_horizon=4, max_horizon=5)
+  theta = lopt.init(jax.random.key(0))
+  return est, theta, est.init(jax.random.key(1), theta)
+
+
+@pytest.mark.parametrize("name", ["es", "pes"])
+def test_estimate_is_the_mean_of_the_pure_per_pair_grads(name):
+  """The antithetic base: ε from the key, the paired unroll, the pure function, the mean."""
+  est, theta, state = _tiny_estimator(name)
+  key = jax.random.key(2)
+  grad, new_state, metrics = jax.jit(est.estimate)(theta, state, key)
+  eps = antithetic.antithetic_perturbation(key, theta, 0.1, 3)
+  start = state.particles if name == "pes" else antithetic.repeat_pair(state.particles)
+  particles, out = jax.jit(est.unroll_pairs)(theta, eps, start)
+  pos, neg = antithetic.split_pair(out)
+  if name == "pes":
+    per_pair = pes_pair_grads(eps, state.accumulator, pos.losses, neg.losses, pos.after_reset,
+                              0.1)
+    np.testing.assert_allclose(new_state.accumulator["log_lr"],
+                               pes_accumulate(state.accumulator, eps, pos.reset)["log_lr"],
+                               rtol=1e-6)
+  else:
+    per_pair = es_pair_grads(eps, pos.meta_loss, neg.meta_loss, 0.1)
+    np.testing.assert_array_equal(new_state.particles.run_key,
+                                  antithetic.split_pair(particles)[0].run_key)
+  # Two jitted programs fuse differently: L+ - L- (small) carries float32 rounding of the
+  # losses, amplified by 1 / (2 sigma^2); a wrong formula would be off by far more.
+  for k in theta:
+    np.testing.assert_allclose(grad[k], np.mean(np.asarray(per_pair[k]), axis=0), rtol=1e-3,
+                               atol=1e-7)
+  assert int(metrics["inner_steps"]) == 2 * 3 * 3
+  np.testing.assert_allclose(float(metrics["meta_loss"]), float(np.mean(out.meta_loss)),
+                             rtol=1e-6)
