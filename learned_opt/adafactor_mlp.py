@@ -17,9 +17,9 @@ Features per parameter (each divided by its root-mean-square over the tensor): `
 momenta ``M_k``, ``G / sqrt(V̂_j + ε)`` per factored decay and ``M_mid / sqrt(V̂_slow + ε)``.
 Time features ``tanh(t / τ - 1)`` are shared by the whole step. The feature maths (EMAs,
 normalisers with their ``ε``, time features, non-finite masking) are the kernels of
-:mod:`learned_opt.features` that :class:`~learned_opt.MLPOptimizer` uses too. A one-hidden-layer MLP maps them to a
-direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b`` (Metz et al. 2022,
-arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
+:mod:`learned_opt.features` that :class:`~learned_opt.MLPOptimizer` uses too. A one-hidden-layer
+MLP maps them to a direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b``
+(Metz et al. 2022, arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
 
 The per-parameter network is written as broadcast multiplies reduced over a small leading axis
 (per-tensor weights folded with the feature normalisers), which XLA fuses with the feature maths
