@@ -1,6 +1,6 @@
 """The learned-optimizer contract shared by every architecture.
 
-A learned optimizer is split in three (see DESIGN.md):
+A learned optimizer is split in three (see docs/architecture.md, "Contracts"):
 
 * the object itself holds *static configuration only* (feature set, hidden sizes, scales);
 * ``init(key) -> meta_params`` returns a plain pytree of arrays (what meta-training learns);
