@@ -240,16 +240,20 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
         # units: elementwise chains that XLA fuses into a few loops, with a graph small enough
         # to compile and differentiate fast.
         norm = jnp.stack([feats_lib.inverse_rms(f, self.norm_eps) for f in feats])  # (F,)
+        # One mask both zeroes the network's inputs at entries with a non-finite feature and
+        # marks their updates: masking each feature on its own and testing each again at the
+        # output made XLA materialise every feature (~2.5x slower steps).
+        finite = feats_lib.finite_entries(feats)
         expand = (1,) * p.ndim
         w_eff = (norm[:, None] * w1[:n_feat].astype(dt)).reshape((n_feat, n_hidden) + expand)
         pre = hidden_bias.astype(dt).reshape((n_hidden,) + expand)
         for i, f in enumerate(feats):
-          pre = pre + w_eff[i] * feats_lib.finite_or_zero(f)[None]
+          pre = pre + w_eff[i] * jnp.where(finite, f, 0.0)[None]
         hid = jax.nn.relu(pre)  # (H, *shape)
         w2d = w2.astype(dt)
         direction = b2[0].astype(dt) + sum(w2d[j, 0] * hid[j] for j in range(n_hidden))
         magnitude = b2[1].astype(dt) + sum(w2d[j, 1] * hid[j] for j in range(n_hidden))
-        step = feats_lib.nan_unless_finite(direction * jnp.exp(a * magnitude) * b, feats)
+        step = feats_lib.nan_unless_finite(direction * jnp.exp(a * magnitude) * b, finite)
         return tree_utils.Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
 
       outs = jax.tree.map(leaf, updates, params, *state.mu, *state.row, *state.col)

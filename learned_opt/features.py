@@ -135,22 +135,33 @@ def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
   return jnp.sqrt(1.0 / (v + eps))
 
 
-def nan_unless_finite(step: jax.Array, features: Sequence[jax.Array]) -> jax.Array:
-  """``step`` where every feature is finite, ``nan`` elsewhere.
+def finite_entries(features: Sequence[jax.Array]) -> jax.Array:
+  """The boolean mask of the entries where every feature is finite (no ``nan``, no ``±inf``).
 
-  The learned optimizers feed the network :func:`finite_or_zero` features (so that a bad entry
-  cannot poison its neighbours, nor meta-gradients) and then mark the entries whose features
-  were not finite: a non-finite gradient or state entry gives a ``nan`` update at that entry
-  only.
+  Args:
+    features: the raw per-parameter features of one tensor, arrays of one common shape.
+
+  Returns:
+    A boolean array of that shape.
+  """
+  return functools.reduce(jnp.logical_and, [jnp.isfinite(x) for x in features])
+
+
+def nan_unless_finite(step: jax.Array, finite: jax.Array) -> jax.Array:
+  """``step`` where ``finite`` holds, ``nan`` elsewhere.
+
+  The learned optimizers feed their network features with the non-finite entries zeroed (so
+  that a bad entry cannot poison its neighbours, nor meta-gradients) and then mark the entries
+  whose features were not finite (:func:`finite_entries`): a non-finite gradient or state entry
+  gives a ``nan`` update at that entry only.
 
   Args:
     step: the update of one tensor.
-    features: the raw per-parameter features of that tensor (each shaped like ``step``).
+    finite: :func:`finite_entries` of that tensor's features (same shape as ``step``).
 
   Returns:
-    ``step`` with ``nan`` at every entry where some feature is ``nan`` or ``±inf``.
+    ``step`` with ``nan`` wherever ``finite`` is False.
   """
-  finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x) for x in features])
   return jnp.where(finite, step, jnp.nan)
 
 

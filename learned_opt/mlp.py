@@ -338,7 +338,7 @@ class MLPOptimizer(base.LearnedOptimizer):
         else:
           direction, magnitude = _matmul_mlp(clean, layers)
         step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
-        step = feats_lib.nan_unless_finite(step, xs)
+        step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))
         return tree_utils.Leaf(step.astype(p.dtype), *new_mom, *new_rms)
 
       outs = jax.tree.map(leaf, updates, params, *state.mom, *state.rms)

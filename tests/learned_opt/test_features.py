@@ -19,12 +19,14 @@ def test_ema_with_an_exact_one_minus_decay():
   assert F.ema(x, acc.astype(jnp.bfloat16), 0.5).dtype == jnp.bfloat16
 
 
-def test_nan_unless_finite_marks_entries_with_any_non_finite_feature():
+def test_finite_entries_and_nan_unless_finite():
   step = jnp.asarray([1.0, 2.0, 3.0, 4.0])
   feats = [jnp.asarray([0.0, jnp.inf, 1.0, 1.0]), jnp.asarray([0.0, 0.0, -jnp.inf, jnp.nan])]
-  out = np.asarray(F.nan_unless_finite(step, feats))
+  finite = F.finite_entries(feats)
+  np.testing.assert_array_equal(finite, [True, False, False, False])
+  out = np.asarray(F.nan_unless_finite(step, finite))
   assert out[0] == 1.0 and np.all(np.isnan(out[1:]))
-  np.testing.assert_array_equal(F.nan_unless_finite(step, [jnp.ones(4)]), step)
+  np.testing.assert_array_equal(F.nan_unless_finite(step, F.finite_entries([jnp.ones(4)])), step)
 
 
 def test_tanh_time_features_at_step_zero_and_late():
