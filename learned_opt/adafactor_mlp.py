@@ -14,10 +14,12 @@ Tensors of rank < 2 keep the full (diagonal) accumulator instead. With the defau
 5 floats per parameter for vectors and scalars.
 
 Features per parameter (each divided by its root-mean-square over the tensor): ``P``, ``G``, the
-momenta ``M_k``, ``G / sqrt(V̂_j)`` per factored decay and ``M_mid / sqrt(V̂_slow)``. Time
-features ``tanh(t / τ - 1)`` are shared by the whole step. A one-hidden-layer MLP maps them to a
-direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b`` (Metz et al. 2022,
-arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
+momenta ``M_k``, ``G / sqrt(V̂_j + ε)`` per factored decay and ``M_mid / sqrt(V̂_slow + ε)``.
+Time features ``tanh(t / τ - 1)`` are shared by the whole step. The feature maths (EMAs,
+normalisers with their ``ε``, time features, non-finite masking) are the kernels of
+:mod:`learned_opt.features` that :class:`~learned_opt.MLPOptimizer` uses too. A one-hidden-layer
+MLP maps them to a direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b``
+(Metz et al. 2022, arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
 
 The per-parameter network is written as broadcast multiplies reduced over a small leading axis
 (per-tensor weights folded with the feature normalisers), which XLA fuses with the feature maths
@@ -36,14 +38,9 @@ import optax
 
 from learned_opt import base
 from learned_opt import features as feats_lib
-from learned_opt.tree_utils import Leaf as _Leaf
-from learned_opt.tree_utils import is_float as _is_float
-from learned_opt.tree_utils import placeholder as _placeholder
-from learned_opt.tree_utils import unzip as _unzip
+from learned_opt import tree_utils
 
 _EPS_G2 = 1e-30  # Adafactor's ε₁, added to G² before averaging
-_EPS_RSQRT = 1e-30  # floor under V̂ before the reciprocal square root
-_EPS_NORM = 1e-12  # floor under a feature's mean square over the tensor
 
 
 class AdafactorMLPState(NamedTuple):
@@ -64,8 +61,9 @@ class AdafactorMLPState(NamedTuple):
   col: tuple[optax.Updates, ...]
 
 
-def _acc_dtype(p) -> jnp.dtype:
-  return jnp.promote_types(p.dtype, jnp.float32)
+def _acc_dtype(dtype) -> jnp.dtype:
+  """Accumulators are at least float32 (float64 params keep float64 ones)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _logit(p: float) -> float:
@@ -73,34 +71,30 @@ def _logit(p: float) -> float:
   return math.log(p) - math.log1p(-p)
 
 
-def _rms_scale(x: jax.Array) -> jax.Array:
-  """``1 / sqrt(mean(x²) + ε)`` over the whole tensor (a scalar)."""
-  return jax.lax.rsqrt(jnp.mean(jnp.square(x)) + _EPS_NORM)
-
-
 def _factored_init(p, n: int):
   """Row/column accumulators for one leaf, ``n`` factored decays."""
-  if not _is_float(p):
-    return tuple(_placeholder() for _ in range(n)), tuple(_placeholder() for _ in range(n))
-  dt = _acc_dtype(p)
+  if not tree_utils.is_float(p):
+    none = tuple(tree_utils.placeholder() for _ in range(n))
+    return none, none
+  dt = _acc_dtype(p.dtype)
   if p.ndim >= 2:
     rows = tuple(jnp.zeros(p.shape[:-1], dt) for _ in range(n))
     cols = tuple(jnp.zeros(p.shape[:-2] + p.shape[-1:], dt) for _ in range(n))
   else:
     rows = tuple(jnp.zeros(p.shape, dt) for _ in range(n))
-    cols = tuple(_placeholder() for _ in range(n))
+    cols = tuple(tree_utils.placeholder() for _ in range(n))
   return rows, cols
 
 
 def _factored_update(g2, row, col, beta, one_minus_beta):
   """One Adafactor accumulator step; returns ``(row, col, V̂)`` (arXiv 1804.04235, Alg. 4)."""
   if g2.ndim >= 2:
-    row = beta * row + one_minus_beta * jnp.mean(g2, axis=-1)
-    col = beta * col + one_minus_beta * jnp.mean(g2, axis=-2)
+    row = feats_lib.ema(jnp.mean(g2, axis=-1), row, beta, one_minus_beta)
+    col = feats_lib.ema(jnp.mean(g2, axis=-2), col, beta, one_minus_beta)
     denom = jnp.maximum(jnp.mean(row, axis=-1, keepdims=True), _EPS_G2)
     v = (row / denom)[..., :, None] * col[..., None, :]
   else:
-    row = beta * row + one_minus_beta * g2
+    row = feats_lib.ema(g2, row, beta, one_minus_beta)
     v = row
   return row, col, v
 
@@ -121,7 +115,12 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
      "momentum_logits": (K,), "factored_logits": (J,)}
 
   The decays are ``sigmoid`` of the logits, so meta-training can learn them. Integer and boolean
-  leaves pass through unchanged; updates keep the dtype of their parameter.
+  leaves pass through unchanged; updates keep the dtype of their parameter. The feature maths
+  (EMAs, ``1/sqrt(V̂ + ε)``, the per-tensor normalisers, the time features and the handling of
+  non-finite entries) are :mod:`learned_opt.features`' kernels, shared with
+  :class:`~learned_opt.MLPOptimizer`: a non-finite gradient entry gives a ``nan`` update at that
+  entry only (it counts as zero in the normalisers and in Adafactor's row and column
+  statistics), and the time features use the number of updates already applied, ``t``.
 
   Attributes:
     hidden_size: width H of the hidden layer.
@@ -130,6 +129,8 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
     time_scales: the τ of the time features ``tanh(t/τ - 1)``.
     exp_mult: a, the magnitude multiplier.
     step_mult: b, the output scale.
+    norm_eps: ``ε`` of the per-tensor feature normalisation (:func:`features.inverse_rms`).
+    rsqrt_eps: ``ε`` in ``1/sqrt(V̂ + ε)`` (:func:`features.rsqrt_feature`).
 
   References:
     Metz et al., *Practical tradeoffs between memory, compute, and performance in learned
@@ -144,6 +145,8 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
                                     10000.0, 30000.0)
   exp_mult: float = 1e-3
   step_mult: float = 1e-3
+  norm_eps: float = feats_lib.NORM_EPS
+  rsqrt_eps: float = feats_lib.RSQRT_EPS
 
   def __post_init__(self):
     if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
@@ -185,82 +188,81 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
       raise ValueError(f"{self.name}: meta_params['mlp']['w1'] has shape {tuple(w1.shape)}, "
                        f"expected {expected} for this config")
     n_mom, n_fac = len(self.momentum_decays), len(self.factored_decays)
-    taus = jnp.asarray(self.time_scales, jnp.float32)
     a, b = self.exp_mult, self.step_mult
 
     def init_fn(params):
-      def mom(p):
-        return jnp.zeros(p.shape, _acc_dtype(p)) if _is_float(p) else _placeholder()
-
-      mu = tuple(jax.tree.map(mom, params) for _ in range(n_mom))
-      fac = jax.tree.map(lambda p: _Leaf(*sum(_factored_init(p, n_fac), ())), params)
-      fac = _unzip(fac, 2 * n_fac)
+      mu = tuple(jax.tree.map(lambda p: tree_utils.zeros_state(p, _acc_dtype), params)
+                 for _ in range(n_mom))
+      fac = jax.tree.map(lambda p: tree_utils.Leaf(*sum(_factored_init(p, n_fac), ())), params)
+      fac = tree_utils.unzip(fac, 2 * n_fac)
       row, col = fac[:n_fac], fac[n_fac:]
       return AdafactorMLPState(count=jnp.zeros([], jnp.int32), mu=mu, row=row, col=col)
 
     def update_fn(updates, state, params=None, **extra_args):
       del extra_args  # `loss=` and unknown keywords are accepted and ignored
-      if params is None:
-        raise ValueError(f"{self.name}: update() needs `params` (parameter values are "
-                         "features); call tx.update(grads, state, params).")
-      treedef = jax.tree.structure(updates)
-      for what, tree in (("params", params), ("optimizer state", state.mu[0])):
-        if jax.tree.structure(tree) != treedef:
-          raise ValueError(f"{self.name}: the updates tree does not match the {what} tree:\n"
-                           f"  updates: {treedef}\n  {what}: {jax.tree.structure(tree)}")
-      count = optax.safe_increment(state.count)
+      tree_utils.require_params(self.name, params)
+      tree_utils.check_trees(self.name, updates, ("params", params),
+                             ("optimizer state", state.mu[0]))
       # 1 - sigmoid(x) is computed as sigmoid(-x): exact even when a decay rounds to 1.
       betas = jax.nn.sigmoid(meta_params["momentum_logits"])
       one_m_betas = jax.nn.sigmoid(-meta_params["momentum_logits"])
       fbetas = jax.nn.sigmoid(meta_params["factored_logits"])
       one_m_fbetas = jax.nn.sigmoid(-meta_params["factored_logits"])
-      t = count.astype(taus.dtype)
-      time_feats = jnp.tanh(t / taus - 1.0).astype(w1.dtype)
+      time_feats = feats_lib.tanh_time_features(state.count, self.time_scales).astype(w1.dtype)
       # Time features are shared by all parameters: fold them into the first-layer bias.
       hidden_bias = b1 + time_feats @ w1[n_feat:]
 
       def leaf(g, p, *acc):
         mus, rows, cols = acc[:n_mom], acc[n_mom:n_mom + n_fac], acc[n_mom + n_fac:]
-        if not _is_float(p):
-          return _Leaf(g, *acc)
+        if not tree_utils.is_float(p):
+          return tree_utils.Leaf(g, *acc)
         if g.shape != p.shape:
           raise ValueError(f"{self.name}: update of shape {g.shape} for a parameter of shape "
                            f"{p.shape}")
-        dt = _acc_dtype(p)
+        dt = _acc_dtype(p.dtype)
         g32, p32 = g.astype(dt), p.astype(dt)
-        new_mus = tuple((betas[k] * mus[k] + one_m_betas[k] * g32).astype(dt)
+        new_mus = tuple(feats_lib.ema(g32, mus[k], betas[k], one_m_betas[k])
                         for k in range(n_mom))
-        g2 = jnp.square(g32) + _EPS_G2
+        # Non-finite entries of G² count as zero in the row and column statistics, so a bad
+        # gradient entry does not spread along its row and column.
+        g2 = feats_lib.finite_or_zero(jnp.square(g32)) + _EPS_G2
         new_rows, new_cols, rsqrts = [], [], []
         for j in range(n_fac):
           r, c, v = _factored_update(g2, rows[j], cols[j], fbetas[j], one_m_fbetas[j])
-          new_rows.append(r.astype(dt))
-          new_cols.append(c.astype(cols[j].dtype))
-          rsqrts.append(jax.lax.rsqrt(v + _EPS_RSQRT))
+          new_rows.append(r)
+          new_cols.append(c)
+          rsqrts.append(feats_lib.rsqrt_feature(v, self.rsqrt_eps))
         feats = [p32, g32, *new_mus, *(g32 * r for r in rsqrts),
                  new_mus[min(1, n_mom - 1)] * rsqrts[-1]]
-        # The RMS normalisers (one scalar per feature and tensor) are folded into the
-        # first-layer weights. The first layer is a sum over features of (H, *shape) broadcasts
-        # and the second an unrolled sum over the H hidden units: elementwise chains that XLA
-        # fuses into a few loops, with a graph small enough to compile and differentiate fast.
-        norm = jnp.stack([_rms_scale(f) for f in feats])  # (F,)
+        # The RMS normalisers (one scalar per feature and tensor, non-finite entries counting
+        # as zero) are folded into the first-layer weights. The first layer is a sum over
+        # features of (H, *shape) broadcasts and the second an unrolled sum over the H hidden
+        # units: elementwise chains that XLA fuses into a few loops, with a graph small enough
+        # to compile and differentiate fast.
+        norm = jnp.stack([feats_lib.inverse_rms(f, self.norm_eps) for f in feats])  # (F,)
+        # One mask both zeroes the network's inputs at entries with a non-finite feature and
+        # marks their updates: masking each feature on its own and testing each again at the
+        # output made XLA materialise every feature (~2.5x slower steps).
+        finite = feats_lib.finite_entries(feats)
         expand = (1,) * p.ndim
         w_eff = (norm[:, None] * w1[:n_feat].astype(dt)).reshape((n_feat, n_hidden) + expand)
         pre = hidden_bias.astype(dt).reshape((n_hidden,) + expand)
         for i, f in enumerate(feats):
-          pre = pre + w_eff[i] * f[None]
+          pre = pre + w_eff[i] * jnp.where(finite, f, 0.0)[None]
         hid = jax.nn.relu(pre)  # (H, *shape)
         w2d = w2.astype(dt)
         direction = b2[0].astype(dt) + sum(w2d[j, 0] * hid[j] for j in range(n_hidden))
         magnitude = b2[1].astype(dt) + sum(w2d[j, 1] * hid[j] for j in range(n_hidden))
-        step = direction * jnp.exp(a * magnitude) * b
-        return _Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
+        step = feats_lib.nan_unless_finite(direction * jnp.exp(a * magnitude) * b, finite)
+        return tree_utils.Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
 
       outs = jax.tree.map(leaf, updates, params, *state.mu, *state.row, *state.col)
-      outs = _unzip(outs, 1 + n_mom + 2 * n_fac)
+      outs = tree_utils.unzip(outs, 1 + n_mom + 2 * n_fac)
       new_updates, mu = outs[0], outs[1:1 + n_mom]
       row, col = outs[1 + n_mom:1 + n_mom + n_fac], outs[1 + n_mom + n_fac:]
-      return new_updates, AdafactorMLPState(count=count, mu=mu, row=row, col=col)
+      new_state = AdafactorMLPState(count=optax.safe_increment(state.count), mu=mu, row=row,
+                                    col=col)
+      return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

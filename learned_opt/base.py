@@ -1,6 +1,6 @@
 """The learned-optimizer contract shared by every architecture.
 
-A learned optimizer is split in three (see DESIGN.md):
+A learned optimizer is split in three (see docs/architecture.md, "Contracts"):
 
 * the object itself holds *static configuration only* (feature set, hidden sizes, scales);
 * ``init(key) -> meta_params`` returns a plain pytree of arrays (what meta-training learns);
@@ -69,6 +69,11 @@ class LearnedOptimizer(abc.ABC):
     ``update(updates, state, params=None, **extra_args)`` requires ``params`` (parameter
     values are features), accepts an optional ``loss=`` keyword and ignores unknown keywords.
     ``num_steps``, when given, is the length of the inner training (a horizon feature).
+    A tree that does not match the updates' structure raises a ``ValueError`` naming it
+    (:func:`learned_opt.tree_utils.check_trees`). A non-finite gradient entry gives a
+    non-finite update at that entry only: other tensors are computed as if it were absent, the
+    other entries of its tensor get finite updates that do not depend on its value, and later
+    steps stay finite elsewhere.
     """
 
   def transform(

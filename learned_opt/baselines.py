@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt import tree_utils
 from learned_opt.tree_utils import Leaf as _Leaf
 from learned_opt.tree_utils import is_float as _is_float
 from learned_opt.tree_utils import unzip as _unzip
@@ -32,25 +33,6 @@ class AdamState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-
-
-def _check_trees(name: str, updates, state_tree, params) -> None:
-  """Raises ``ValueError`` when updates, state and (optional) params trees differ."""
-  treedef = jax.tree.structure(updates)
-  others = [("optimizer state", state_tree)]
-  if params is not None:
-    others.append(("params", params))
-  for what, tree in others:
-    if jax.tree.structure(tree) != treedef:
-      raise ValueError(f"{name}: the updates tree does not match the {what} tree:\n"
-                       f"  updates: {treedef}\n  {what}: {jax.tree.structure(tree)}")
-
-
-def _float_zeros_like(p):
-  """Zeros for float leaves; integer/bool leaves get an empty placeholder (no state)."""
-  if _is_float(p):
-    return jnp.zeros_like(p)
-  return jnp.zeros((0,), jnp.float32)
 
 
 @base.register
@@ -92,11 +74,12 @@ class SGDMomentum(base.LearnedOptimizer):
       beta = jnp.asarray(self.initial_momentum, jnp.float32)
 
     def init_fn(params):
-      return SGDMState(mu=jax.tree.map(_float_zeros_like, params))
+      return SGDMState(mu=jax.tree.map(tree_utils.zeros_state, params))
 
     def update_fn(updates, state, params=None, **extra_args):
       del extra_args  # params are optional here: SGD does not read them
-      _check_trees(self.name, updates, state.mu, params)
+      tree_utils.check_trees(self.name, updates, ("optimizer state", state.mu),
+                             ("params", params))
 
       def upd(g, m):
         if not _is_float(g):
@@ -143,13 +126,14 @@ class Adam(base.LearnedOptimizer):
     b1, b2, eps, eps_root = self.b1, self.b2, self.eps, self.eps_root
 
     def init_fn(params):
-      zeros = jax.tree.map(_float_zeros_like, params)
+      zeros = jax.tree.map(tree_utils.zeros_state, params)
       return AdamState(count=jnp.zeros([], jnp.int32), mu=zeros,
-                       nu=jax.tree.map(_float_zeros_like, params))
+                       nu=jax.tree.map(tree_utils.zeros_state, params))
 
     def update_fn(updates, state, params=None, **extra_args):
       del extra_args  # params are optional here: Adam does not read them
-      _check_trees(self.name, updates, state.mu, params)
+      tree_utils.check_trees(self.name, updates, ("optimizer state", state.mu),
+                             ("params", params))
       count = optax.safe_increment(state.count)
       c1 = 1 - b1 ** count.astype(jnp.float32)
       c2 = 1 - b2 ** count.astype(jnp.float32)

@@ -17,6 +17,7 @@ compose them inside its own fused per-tensor computation.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -103,7 +104,7 @@ def second_moment_normalize(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32)) * inverse_rms(x, eps)
 
 
-def ema(x: jax.Array, acc: jax.Array, decay) -> jax.Array:
+def ema(x: jax.Array, acc: jax.Array, decay, one_minus_decay=None) -> jax.Array:
   """One exponential-moving-average step ``β acc + (1 - β) x`` (a momentum or RMS update).
 
   .. math::
@@ -113,11 +114,16 @@ def ema(x: jax.Array, acc: jax.Array, decay) -> jax.Array:
     x: the new value (gradient, or squared gradient for second moments).
     acc: the accumulator, same shape as ``x``.
     decay: ``β`` in ``[0, 1)``, a Python float or a traced scalar.
+    one_minus_decay: ``1 - β`` when the caller has it more accurately than ``1 - decay``
+      (e.g. ``sigmoid(-x)`` for a learned ``β = sigmoid(x)`` that rounds to 1); computed as
+      ``1 - decay`` when ``None``.
 
   Returns:
     The updated accumulator, in ``acc``'s dtype.
   """
-  return (decay * acc + (1.0 - decay) * x).astype(acc.dtype)
+  if one_minus_decay is None:
+    one_minus_decay = 1.0 - decay
+  return (decay * acc + one_minus_decay * x).astype(acc.dtype)
 
 
 def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
@@ -127,6 +133,36 @@ def rsqrt_feature(v: jax.Array, eps: float = RSQRT_EPS) -> jax.Array:
   does not widen in large fused loops, which made the fused MLP step ~8x slower.
   """
   return jnp.sqrt(1.0 / (v + eps))
+
+
+def finite_entries(features: Sequence[jax.Array]) -> jax.Array:
+  """The boolean mask of the entries where every feature is finite (no ``nan``, no ``±inf``).
+
+  Args:
+    features: the raw per-parameter features of one tensor, arrays of one common shape.
+
+  Returns:
+    A boolean array of that shape.
+  """
+  return functools.reduce(jnp.logical_and, [jnp.isfinite(x) for x in features])
+
+
+def nan_unless_finite(step: jax.Array, finite: jax.Array) -> jax.Array:
+  """``step`` where ``finite`` holds, ``nan`` elsewhere.
+
+  The learned optimizers feed their network features with the non-finite entries zeroed (so
+  that a bad entry cannot poison its neighbours, nor meta-gradients) and then mark the entries
+  whose features were not finite (:func:`finite_entries`): a non-finite gradient or state entry
+  gives a ``nan`` update at that entry only.
+
+  Args:
+    step: the update of one tensor.
+    finite: :func:`finite_entries` of that tensor's features (same shape as ``step``).
+
+  Returns:
+    ``step`` with ``nan`` wherever ``finite`` is False.
+  """
+  return jnp.where(finite, step, jnp.nan)
 
 
 def check_time_scales(time_scales: Sequence[float]) -> tuple[float, ...]:

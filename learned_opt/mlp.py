@@ -47,11 +47,8 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
-from learned_opt.tree_utils import Leaf as _Leaf
-from learned_opt.tree_utils import is_float as _is_float
-from learned_opt.tree_utils import placeholder as _placeholder
-from learned_opt.tree_utils import unzip as _unzip
 from learned_opt import features as feats_lib
+from learned_opt import tree_utils
 
 
 class MLPState(NamedTuple):
@@ -68,10 +65,6 @@ class MLPState(NamedTuple):
   count: jax.Array
   mom: tuple[optax.Updates, ...]
   rms: tuple[optax.Updates, ...]
-
-
-def _state_zeros(p) -> jax.Array:
-  return jnp.zeros(jnp.shape(p), jnp.float32) if _is_float(p) else _placeholder()
 
 
 def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
@@ -308,22 +301,16 @@ class MLPOptimizer(base.LearnedOptimizer):
     n_feat, n_mom, n_rms = self.num_features, len(self.momentum_decays), len(self.rms_decays)
 
     def init_fn(params):
-      return MLPState(
-          count=jnp.zeros([], jnp.int32),
-          mom=tuple(jax.tree.map(_state_zeros, params) for _ in range(n_mom)),
-          rms=tuple(jax.tree.map(_state_zeros, params) for _ in range(n_rms)))
+      zeros = lambda p: tree_utils.zeros_state(p, jnp.float32)
+      return MLPState(count=jnp.zeros([], jnp.int32),
+                      mom=tuple(jax.tree.map(zeros, params) for _ in range(n_mom)),
+                      rms=tuple(jax.tree.map(zeros, params) for _ in range(n_rms)))
 
     def update_fn(updates, state, params=None, **extra_args):
       del extra_args  # `loss=` and unknown keywords are accepted and ignored
-      if params is None:
-        raise ValueError(f"{self.name}: update() needs `params` (parameter values are "
-                         "features); call tx.update(grads, state, params).")
-      treedef = jax.tree.structure(updates)
-      for what, tree in (("params", params), *(("optimizer state", s) for s in
-                                                (*state.mom, *state.rms)[:1])):
-        if jax.tree.structure(tree) != treedef:
-          raise ValueError(f"{self.name}: the updates tree does not match the {what} tree:\n"
-                           f"  updates: {treedef}\n  {what}: {jax.tree.structure(tree)}")
+      tree_utils.require_params(self.name, params)
+      tree_utils.check_trees(self.name, updates, ("params", params),
+                             *(("optimizer state", s) for s in (*state.mom, *state.rms)[:1]))
 
       w0 = meta_params["w0"]
       shared = self.shared_features(state.count, num_steps).astype(w0.dtype)
@@ -331,8 +318,8 @@ class MLPOptimizer(base.LearnedOptimizer):
       rest = [(meta_params[f"w{i}"], meta_params[f"b{i}"]) for i in range(1, n_layers)]
 
       def leaf(g, p, *acc):
-        if not (_is_float(p) and _is_float(g)):
-          return _Leaf(g, *acc)
+        if not (tree_utils.is_float(p) and tree_utils.is_float(g)):
+          return tree_utils.Leaf(g, *acc)
         if g.shape != p.shape or any(a.shape != p.shape for a in acc):
           raise ValueError(f"{self.name}: update of shape {g.shape} and state of shapes "
                            f"{[a.shape for a in acc]} for a parameter of shape {p.shape}")
@@ -351,12 +338,11 @@ class MLPOptimizer(base.LearnedOptimizer):
         else:
           direction, magnitude = _matmul_mlp(clean, layers)
         step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
-        finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x) for x in xs])
-        step = jnp.where(finite, step, jnp.nan)
-        return _Leaf(step.astype(p.dtype), *new_mom, *new_rms)
+        step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))
+        return tree_utils.Leaf(step.astype(p.dtype), *new_mom, *new_rms)
 
       outs = jax.tree.map(leaf, updates, params, *state.mom, *state.rms)
-      outs = _unzip(outs, 1 + n_mom + n_rms)
+      outs = tree_utils.unzip(outs, 1 + n_mom + n_rms)
       new_state = MLPState(count=optax.safe_increment(state.count),
                            mom=tuple(outs[1:1 + n_mom]), rms=tuple(outs[1 + n_mom:]))
       return outs[0], new_state

@@ -43,9 +43,14 @@ from tasks import base as task_base
 META_LOSSES = ("train", "valid")
 
 # Values folded into a run key to derive independent streams: the next run, the new run's task,
-# initial parameters and horizon, then (batch, loss, valid) keys of step s at 4 + 3 s + role.
-# Each group is drawn with one vectorised fold_in (PRNG calls dominate the per-truncation cost).
+# initial parameters and horizon, then the keys of step s at 4 + 3 s + role for the roles
+# (train batch, train loss, valid). The valid key is split in two: the valid batch's key and
+# the valid loss's key (the "train" meta-loss draws no valid key at all). Each group is drawn
+# with one vectorised fold_in (PRNG calls dominate the per-truncation cost).
 _NEXT_RUN, _TASK, _INIT, _HORIZON, _DATA = 0, 1, 2, 3, 4
+_TRAIN_BATCH, _TRAIN_LOSS, _VALID = 0, 1, 2
+_STEP_ROLES = 3
+_VALID_BATCH, _VALID_LOSS = 0, 1
 
 
 def _fold_in_many(key: jax.Array, data: jax.Array) -> jax.Array:
@@ -361,19 +366,26 @@ def _step_data(family: task_base.TaskFamily, config: UnrollConfig, task_params: 
                run_key: jax.Array, steps: jax.Array) -> tuple[Any, jax.Array, Any, jax.Array]:
   """Batches and keys of the run (``task_params``, ``run_key``) at inner ``steps`` (vectorised).
 
+  Every step has its own streams: the train batch, the train loss's key and, for the
+  ``"valid"`` meta-loss, the valid batch and the valid loss's key, all independent.
+
   Returns:
     ``(train_batches, loss_keys, valid_batches, valid_keys)`` with a leading ``len(steps)``
     axis; keys as raw data. The valid entries are ``None`` for the ``"train"`` meta-loss.
   """
   task = family.task(task_params)
-  roles = 2 if config.meta_loss == "train" else 3
-  ids = _DATA + 3 * steps.astype(jnp.uint32)[:, None] + jnp.arange(roles, dtype=jnp.uint32)
+  roles = _VALID if config.meta_loss == "train" else _STEP_ROLES
+  ids = (_DATA + _STEP_ROLES * steps.astype(jnp.uint32)[:, None]
+         + jnp.arange(roles, dtype=jnp.uint32))
   keys = _fold_in_many(wrap_key(run_key), ids)
 
   def one(k):
-    batch = task.sample_batch(k[0], "train")
+    batch = task.sample_batch(k[_TRAIN_BATCH], "train")
+    loss_key = key_data(k[_TRAIN_LOSS])
     if config.meta_loss == "train":
-      return batch, key_data(k[1]), None, None
-    return batch, key_data(k[1]), task.sample_batch(k[2], "valid"), key_data(k[2])
+      return batch, loss_key, None, None
+    valid = jax.random.split(k[_VALID])
+    valid_batch = task.sample_batch(valid[_VALID_BATCH], "valid")
+    return batch, loss_key, valid_batch, key_data(valid[_VALID_LOSS])
 
   return jax.vmap(one)(keys)

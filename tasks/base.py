@@ -1,6 +1,6 @@
 """The task interfaces: a `Task` is one learning problem, a `TaskFamily` a distribution of them.
 
-Contract (DESIGN.md, "tasks/"):
+Contract (docs/architecture.md, "Tasks and task families"):
 
 * ``Task.init(key) -> params``, ``Task.loss(params, key, batch) -> scalar``,
   ``Task.sample_batch(key, split) -> batch`` with ``split`` in ``("train", "valid")``,

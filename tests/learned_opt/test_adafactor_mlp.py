@@ -75,27 +75,36 @@ def test_rank_below_two_uses_diagonal_second_moment(update):
 
 
 def _manual_step(mp, lopt, g, p):
-  """A direct NumPy transcription of the documented first step (count = 1, zero state)."""
+  """A direct NumPy transcription of the documented first step (t = 0 updates so far, zero state).
+
+  ε's are the shared kernel's (``learned_opt.features``): 1e-8 under ``V̂`` before the reciprocal
+  square root and 1e-5 under each feature's mean square; non-finite entries of ``G²`` count as
+  zero in the row and column statistics and non-finite features as zero in the normalisers.
+  """
   g, p = np.asarray(g, np.float64), np.asarray(p, np.float64)
   # 1 - sigmoid(x) = 1 / (1 + e^x)
   one_m_betas = 1 / (1 + np.exp(np.asarray(mp["momentum_logits"], np.float64)))
   one_m_fbetas = 1 / (1 + np.exp(np.asarray(mp["factored_logits"], np.float64)))
   mus = [c * g for c in one_m_betas]
-  g2 = g * g + 1e-30
-  rsq = []
-  for c in one_m_fbetas:
-    row, col = c * g2.mean(-1), c * g2.mean(-2)
-    v = np.outer(row / row.mean(), col)
-    rsq.append(1 / np.sqrt(v + 1e-30))
-  feats = [p, g, *mus, *(g * r for r in rsq), mus[1] * rsq[-1]]
-  feats = [f / np.sqrt(np.mean(f * f) + 1e-12) for f in feats]
-  t = np.tanh(1.0 / np.asarray(lopt.time_scales) - 1.0)
+  with np.errstate(invalid="ignore", over="ignore"):
+    g2 = np.where(np.isfinite(g * g), g * g, 0.0) + 1e-30
+    rsq = []
+    for c in one_m_fbetas:
+      row, col = c * g2.mean(-1), c * g2.mean(-2)
+      v = np.outer(row / row.mean(), col)
+      rsq.append(1 / np.sqrt(v + 1e-8))
+    feats = [p, g, *mus, *(g * r for r in rsq), mus[1] * rsq[-1]]
+    finite = np.all([np.isfinite(f) for f in feats], axis=0)
+    feats = [np.where(np.isfinite(f), f, 0.0) for f in feats]
+    feats = [f / np.sqrt(np.mean(f * f) + 1e-5) for f in feats]
+  t = np.tanh(0.0 / np.asarray(lopt.time_scales) - 1.0)
   w1, b1 = np.asarray(mp["mlp"]["w1"], np.float64), np.asarray(mp["mlp"]["b1"], np.float64)
   w2, b2 = np.asarray(mp["mlp"]["w2"], np.float64), np.asarray(mp["mlp"]["b2"], np.float64)
   x = np.stack(feats + [np.broadcast_to(tt, g.shape) for tt in t], -1)
   h = np.maximum(x @ w1 + b1, 0)
   out = h @ w2 + b2
-  return out[..., 0] * np.exp(lopt.exp_mult * out[..., 1]) * lopt.step_mult
+  step = out[..., 0] * np.exp(lopt.exp_mult * out[..., 1]) * lopt.step_mult
+  return np.where(finite, step, np.nan)
 
 
 def test_first_step_matches_numpy_transcription(update):
@@ -114,14 +123,17 @@ def test_first_step_matches_numpy_transcription(update):
 
 def test_features_are_scale_invariant_in_the_gradient(update):
   # Every gradient feature is normalised by its RMS over the tensor, so scaling G changes nothing
-  # (up to the tiny epsilons).
+  # once the features' mean squares dwarf the ε's (1e-5 under the mean square, 1e-8 under V̂);
+  # for tiny gradients the ε's dominate and the step shrinks.
   k1, k2 = jax.random.split(jax.random.key(2))
   params = {"w": jax.random.normal(k1, (5, 4))}
   grads = {"w": jax.random.normal(k2, (5, 4))}
   state = LOPT.scale_by(MP).init(params)
-  a, _ = update(MP, grads, state, params)
-  b, _ = update(MP, {"w": 1e3 * grads["w"]}, state, params)
+  a, _ = update(MP, {"w": 1e2 * grads["w"]}, state, params)
+  b, _ = update(MP, {"w": 1e5 * grads["w"]}, state, params)
   np.testing.assert_allclose(a["w"], b["w"], rtol=1e-4)
+  tiny, _ = update(MP, {"w": 1e-6 * grads["w"]}, state, params)
+  assert not np.allclose(tiny["w"], a["w"], rtol=1e-2)
 
 
 def test_output_scale_is_step_mult_times_direction():
@@ -173,3 +185,36 @@ def test_config_round_trip_through_json_types():
                                            time_scales=[10, 100])
   assert lopt.momentum_decays == (0.8,) and lopt.time_scales == (10.0, 100.0)
   assert learned_opt.AdafactorMLPOptimizer.from_config(lopt.config()) == lopt
+
+
+def test_non_finite_gradient_stays_in_its_entries(update):
+  # A bad entry counts as zero in the normalisers and in the row/column statistics: the other
+  # entries of its tensor get the updates of the gradient with that entry zeroed, the bad entry
+  # a nan update, and only its own momenta become non-finite.
+  k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+  params = {"w": jax.random.normal(k1, (4, 3)), "v": jax.random.normal(k2, (5,))}
+  grads = {"w": jax.random.normal(k3, (4, 3)), "v": jnp.linspace(-1.0, 1.0, 5)}
+  bad_at = np.zeros((4, 3), bool)
+  bad_at[1, 2] = bad_at[0, 0] = True
+  bad = dict(grads, w=grads["w"].at[1, 2].set(jnp.nan).at[0, 0].set(jnp.inf))
+  zeroed = dict(grads, w=jnp.where(bad_at, 0.0, grads["w"]))
+  state = LOPT.scale_by(MP).init(params)
+  u_bad, s_bad = update(MP, bad, state, params)
+  u_zero, s_zero = update(MP, zeroed, state, params)
+  u = np.asarray(u_bad["w"])
+  assert np.all(np.isnan(u[bad_at])) and np.all(np.isfinite(u[~bad_at]))
+  np.testing.assert_allclose(u[~bad_at], np.asarray(u_zero["w"])[~bad_at], rtol=1e-6)
+  np.testing.assert_array_equal(u_bad["v"], u_zero["v"])
+  for j in range(2):  # Adafactor's statistics do not see the bad entries
+    np.testing.assert_array_equal(s_bad.row[j]["w"], s_zero.row[j]["w"])
+    np.testing.assert_array_equal(s_bad.col[j]["w"], s_zero.col[j]["w"])
+  for k in range(3):
+    mu = np.asarray(s_bad.mu[k]["w"])
+    assert not np.any(np.isfinite(mu[bad_at])) and np.all(np.isfinite(mu[~bad_at]))
+  ref = _manual_step(MP, LOPT, bad["w"], params["w"])
+  np.testing.assert_allclose(u[~bad_at], ref[~bad_at], rtol=2e-4, atol=1e-9)
+  # The network reads zeros at the bad entries, so its weights' meta-gradient stays finite
+  # (a decay logit's does not: its momentum at the bad entry is not finite).
+  meta_grad = jax.grad(lambda mp: jnp.sum(jnp.where(
+      bad_at, 0.0, LOPT.scale_by(mp).update(bad, state, params)[0]["w"])))(MP)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(meta_grad["mlp"]))

@@ -195,20 +195,50 @@ def test_params_tree_mismatch_is_clear_valueerror(name):
   params = _small()
   state = tx.init(params)
   other = {"a": jnp.ones(3)}
-  with pytest.raises(ValueError):
+  ours, theirs = str(jax.tree.structure(params)), str(jax.tree.structure(other))
+  # Updates and params agree with each other but not with the state built for `params`.
+  with pytest.raises(ValueError) as info:
     tx.update(other, state, other)
-  with pytest.raises(ValueError):
+  assert str(info.value) == (f"{name}: the updates tree does not match the optimizer state "
+                             f"tree:\n  updates: {theirs}\n  optimizer state: {ours}")
+  # Updates and state agree; the params tree is another model's.
+  with pytest.raises(ValueError) as info:
     tx.update(_grads(params), state, other)
+  assert str(info.value) == (f"{name}: the updates tree does not match the params tree:\n"
+                             f"  updates: {ours}\n  params: {theirs}")
 
 
-def test_non_finite_grads_do_not_crash(name):
+_BAD_AT = np.zeros((3, 2), bool)
+_BAD_AT[0, 1] = _BAD_AT[2, 0] = True
+
+
+def test_non_finite_grad_entries_stay_in_their_entries(name):
+  # The contract (learned_opt.base.LearnedOptimizer.scale_by): a non-finite gradient entry gives
+  # a non-finite update at that entry only. Other tensors are computed as if it were not there,
+  # the other entries of its tensor get finite updates that do not depend on which non-finite
+  # value it holds, and the state carries it into later steps at that entry only.
   lopt, mp, update = _setup(name)
-  tx = lopt.transform(mp)
   params = _small()
-  grads = {"vec": jnp.asarray([jnp.inf, -jnp.inf, 1.0]), "mat": jnp.full((3, 2), jnp.nan)}
-  updates, state = update(mp, grads, tx.init(params), params)
-  assert _shapes_dtypes(updates) == _shapes_dtypes(params)
-  assert _shapes_dtypes(state) == _shapes_dtypes(tx.init(params))
+  grads = _grads(params)
+  state = lopt.transform(mp).init(params)
+  clean_u, clean_state = update(mp, grads, state, params)
+  clean_next, _ = update(mp, grads, clean_state, params)
+  first_mat = None
+  for a, b in ((jnp.nan, jnp.inf), (-jnp.inf, jnp.nan), (jnp.inf, -jnp.inf)):
+    bad = {"vec": grads["vec"], "mat": grads["mat"].at[0, 1].set(a).at[2, 0].set(b)}
+    u, new_state = update(mp, bad, state, params)
+    _assert_bitwise_equal(u["vec"], clean_u["vec"])
+    mat = np.asarray(u["mat"])
+    assert not np.any(np.isfinite(mat[_BAD_AT])), mat
+    assert np.all(np.isfinite(mat[~_BAD_AT])), mat
+    if first_mat is None:
+      first_mat = mat
+    np.testing.assert_array_equal(mat[~_BAD_AT], first_mat[~_BAD_AT])
+    # One more step with finite gradients from the state the bad step left.
+    u2, state2 = update(mp, grads, new_state, params)
+    _assert_bitwise_equal(u2["vec"], clean_next["vec"])
+    assert np.all(np.isfinite(np.asarray(u2["mat"])[~_BAD_AT]))
+    assert _shapes_dtypes(state2) == _shapes_dtypes(state)
 
 
 # ----------------------------------------------------------------------------- optax wrappers

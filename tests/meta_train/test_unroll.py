@@ -10,6 +10,7 @@ import pytest
 import learned_opt
 from meta_train import errors
 from meta_train import unroll as ul
+from tasks import base as task_base
 from tasks.quadratic import QuadraticFamily
 
 FAMILY = QuadraticFamily(dim=3, noise_scale=(0.0, 0.0))
@@ -87,6 +88,63 @@ def test_valid_meta_loss_is_exact_loss_after_each_step():
   task = NOISY.task(ps.task_params)
   ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
   np.testing.assert_allclose(out.losses[-1], task.exact_loss(new_ps.params) / ref, rtol=1e-5)
+
+
+class _KeyTask(task_base.Task):
+  """A quadratic whose batches are the raw data of the key that drew them."""
+
+  def __init__(self, inner):
+    self.inner = inner
+
+  def init(self, key):
+    return self.inner.init(key)
+
+  def loss(self, params, key, batch):
+    return self.inner.loss(params, key, batch)
+
+  def sample_batch(self, key, split="train"):
+    return ul.key_data(key)
+
+
+class _KeyFamily(task_base.TaskFamily):
+
+  def sample(self, key):
+    return FAMILY.sample(key)
+
+  def task(self, task_params):
+    return _KeyTask(FAMILY.task(task_params))
+
+
+def _step_keys(meta_loss):
+  config = dataclasses.replace(CONFIG, meta_loss=meta_loss, truncation_length=3)
+  rk = ul.key_data(jax.random.key(4))
+  ps = ul.fresh_particle(LOPT, _KeyFamily(), config, THETA, rk)
+  return rk, ul.draw_truncation(_KeyFamily(), config, ps).data
+
+
+def test_each_step_draws_separate_batch_and_loss_streams():
+  rk, (train_batch, train_loss, valid_batch, valid_loss) = _step_keys("valid")
+  keys = np.concatenate([train_batch, train_loss, valid_batch, valid_loss])
+  assert keys.shape == (12, 2)
+  assert len({tuple(k) for k in keys.tolist()}) == 12  # 3 steps x 4 streams, all different
+  for s in range(3):
+    assert not np.array_equal(valid_batch[s], valid_loss[s])
+
+
+def test_train_meta_loss_streams_keep_their_layout():
+  # Train batch and train loss keys of step s are fold_in(run_key, 4 + 3 s + role): the layout
+  # the "train" meta-loss has always used (its meta-losses stay bit-identical), shared by the
+  # "valid" meta-loss.
+  rk, (train_batch, train_loss, valid_batch, valid_loss) = _step_keys("train")
+  assert valid_batch is None and valid_loss is None
+  for s in range(3):
+    for role, got in ((0, train_batch), (1, train_loss)):
+      key = jax.random.fold_in(jax.random.wrap_key_data(rk), 4 + 3 * s + role)
+      want = jax.random.key_data(key)
+      np.testing.assert_array_equal(got[s], want)
+  _, (valid_train_batch, valid_train_loss, _, _) = _step_keys("valid")
+  np.testing.assert_array_equal(valid_train_batch, train_batch)
+  np.testing.assert_array_equal(valid_train_loss, train_loss)
 
 
 def test_stagger_and_horizons():
