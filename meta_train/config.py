@@ -103,6 +103,8 @@ class RunSettings:
   log_every: int = _f(10, help="outer steps between logged metrics")
   progress: Literal["auto", "on", "off"] = _f(
       "auto", help="tqdm bar: auto (only on a terminal), on, off")
+  num_devices: int | None = _f(None, help="devices the particles are sharded over (default: "
+                                          "all devices of all processes)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +144,7 @@ class RunConfig:
 # meta-parameters. Everything else must match the run directory's config.json.
 RESUMABLE_FIELDS = frozenset({
     "run.num_outer_steps", "run.checkpoint_every", "run.max_to_keep", "run.log_every",
-    "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
+    "run.progress", "run.num_devices", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
     "eval.num_tasks", "eval.num_seeds", "eval.num_steps",
 })
 
@@ -689,11 +691,38 @@ def validate(cfg: RunConfig) -> RunConfig:
     if v % k:
       raise ConfigError(f"run.{name}", f"must be a multiple of run.steps_per_dispatch ({k}), "
                                        f"got {v}")
+  # --- sharding hook (meta_train/sharding.py) ---
+  if run.num_devices is not None:
+    _positive(cfg, "run.num_devices")
+    check_devices(cfg, run.num_devices)
+  # --- end sharding hook ---
   if cfg.outer.warmup_steps >= run.num_outer_steps and cfg.outer.warmup_steps:
     raise ConfigError("outer.warmup_steps", f"must be < run.num_outer_steps "
                                             f"({run.num_outer_steps}), got "
                                             f"{cfg.outer.warmup_steps}")
   return cfg
+
+
+def check_devices(cfg: RunConfig, num_devices: int) -> None:
+  """Raises :class:`ConfigError` on ``estimator.num_particles`` unless it splits over the devices.
+
+  The unit sharded over devices is the antithetic pair for ``es``/``pes``/``full_es`` (both
+  members of a pair stay together) and the particle for ``tbptt``.
+  """
+  est = cfg.estimator
+  if est.name in ANTITHETIC_ESTIMATORS:
+    pairs = est.num_particles // 2
+    if pairs % num_devices:
+      raise ConfigError("estimator.num_particles",
+                        f"{est.num_particles} particles ({pairs} antithetic pairs) do not split "
+                        f"evenly over {num_devices} devices: pairs are sharded, so use a "
+                        f"multiple of {2 * num_devices} particles, or set run.num_devices to a "
+                        f"divisor of {pairs}")
+  elif est.num_particles % num_devices:
+    raise ConfigError("estimator.num_particles",
+                      f"{est.num_particles} particles do not split evenly over {num_devices} "
+                      f"devices: use a multiple of {num_devices}, or set run.num_devices to a "
+                      f"divisor of {est.num_particles}")
 
 
 def build_optimizer(cfg: RunConfig):

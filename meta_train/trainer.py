@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train import estimator as est_lib
+from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
 from meta_train.full_es import FullES
 from meta_train.pes import PES
@@ -138,9 +139,12 @@ class MetaTrainer:
     outer_optimizer: optax transformation applied to the meta-gradient; default
       :func:`default_outer_optimizer`.
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
+    mesh: optional device mesh (:func:`meta_train.sharding.make_mesh`): the particles are
+      sharded over it and the mean over particles becomes a collective.
   """
 
-  def __init__(self, lopt, family, estimator, outer_optimizer=None, steps_per_dispatch: int = 1):
+  def __init__(self, lopt, family, estimator, outer_optimizer=None, steps_per_dispatch: int = 1,
+               mesh=None):
     if not isinstance(steps_per_dispatch, int) or steps_per_dispatch <= 0:
       raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
     self.lopt = lopt
@@ -151,6 +155,11 @@ class MetaTrainer:
     self.steps_per_dispatch = steps_per_dispatch
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
+    # --- sharding hook (meta_train/sharding.py): particles split over `mesh` ---
+    self.mesh, self.shardings = mesh, None
+    if mesh is not None:
+      self._init, self._step, self.shardings = sharding_lib.jit_trainer(self, mesh)
+    # --- end sharding hook ---
 
   def init(self, key: jax.Array, meta_params: Any = None) -> MetaTrainerState:
     """Initial state from ``key`` (typed or raw); ``meta_params`` default ``lopt.init``."""
