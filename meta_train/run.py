@@ -287,7 +287,8 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
                                    project=cfg.wandb.project, entity=cfg.wandb.entity,
                                    name=cfg.wandb.name)
   logger = log_lib.RunLogger(metrics_file, wandb_sink=wandb_sink,
-                             stdout=None if bar_on else stdout, total_steps=total)
+                             stdout=None if bar_on or not writer else stdout,
+                             total_steps=total)
   if resumed_from is not None:
     written_on = (ckpt.restored_meta or {}).get("num_devices", "an unrecorded number of")
     say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from} on "
