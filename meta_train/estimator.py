@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
 
 
@@ -92,6 +93,8 @@ class Estimator:
       draw_from, _ = split_pair(particles)
     draws = jax.vmap(lambda ps: unroll_lib.draw_truncation(self.family, config, ps))(draw_from)
     fn = lambda mp, ps, d: unroll_lib.unroll(self.lopt, self.family, config, mp, ps, draws=d)
+    # sharding hook (meta_train/sharding.py): split the 2 N unrolls over the context mesh.
+    meta_params, particles = sharding_lib.constrain_particles((meta_params, particles))
     return jax.vmap(fn)(meta_params, particles, repeat_pair(draws))
 
 

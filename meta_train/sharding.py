@@ -189,7 +189,41 @@ def jit_trainer(trainer: Any, mesh: Mesh) -> tuple[Any, Any, Any]:
   init = jax.jit(trainer._init_impl, out_shardings=shardings)  # pylint: disable=protected-access
   step = jax.jit(trainer._step_impl, in_shardings=(shardings,),  # pylint: disable=protected-access
                  out_shardings=(shardings, rep))
-  return init, step, shardings
+  return _under_mesh(init, mesh), _under_mesh(step, mesh), shardings
+
+
+def _under_mesh(fn, mesh: Mesh):
+  """``fn`` called (and so traced) with ``mesh`` as JAX's context mesh (for
+  :func:`constrain_particles`)."""
+
+  def wrapped(*args):
+    # The abstract mesh (not jax.set_mesh) so that jax.eval_shape can trace this too.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+
+  return wrapped
+
+
+def constrain_particles(tree: Any) -> Any:
+  """Marks the leading (particle) axis of ``tree``'s leaves as split over the context mesh.
+
+  Inside a computation traced under a mesh with a ``"particles"`` axis (as
+  :func:`jit_trainer` arranges), every leaf whose leading axis divides over it gets
+  ``jax.lax.with_sharding_constraint(x, P("particles"))``; elsewhere this is the identity.
+  Estimators call it on the particles they unroll, so that work sampled afresh inside a step
+  (full-horizon ES keeps no particle state) is split over devices too.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or AXIS not in mesh.axis_names:
+    return tree
+  n = mesh.shape[AXIS]
+
+  def constrain(x):
+    if getattr(x, "ndim", 0) and x.shape[0] % n == 0:
+      return jax.lax.with_sharding_constraint(x, PartitionSpec(AXIS))
+    return x
+
+  return jax.tree.map(constrain, tree)
 
 
 def describe(mesh: Mesh) -> str:
@@ -200,5 +234,5 @@ def describe(mesh: Mesh) -> str:
           f"process{'es' if procs != 1 else ''}")
 
 
-__all__ = ["AXIS", "describe", "divisibility_error", "make_mesh", "particle_counts", "place",
+__all__ = ["AXIS", "constrain_particles", "describe", "divisibility_error", "make_mesh", "particle_counts", "place",
            "jit_trainer", "replicated", "sharding_unit", "state_shardings"]
