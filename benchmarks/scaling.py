@@ -43,11 +43,11 @@ def measure(family_name: str, devices, pairs: int, seconds: float, windows: int)
   import learned_opt  # pylint: disable=import-outside-toplevel
   import tasks  # pylint: disable=import-outside-toplevel
   from meta_train import sharding  # pylint: disable=import-outside-toplevel
-  from meta_train.trainer import MetaTrainer, make_estimator  # pylint: disable=import-outside-toplevel
+  from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(len(devices), devices=devices)
-  est = make_estimator("pes", num_pairs=pairs, truncation=TRUNCATION, horizon=HORIZON)
-  trainer = MetaTrainer(learned_opt.MLPOptimizer(), tasks.get(family_name), est,
+  est = trainer_lib.make_estimator("pes", num_pairs=pairs, truncation=TRUNCATION, horizon=HORIZON)
+  trainer = trainer_lib.MetaTrainer(learned_opt.MLPOptimizer(), tasks.get(family_name), est,
                         steps_per_dispatch=STEPS_PER_DISPATCH, mesh=mesh)
   state = jax.block_until_ready(trainer.init(jax.random.key(0)))
   t0 = time.perf_counter()

@@ -144,8 +144,9 @@ class RunConfig:
 # meta-parameters. Everything else must match the run directory's config.json.
 RESUMABLE_FIELDS = frozenset({
     "run.num_outer_steps", "run.checkpoint_every", "run.max_to_keep", "run.log_every",
-    "run.progress", "run.num_devices", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
+    "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
     "eval.num_tasks", "eval.num_seeds", "eval.num_steps",
+    "run.num_devices",  # sharding hook: a run may resume on another device count
 })
 
 

@@ -295,6 +295,6 @@ def exit_on_peer_failure(run_dir: str, passthrough: tuple[type[BaseException], .
     os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access
 
 
-__all__ = ["ClusterSpec", "DistributedError", "EXIT_PEER_LOST", "NullMetricsFile", "add_arguments", "barrier", "check_same",
-           "describe", "exit_on_peer_failure", "initialize", "is_writer", "join_from_args", "resolve_spec",
-           "to_host"]
+__all__ = ["ClusterSpec", "DistributedError", "EXIT_PEER_LOST", "NullMetricsFile",
+           "add_arguments", "barrier", "check_same", "describe", "exit_on_peer_failure",
+           "initialize", "is_writer", "join_from_args", "resolve_spec", "to_host"]

@@ -234,5 +234,6 @@ def describe(mesh: Mesh) -> str:
           f"process{'es' if procs != 1 else ''}")
 
 
-__all__ = ["AXIS", "constrain_particles", "describe", "divisibility_error", "make_mesh", "particle_counts", "place",
-           "jit_trainer", "replicated", "sharding_unit", "state_shardings"]
+__all__ = ["AXIS", "constrain_particles", "describe", "divisibility_error", "jit_trainer",
+           "make_mesh", "particle_counts", "place", "replicated", "sharding_unit",
+           "state_shardings"]
