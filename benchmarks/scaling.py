@@ -40,13 +40,20 @@ def _force_cpu_devices(n: int) -> None:
 def measure(family_name: str, devices, pairs: int, seconds: float, windows: int):
   """``(compile_s, median inner steps/s)`` of PES with ``pairs`` pairs over ``devices``."""
   import jax  # pylint: disable=import-outside-toplevel
+  with jax.default_device(devices[0]):  # the family's data on the measured platform
+    return _measure(family_name, devices, pairs, seconds, windows)
+
+
+def _measure(family_name, devices, pairs, seconds, windows):
+  import jax  # pylint: disable=import-outside-toplevel
   import learned_opt  # pylint: disable=import-outside-toplevel
   import tasks  # pylint: disable=import-outside-toplevel
   from meta_train import sharding  # pylint: disable=import-outside-toplevel
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(len(devices), devices=devices)
-  est = trainer_lib.make_estimator("pes", num_pairs=pairs, truncation=TRUNCATION, horizon=HORIZON)
+  est = trainer_lib.make_estimator("pes", num_pairs=pairs, truncation=TRUNCATION,
+                                   horizon=HORIZON)
   trainer = trainer_lib.MetaTrainer(learned_opt.MLPOptimizer(), tasks.get(family_name), est,
                         steps_per_dispatch=STEPS_PER_DISPATCH, mesh=mesh)
   state = jax.block_until_ready(trainer.init(jax.random.key(0)))
@@ -83,7 +90,10 @@ def main(argv=None):
   import jax  # pylint: disable=import-outside-toplevel
 
   if args.gpu:
-    pool = jax.devices("gpu")
+    try:
+      pool = jax.devices("gpu")
+    except RuntimeError as e:
+      sys.exit(f"scaling.py --gpu: no GPU visible to jax ({e})")
     counts = args.devices or [2**i for i in range(8) if 2**i <= len(pool)]
   else:
     pool = jax.devices("cpu")
