@@ -291,8 +291,8 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
                              total_steps=total)
   if resumed_from is not None:
     written_on = (ckpt.restored_meta or {}).get("num_devices", "an unrecorded number of")
-    say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from} on "
-        f"{mesh.size} devices (checkpoint written on {written_on})")
+    say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from} on {mesh.size} "
+        f"device{'s' * (mesh.size != 1)} (checkpoint written on {written_on})")
   elif step < total:
     say(f"meta-train: new run in {run_dir} ({total} outer steps) on "
         f"{sharding_lib.describe(mesh)}")
