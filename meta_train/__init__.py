@@ -12,6 +12,10 @@ from meta_train.trainer import MetaTrainer, MetaTrainerState
 from meta_train.truncated_es import TruncatedES
 from meta_train.unroll import ParticleState, UnrollConfig, UnrollOutput
 
+# Devices and hosts: particles sharded over a mesh; multi-process runs with jax.distributed.
+from meta_train.distributed import ClusterSpec, DistributedError, is_writer
+from meta_train.sharding import make_mesh
+
 # Runs: typed config, driver, checkpoints, metrics logs, progress, CLI.
 from meta_train.config import ConfigError, RunConfig
 from meta_train.run import RunDirError, RunResult

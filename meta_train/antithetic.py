@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from meta_train import errors
 from meta_train import estimator as est_lib
+from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
 
 
@@ -154,7 +155,10 @@ class AntitheticEstimator(est_lib.Estimator):
     draw_from, _ = split_pair(particles)
     draws = jax.vmap(lambda ps: unroll_lib.draw_truncation(self.family, config, ps))(draw_from)
     fn = lambda mp, ps, d: unroll_lib.unroll(self.lopt, self.family, config, mp, ps, draws=d)
-    return jax.vmap(fn)(perturbed_pair(meta_params, eps), particles, repeat_pair(draws))
+    # sharding hook (meta_train/sharding.py): split the 2 N unrolls over the context mesh.
+    pair_params, particles = sharding_lib.constrain_particles(
+        (perturbed_pair(meta_params, eps), particles))
+    return jax.vmap(fn)(pair_params, particles, repeat_pair(draws))
 
   def estimate(self, meta_params: Any, state: Any, key: jax.Array
                ) -> tuple[Any, Any, dict[str, jax.Array]]:

@@ -59,10 +59,11 @@ def _from_flat(flat: dict[str, Any], template: Any) -> Any:
 
 
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
-  """Shape, dtype and sharding of a leaf (the default device if it has no sharding)."""
+  """Shape, dtype and sharding of a leaf (this process's first device if it has no sharding,
+  or one that spans other processes: each process restores a whole copy)."""
   sharding = getattr(x, "sharding", None)
-  if sharding is None:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if sharding is None or not sharding.is_fully_addressable:  # other processes' devices
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
@@ -79,6 +80,11 @@ class Checkpointer:
     quarantine_dir: where corrupt step directories are moved (default: a sibling
       ``corrupt_checkpoints`` directory).
     use_async: write in a background thread (orbax's asynchronous checkpointing).
+    writer: whether this process saves (default: process 0 only). In a multi-process run each
+      process gets a manager of its own (orbax ``MultiprocessingOptions`` with
+      ``active_processes={this process}``), so no orbax barrier involves the others: the writer
+      saves host copies of the whole state (see ``meta_train.distributed.to_host``) and every
+      process restores from the shared directory by itself.
 
   Example::
 
@@ -89,24 +95,41 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
-               quarantine_dir: str | os.PathLike | None = None, use_async: bool = True):
+               quarantine_dir: str | os.PathLike | None = None, use_async: bool = True,
+               writer: bool | None = None):
     self.directory = os.path.abspath(os.fspath(directory))
     parent = os.path.dirname(self.directory)
     self.quarantine_dir = os.fspath(quarantine_dir or os.path.join(parent, "corrupt_checkpoints"))
+    self.writer = jax.process_index() == 0 if writer is None else writer
+    multi = {}
+    if jax.process_count() > 1:
+      me = jax.process_index()
+      multi["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"ckpt{me}")
+      if self.writer:
+        os.makedirs(self.directory, exist_ok=True)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=use_async)
+        max_to_keep=max_to_keep if self.writer else None, create=jax.process_count() == 1,
+        cleanup_tmp_directories=self.writer, enable_async_checkpointing=use_async,
+        read_only=not self.writer, **multi)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
+    self.restored_meta: dict[str, Any] | None = None
 
   def all_steps(self) -> list[int]:
     """Steps with a finalised checkpoint, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any) -> None:
-    """Checkpoints ``state`` as ``step`` (asynchronously if enabled); ``step`` must be new."""
+  def save(self, step: int, state: Any, extra: dict[str, Any] | None = None) -> None:
+    """Checkpoints ``state`` as ``step`` (asynchronously if enabled); ``step`` must be new.
+
+    ``extra`` (JSON values) is stored in the step's metadata, e.g. the device count; the
+    metadata of the step :meth:`restore_latest` returned is in :attr:`restored_meta`.
+    """
+    if not self.writer:
+      raise RuntimeError("this Checkpointer is not the writer (only process 0 saves)")
     meta = {"step": int(step), "digest": tree_digest(state), "paths": _paths(state),
-            "time": time.time()}
+            "time": time.time(), **(extra or {})}
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_flat(state)), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -152,13 +175,15 @@ class Checkpointer:
             f"({len(meta.get('paths') or [])} leaves, expected {len(paths)}): it was written "
             f"by another version or configuration")
       try:
-        return step, self._restore_step(step, template, meta)
+        state = self._restore_step(step, template, meta)
+        self.restored_meta = meta
+        return step, state
       except Exception as e:  # pylint: disable=broad-except
         self._skip(step, e)
     return None
 
   def _skip(self, step: int, e: Exception) -> None:
-    moved = self._quarantine(step)
+    moved = self._quarantine(step) if self.writer else "(left in place: not the writer)"
     reason = str(e).splitlines()[0] if str(e) else ""
     warnings.warn(f"checkpoint step {step} in {self.directory} is corrupt or partial "
                   f"({type(e).__name__}: {reason}); moved it to {moved} and trying the "

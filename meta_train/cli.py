@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from meta_train import config as config_lib
+from meta_train import distributed as dist_lib
 
 EXIT_CONFIG_ERROR = 2
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print the resolved config as JSON and exit (nothing is compiled)")
   parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
                       help="config overrides, e.g. estimator.num_pairs=4")
+  dist_lib.add_arguments(parser)  # distributed hook: --coordinator, --num-processes, ...
   return parser
 
 
@@ -81,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``meta-train`` console script; returns the exit status."""
   parser = build_parser()
   args = parser.parse_args(argv)
+  try:  # distributed hook: join a multi-process run before JAX touches a device
+    if not args.print_config:
+      dist_lib.join_from_args(args)
+  except dist_lib.DistributedError as e:
+    parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
   try:
     cfg = resolve_args(args)
   except config_lib.ConfigError as e:
@@ -91,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   run_dir = args.run_dir or os.path.join("runs", args.preset)
   from meta_train import run as run_lib  # pylint: disable=import-outside-toplevel
   try:
-    run_lib.run(cfg, run_dir)
+    with dist_lib.exit_on_peer_failure(  # distributed hook: no hang on a dead peer
+        run_dir, passthrough=(config_lib.ConfigError, run_lib.RunDirError)):
+      run_lib.run(cfg, run_dir)
   except (config_lib.ConfigError, run_lib.RunDirError) as e:
     parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
   except KeyboardInterrupt:

@@ -106,6 +106,20 @@ class MetricsFile:
       self._f = None
 
 
+class NullMetricsFile:
+  """Stands in for :class:`MetricsFile` where nothing is written (processes other than 0)."""
+
+  def truncate_after(self, step: int) -> int:
+    del step
+    return 0
+
+  def write(self, record: Record) -> None:
+    del record
+
+  def close(self) -> None:
+    pass
+
+
 def format_line(record: Mapping[str, Any], total_steps: int | None = None) -> str:
   """One human-readable line, e.g. ``step 20/100 | meta_loss 0.4321 | ... inner steps/s``."""
   step = record.get("step")

@@ -34,8 +34,10 @@ import optax
 
 from meta_train import checkpoint as ckpt_lib
 from meta_train import config as config_lib
+from meta_train import distributed as dist_lib
 from meta_train import metrics_log as log_lib
 from meta_train import progress as progress_lib
+from meta_train import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -75,14 +77,17 @@ def build_outer_optimizer(cfg: config_lib.RunConfig) -> optax.GradientTransforma
   return opt
 
 
-def build_trainer(cfg: config_lib.RunConfig):
-  """``(trainer, lopt, family)`` for a validated config (builds objects, compiles nothing)."""
+def build_trainer(cfg: config_lib.RunConfig, mesh=None):
+  """``(trainer, lopt, family)`` for a validated config (builds objects, compiles nothing).
+
+  ``mesh`` (:func:`meta_train.sharding.make_mesh`) shards the particles over devices.
+  """
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   lopt = config_lib.build_optimizer(cfg)
   family = config_lib.build_family(cfg)
   estimator = config_lib.build_estimator(cfg, lopt, family)
   trainer = trainer_lib.MetaTrainer(estimator, outer_optimizer=build_outer_optimizer(cfg),
-                                    steps_per_dispatch=cfg.run.steps_per_dispatch)
+                                    steps_per_dispatch=cfg.run.steps_per_dispatch, mesh=mesh)
   return trainer, lopt, family
 
 
@@ -93,8 +98,11 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str) -> config_lib.RunConfig | None:
+def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str,
+                    write: bool = True) -> config_lib.RunConfig | None:
   """Creates ``run_dir`` or checks it holds a compatible run; writes ``config.json``.
+
+  With ``write=False`` (processes other than 0) it only checks.
 
   Returns:
     The config previously stored there (None for a new directory).
@@ -102,7 +110,8 @@ def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str) -> config_lib.RunCo
   Raises:
     RunDirError: if ``config.json`` is unreadable or differs in a trajectory-changing field.
   """
-  os.makedirs(run_dir, exist_ok=True)
+  if write:
+    os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, CONFIG_FILE)
   saved = None
   if os.path.exists(path):
@@ -120,7 +129,8 @@ def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str) -> config_lib.RunCo
       raise RunDirError(f"refusing to resume: {run_dir} holds a run with an incompatible "
                         f"config; these fields differ:\n{lines}\nUse another --run-dir, or "
                         f"the same settings to resume.")
-  _write_atomic(path, config_lib.to_json(cfg))
+  if write:
+    _write_atomic(path, config_lib.to_json(cfg))
   return saved
 
 
@@ -201,8 +211,16 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   stdout = sys.stdout if stdout is None else stdout
   cfg = config_lib.validate(cfg)
   run_dir = os.path.abspath(os.fspath(run_dir))
-  prepare_run_dir(cfg, run_dir)
-  trainer, lopt, family = build_trainer(cfg)
+  # --- distributed hook (meta_train/sharding.py, meta_train/distributed.py) ---
+  writer = dist_lib.is_writer()  # only process 0 writes the run directory
+  try:
+    mesh = sharding_lib.make_mesh(cfg.run.num_devices)
+  except ValueError as e:
+    raise config_lib.ConfigError("run.num_devices", str(e)) from None
+  config_lib.check_devices(cfg, mesh.size)  # before anything is compiled
+  # --- end distributed hook ---
+  prepare_run_dir(cfg, run_dir, write=writer)
+  trainer, lopt, family = build_trainer(cfg, mesh)
   total, k = cfg.run.num_outer_steps, cfg.run.steps_per_dispatch
 
   key = jax.random.key(cfg.run.seed)
@@ -223,27 +241,38 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
     step = int(resumed_from)
     if int(jax.device_get(state.step)) != step:
       raise RunDirError(f"checkpoint {step} holds a state at step {int(state.step)}")
-  metrics_file = log_lib.MetricsFile(os.path.join(run_dir, METRICS_FILE))
+    state = sharding_lib.place(state, trainer.shardings)  # distributed hook
+  dist_lib.check_same(step, "the checkpoint step to resume from")  # distributed hook
+  metrics_file = (log_lib.MetricsFile(os.path.join(run_dir, METRICS_FILE)) if writer
+                  else log_lib.NullMetricsFile())  # distributed hook
   metrics_file.truncate_after(step)
 
   bar_on = progress_lib.bar_enabled(cfg.run.progress, stdout)
   progress = progress_lib.Progress(total, step, enabled=bar_on, stream=stdout)
   say = progress.write if bar_on else (lambda m: print(m, file=stdout, flush=True))
+  if not writer:  # distributed hook: one voice per run
+    bar_on, say = False, lambda m: None
+    progress = progress_lib.Progress(total, step, enabled=False, stream=stdout)
   wandb_sink = None
-  if cfg.wandb.mode != "disabled":
+  if cfg.wandb.mode != "disabled" and writer:  # distributed hook
     wandb_sink = log_lib.WandbSink(run_dir, config_lib.to_dict(cfg), mode=cfg.wandb.mode,
                                    project=cfg.wandb.project, entity=cfg.wandb.entity,
                                    name=cfg.wandb.name)
   logger = log_lib.RunLogger(metrics_file, wandb_sink=wandb_sink,
-                             stdout=None if bar_on else stdout, total_steps=total)
+                             stdout=None if bar_on or not writer else stdout,
+                             total_steps=total)
   if resumed_from is not None:
-    say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from}")
+    written_on = (ckpt.restored_meta or {}).get("num_devices", "an unrecorded number of")
+    say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from} on {mesh.size} "
+        f"device{'s' * (mesh.size != 1)} (checkpoint written on {written_on})")
   elif step < total:
-    say(f"meta-train: new run in {run_dir} ({total} outer steps)")
+    say(f"meta-train: new run in {run_dir} ({total} outer steps) on "
+        f"{sharding_lib.describe(mesh)}")
 
   t0 = time.perf_counter()
   interval = _Interval()
   first = True
+  extra = {"num_devices": mesh.size, "num_processes": jax.process_count()}  # distributed hook
   try:
     while step < total:
       state, metrics = trainer.step(state)
@@ -263,10 +292,13 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
                         inner_steps_per_s=rec.get("inner_steps_per_s"))
         interval = _Interval()
       if step % cfg.run.checkpoint_every == 0 or step == total:
-        ckpt.save(step, state)
-        export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
+        host_state = dist_lib.to_host(state)  # a collective across processes
+        if writer:
+          ckpt.save(step, host_state, extra)
+          export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
   except KeyboardInterrupt:
-    if step not in ckpt.all_steps() and step > (resumed_from or 0):
+    if (writer and jax.process_count() == 1 and step not in ckpt.all_steps()
+        and step > (resumed_from or 0)):
       ckpt.save(step, state)
     ckpt.close()
     progress.close()
@@ -275,14 +307,16 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
     raise
   ckpt.close()
   progress.close()
-  export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
+  if writer:
+    export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
   eval_summary = None
-  if cfg.eval.enabled:
+  if cfg.eval.enabled and writer:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)
     say(f"meta-train: evaluation report in {os.path.join(run_dir, 'eval.md')}")
     logger.summary({f"eval/{k}": v for k, v in eval_summary.items()
                     if isinstance(v, (int, float))})
   logger.close()
+  dist_lib.barrier("meta-train-done")  # the others wait for process 0's export and eval
   say(f"meta-train: done, {step} outer steps; optimizer in "
       f"{os.path.join(run_dir, OPTIMIZER_FILE)}")
   return RunResult(state=state, step=step, resumed_from=resumed_from, run_dir=run_dir,

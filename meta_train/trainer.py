@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train import estimator as est_lib
+from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
 
 _COUNT_METRICS = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
@@ -65,10 +66,12 @@ class MetaTrainer:
     outer_optimizer: optax transformation applied to the meta-gradient; default
       :func:`default_outer_optimizer`.
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
+    mesh: optional device mesh (:func:`meta_train.sharding.make_mesh`): the particles are
+      sharded over it and the mean over particles becomes a collective.
   """
 
   def __init__(self, estimator: est_lib.GradientEstimator, outer_optimizer=None,
-               steps_per_dispatch: int = 1):
+               steps_per_dispatch: int = 1, mesh=None):
     if not isinstance(steps_per_dispatch, int) or steps_per_dispatch <= 0:
       raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
     self.estimator = estimator
@@ -77,6 +80,11 @@ class MetaTrainer:
     self.steps_per_dispatch = steps_per_dispatch
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
+    # --- sharding hook (meta_train/sharding.py): particles split over `mesh` ---
+    self.mesh, self.shardings = mesh, None
+    if mesh is not None:
+      self._init, self._step, self.shardings = sharding_lib.jit_trainer(self, mesh)
+    # --- end sharding hook ---
 
   @property
   def lopt(self):

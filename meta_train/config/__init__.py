@@ -22,12 +22,12 @@ from meta_train.config.schema import (PRESETS, RESUMABLE_FIELDS, EstimatorConfig
                                       from_dict, from_json, incompatible_fields, preset, to_dict,
                                       to_json)
 from meta_train.config.validation import (apply_overrides, build_estimator, build_family,
-                                          build_optimizer, resolve, validate)
+                                          build_optimizer, check_devices, resolve, validate)
 
 __all__ = [
     "PRESETS", "RESUMABLE_FIELDS", "ConfigError", "EstimatorConfig", "EstimatorName",
     "EvalConfig", "OptimizerConfig", "OuterConfig", "RunConfig", "RunSettings", "TaskConfig",
     "WandbConfig", "apply_overrides", "build_estimator", "build_family", "build_optimizer",
-    "diff", "fields_table", "from_dict", "from_json", "get_field", "incompatible_fields",
-    "preset", "resolve", "to_dict", "to_json", "type_name", "validate",
+    "check_devices", "diff", "fields_table", "from_dict", "from_json", "get_field",
+    "incompatible_fields", "preset", "resolve", "to_dict", "to_json", "type_name", "validate",
 ]

@@ -91,6 +91,8 @@ class RunSettings:
   log_every: int = _f(10, help="outer steps between logged metrics")
   progress: Literal["auto", "on", "off"] = _f(
       "auto", help="tqdm bar: auto (only on a terminal), on, off")
+  num_devices: int | None = _f(None, help="devices the particles (pairs) are sharded over "
+                                          "(default: all devices of all processes)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,7 @@ RESUMABLE_FIELDS = frozenset({
     "run.num_outer_steps", "run.checkpoint_every", "run.max_to_keep", "run.log_every",
     "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
     "eval.num_tasks", "eval.num_seeds", "eval.num_steps",
+    "run.num_devices",  # sharding hook: a run may resume on another device count
 })
 
 

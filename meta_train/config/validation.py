@@ -9,7 +9,9 @@ anything is compiled; each check lives in one place:
 * the estimator section: by building the estimator (:func:`build_estimator`); the estimator
   and its ``UnrollConfig`` check their own fields and the error is re-raised naming
   ``estimator.<field>``;
-* the outer optimizer, run cadences and evaluation sizes: here.
+* the outer optimizer, run cadences and evaluation sizes: here;
+* ``run.num_devices``: that the estimator's pairs (or particles) split over the devices
+  (:func:`check_devices`, also called by the run with the mesh's real size).
 
 :func:`apply_overrides` applies ``field.path=value`` strings (entries of ``optimizer.kwargs`` /
 ``task.kwargs`` typed by the target class), and :func:`resolve` is preset + overrides +
@@ -28,6 +30,7 @@ from typing import Any, Sequence
 
 from meta_train import errors
 from meta_train import registry
+from meta_train import sharding as sharding_lib
 from meta_train.config import parsing
 from meta_train.config import schema
 from meta_train.config.parsing import ConfigError
@@ -148,12 +151,36 @@ def validate(cfg: RunConfig) -> RunConfig:
     if v % k:
       raise ConfigError(f"run.{name}", f"must be a multiple of run.steps_per_dispatch ({k}), "
                                        f"got {v}")
+  # --- sharding hook (meta_train/sharding.py) ---
+  if run.num_devices is not None:
+    _positive(cfg, "run.num_devices")
+    check_devices(cfg, run.num_devices)
+  # --- end sharding hook ---
   if cfg.outer.warmup_steps >= run.num_outer_steps and cfg.outer.warmup_steps:
     raise ConfigError("outer.warmup_steps", f"must be < run.num_outer_steps "
                                             f"({run.num_outer_steps}), got "
                                             f"{cfg.outer.warmup_steps}")
   _positive(cfg, "eval.num_tasks", "eval.num_seeds", "eval.num_steps")
   return cfg
+
+
+def check_devices(cfg: RunConfig, num_devices: int) -> None:
+  """Raises :class:`ConfigError` unless the estimator's sharded unit splits over the devices.
+
+  The unit sharded over devices (:func:`meta_train.sharding.sharding_unit`) is the antithetic
+  pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both members of a
+  pair stay on one device) and the particle for those with ``num_particles`` (``tbptt``).
+
+  Raises:
+    ConfigError: naming ``estimator.num_pairs`` or ``estimator.num_particles``.
+  """
+  field = ("num_pairs" if "num_pairs" in registry.estimator_fields(cfg.estimator.name)
+           else "num_particles")
+  units = getattr(cfg.estimator, field)
+  message = sharding_lib.divisibility_error(units, num_devices,
+                                            "pairs" if field == "num_pairs" else "particles")
+  if message:
+    raise ConfigError(f"estimator.{field}", message)
 
 
 def build_optimizer(cfg: RunConfig):
