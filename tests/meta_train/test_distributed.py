@@ -214,8 +214,9 @@ def test_two_processes_match_one_and_a_dead_peer_stops_the_other_then_resumes(tm
   except subprocess.TimeoutExpired:
     procs[0].kill()
     pytest.fail("process 0 hung after its peer died")
-  procs[1].communicate()
-  assert procs[1].returncode == -signal.SIGKILL
+  _, err1 = procs[1].communicate()
+  assert procs[1].returncode == -signal.SIGKILL, (procs[0].returncode, err0[-2000:],
+                                                  err1[-2000:])  # not dead before the kill
   assert procs[0].returncode == dist.EXIT_PEER_LOST, err0[-3000:]
   assert "process 0 of 2: the multi-process run failed, most likely because another process " \
          "died" in err0
