@@ -18,8 +18,9 @@ on one device, on forced CPU devices, on a GPU node and across hosts after
 
 Why GSPMD through ``jit`` shardings and not ``jax.shard_map``: the estimators are written as
 plain batched code over the particle axis; with jit shardings they stay sharding-agnostic (no
-per-device code, no explicit ``psum``), and the partitioner handles layouts that do not split evenly per pair, such as PES's
-``[θ+ε members; θ−ε members]`` particle axis next to its per-pair accumulator.
+per-device code, no explicit ``psum``), and the partitioner handles layouts that do not split
+evenly per pair, such as PES's ``[θ+ε members; θ−ε members]`` particle axis next to its
+per-pair accumulator.
 
 Why ``AxisType.Auto`` (``jax.make_mesh`` in jax 0.10 defaults to ``Explicit``): explicit axes
 make the sharding part of every array's type, so each op in the estimators (the ``[pos; neg]``
