@@ -14,9 +14,10 @@ Tensors of rank < 2 keep the full (diagonal) accumulator instead. With the defau
 5 floats per parameter for vectors and scalars.
 
 Features per parameter (each divided by its root-mean-square over the tensor): ``P``, ``G``, the
-momenta ``M_k``, ``G / sqrt(V̂_j + ε)`` per factored decay and ``M_mid / sqrt(V̂_slow + ε)``.
-Time features ``tanh(t / τ - 1)`` are shared by the whole step. The feature maths (EMAs,
-normalisers with their ``ε``, time features, non-finite masking) are the kernels of
+momenta ``M_k``, ``G / sqrt(V̂_j)`` per factored decay and ``M_mid / sqrt(V̂_slow)``, with
+``1 / sqrt(V̂)`` computed as Adafactor does, from the row and column factors (each floored at
+``ε₁``). Time features ``tanh(t / τ - 1)`` are shared by the whole step. The feature maths
+(EMAs, normalisers with their ``ε``, time features, non-finite masking) are the kernels of
 :mod:`learned_opt.features` that :class:`~learned_opt.MLPOptimizer` uses too. A one-hidden-layer
 MLP maps them to a direction ``d`` and a magnitude ``m`` and the step is ``d · exp(a m) · b``
 (Metz et al. 2022, arXiv 2203.11860, ``AdafacMLPLOpt``; output of Eq. (1) of arXiv 2009.11243).
@@ -87,16 +88,24 @@ def _factored_init(p, n: int):
 
 
 def _factored_update(g2, row, col, beta, one_minus_beta):
-  """One Adafactor accumulator step; returns ``(row, col, V̂)`` (arXiv 1804.04235, Alg. 4)."""
+  """One Adafactor accumulator step; returns ``(row, col, 1/sqrt(V̂))`` (arXiv 1804.04235, Alg. 4).
+
+  For rank >= 2 the reciprocal square root is returned factored, as the product of a row
+  vector and a column vector (``V̂ = R Cᵀ / mean(R)`` is rank one): two small ``rsqrt`` instead
+  of one per parameter. Both factors are floored at ``ε₁`` so that an accumulator that
+  underflows cannot give an infinite feature.
+  """
   if g2.ndim >= 2:
     row = feats_lib.ema(jnp.mean(g2, axis=-1), row, beta, one_minus_beta)
     col = feats_lib.ema(jnp.mean(g2, axis=-2), col, beta, one_minus_beta)
     denom = jnp.maximum(jnp.mean(row, axis=-1, keepdims=True), _EPS_G2)
-    v = (row / denom)[..., :, None] * col[..., None, :]
+    row_factor = jax.lax.rsqrt(jnp.maximum(row / denom, _EPS_G2))
+    col_factor = jax.lax.rsqrt(jnp.maximum(col, _EPS_G2))
+    rsqrt_v = row_factor[..., :, None] * col_factor[..., None, :]
   else:
     row = feats_lib.ema(g2, row, beta, one_minus_beta)
-    v = row
-  return row, col, v
+    rsqrt_v = jax.lax.rsqrt(jnp.maximum(row, _EPS_G2))
+  return row, col, rsqrt_v
 
 
 @base.register
@@ -116,8 +125,8 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
 
   The decays are ``sigmoid`` of the logits, so meta-training can learn them. Integer and boolean
   leaves pass through unchanged; updates keep the dtype of their parameter. The feature maths
-  (EMAs, ``1/sqrt(V̂ + ε)``, the per-tensor normalisers, the time features and the handling of
-  non-finite entries) are :mod:`learned_opt.features`' kernels, shared with
+  (EMAs, the per-tensor normalisers, the time features and the handling of non-finite
+  entries) are :mod:`learned_opt.features`' kernels, shared with
   :class:`~learned_opt.MLPOptimizer`: a non-finite gradient entry gives a ``nan`` update at that
   entry only (it counts as zero in the normalisers and in Adafactor's row and column
   statistics), and the time features use the number of updates already applied, ``t``.
@@ -130,7 +139,6 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
     exp_mult: a, the magnitude multiplier.
     step_mult: b, the output scale.
     norm_eps: ``ε`` of the per-tensor feature normalisation (:func:`features.inverse_rms`).
-    rsqrt_eps: ``ε`` in ``1/sqrt(V̂ + ε)`` (:func:`features.rsqrt_feature`).
 
   References:
     Metz et al., *Practical tradeoffs between memory, compute, and performance in learned
@@ -146,7 +154,6 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
   exp_mult: float = 1e-3
   step_mult: float = 1e-3
   norm_eps: float = feats_lib.NORM_EPS
-  rsqrt_eps: float = feats_lib.RSQRT_EPS
 
   def __post_init__(self):
     if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
@@ -228,10 +235,10 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
         g2 = feats_lib.finite_or_zero(jnp.square(g32)) + _EPS_G2
         new_rows, new_cols, rsqrts = [], [], []
         for j in range(n_fac):
-          r, c, v = _factored_update(g2, rows[j], cols[j], fbetas[j], one_m_fbetas[j])
+          r, c, rsqrt_v = _factored_update(g2, rows[j], cols[j], fbetas[j], one_m_fbetas[j])
           new_rows.append(r)
           new_cols.append(c)
-          rsqrts.append(feats_lib.rsqrt_feature(v, self.rsqrt_eps))
+          rsqrts.append(rsqrt_v)
         feats = [p32, g32, *new_mus, *(g32 * r for r in rsqrts),
                  new_mus[min(1, n_mom - 1)] * rsqrts[-1]]
         # The RMS normalisers (one scalar per feature and tensor, non-finite entries counting

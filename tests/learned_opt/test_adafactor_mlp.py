@@ -77,9 +77,10 @@ def test_rank_below_two_uses_diagonal_second_moment(update):
 def _manual_step(mp, lopt, g, p):
   """A direct NumPy transcription of the documented first step (t = 0 updates so far, zero state).
 
-  ε's are the shared kernel's (``learned_opt.features``): 1e-8 under ``V̂`` before the reciprocal
-  square root and 1e-5 under each feature's mean square; non-finite entries of ``G²`` count as
-  zero in the row and column statistics and non-finite features as zero in the normalisers.
+  ``1/sqrt(V̂)`` is Adafactor's, from the row and column factors floored at ε₁ = 1e-30; the
+  normalisers are the shared kernel's (``learned_opt.features``, 1e-5 under each feature's mean
+  square). Non-finite entries of ``G²`` count as zero in the row and column statistics and
+  non-finite features as zero in the normalisers.
   """
   g, p = np.asarray(g, np.float64), np.asarray(p, np.float64)
   # 1 - sigmoid(x) = 1 / (1 + e^x)
@@ -91,8 +92,8 @@ def _manual_step(mp, lopt, g, p):
     rsq = []
     for c in one_m_fbetas:
       row, col = c * g2.mean(-1), c * g2.mean(-2)
-      v = np.outer(row / row.mean(), col)
-      rsq.append(1 / np.sqrt(v + 1e-8))
+      row_factor = 1 / np.sqrt(np.maximum(row / row.mean(), 1e-30))
+      rsq.append(np.outer(row_factor, 1 / np.sqrt(np.maximum(col, 1e-30))))
     feats = [p, g, *mus, *(g * r for r in rsq), mus[1] * rsq[-1]]
     finite = np.all([np.isfinite(f) for f in feats], axis=0)
     feats = [np.where(np.isfinite(f), f, 0.0) for f in feats]
@@ -123,8 +124,8 @@ def test_first_step_matches_numpy_transcription(update):
 
 def test_features_are_scale_invariant_in_the_gradient(update):
   # Every gradient feature is normalised by its RMS over the tensor, so scaling G changes nothing
-  # once the features' mean squares dwarf the ε's (1e-5 under the mean square, 1e-8 under V̂);
-  # for tiny gradients the ε's dominate and the step shrinks.
+  # once the features' mean squares dwarf the normalisers' ε (1e-5); for tiny gradients the ε
+  # dominates and the step changes.
   k1, k2 = jax.random.split(jax.random.key(2))
   params = {"w": jax.random.normal(k1, (5, 4))}
   grads = {"w": jax.random.normal(k2, (5, 4))}
