@@ -159,24 +159,12 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
 
 
 def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir: str):
-  """Calls ``meta_train.evaluate.evaluate_and_report`` if it exists; returns its summary."""
-  try:
-    from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    eval_lib = None
-  fn = getattr(eval_lib, "evaluate_and_report", None)
-  if fn is None:
-    warnings.warn("eval.enabled is set but meta_train.evaluate.evaluate_and_report does not "
-                  "exist; skipping evaluation")
-    return None
-  out_dir = run_dir  # eval.json, eval.md, eval.png next to the optimizer file
-  eval_config_cls = getattr(eval_lib, "EvalConfig", None)
-  if eval_config_cls is None:
-    return fn(lopt, meta_params, family, out_dir)
-  known = {f.name for f in dataclasses.fields(eval_config_cls)}
-  kwargs = {k: getattr(cfg.eval, k) for k in ("num_tasks", "num_seeds", "num_steps")
-            if k in known}
-  return fn(lopt, meta_params, family, out_dir, eval_config_cls(**kwargs))
+  """``meta-eval``'s in-distribution suite on the run's family; returns its headline numbers.
+
+  Writes ``eval.json``, ``eval.md`` and ``eval_curves.png`` next to the optimizer file.
+  """
+  from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval)
 
 
 class _Interval:
