@@ -61,8 +61,9 @@ class Problem:
 
 
 def half_decade(lr: float, direction: int) -> float:
-  """The learning rate half a decade above (``direction=1``) or below (``-1``) ``lr``."""
-  return float(f"{10 ** (math.log10(lr) + 0.5 * direction):.6g}")
+  """The next point of the half-decade lattice (1e-1, 3.16e-1, 1, ...) above (``direction=1``)
+  or below (``-1``) ``lr``; grid values such as 3e-4 count as their lattice point 10^-3.5."""
+  return float(f"{10 ** (round(2 * math.log10(lr)) / 2 + 0.5 * direction):.6g}")
 
 
 def run_grid(problem: Problem, schedule: str, num_steps: int, learning_rates, cache,
