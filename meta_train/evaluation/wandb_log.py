@@ -36,20 +36,21 @@ def log(out_dir: str, mode: str, all_results: Sequence[tuple[Any, Sequence[Any]]
                             save_code=False, disable_job_creation=True)
   run = wandb.init(dir=out_dir, mode=mode, project=project, job_type="meta-eval",
                    config=dict(meta), settings=settings)
+  from meta_train.evaluation.cli import slug  # pylint: disable=import-outside-toplevel
   for opt, results in all_results:
+    name = slug(opt.label)
     for r in results:
       family = r.entries[0]["family"]
       keys = ["learned"] + [f"tuned {b}" for b in r.tuned_mean]
       ys = [r.learned_mean] + list(r.tuned_mean.values())
       xs = list(range(len(r.learned_mean)))
-      run.log({f"curves/{opt.label}/{family}": wandb.plot.line_series(
+      run.log({f"curves/{name}/{family}": wandb.plot.line_series(
           xs=xs, ys=[[float(v) for v in y] for y in ys], keys=keys,
           title=f"{opt.label} on {family}", xname="step")})
       if r.samples is not None:
-        path = os.path.join(figures_dir or out_dir,
-                            f"samples_{family}_{opt.label.replace(':', '_').replace('/', '_')}.png")
+        path = os.path.join(figures_dir or out_dir, f"samples_{family}_{name}.png")
         figures.samples_figure(r.samples, path, f"{opt.label} vs tuned Adam on {family}")
-        run.log({f"samples/{opt.label}/{family}": wandb.Image(path)})
+        run.log({f"samples/{name}/{family}": wandb.Image(path)})
   table = wandb.Table(columns=list(TABLE_COLUMNS),
                       data=[[e[c] for c in TABLE_COLUMNS] for e in entries])
   run.log({"results": table})
