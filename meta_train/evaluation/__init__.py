@@ -10,3 +10,6 @@ suites from an optimizer file's provenance), ``runner`` (families and suites), `
 from meta_train.evaluation.config import (BASELINES, COSINE_LENGTH_FACTORS,
                                           DEFAULT_LEARNING_RATES, MAX_SPEEDUP, SUITES,
                                           EvalConfig)
+
+__all__ = ["BASELINES", "COSINE_LENGTH_FACTORS", "DEFAULT_LEARNING_RATES", "MAX_SPEEDUP",
+           "SUITES", "EvalConfig"]

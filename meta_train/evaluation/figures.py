@@ -19,10 +19,12 @@ def _plt():
 
 
 def curves_figure(results, path: str, title: str) -> str:
-  """One panel per family: mean valid loss over runs; log scale when every value is positive.
+  """One panel per family (a mixture: per member): mean valid loss over runs of the learned
+  optimizer, the tuned baselines and constant Adam's grid in grey; log scale when every value
+  is positive and they span more than a factor 5.
 
   Args:
-    results: :class:`~meta_train.evaluation.runner.FamilyResult` s (one per family).
+    results: :class:`~meta_train.evaluation.runner.FamilyResult` s.
     path: PNG path.
     title: figure title.
 
@@ -30,35 +32,35 @@ def curves_figure(results, path: str, title: str) -> str:
     ``path``.
   """
   plt = _plt()
-  n = len(results)
+  panels = [p for r in results for p in r.panels]
+  n = max(len(panels), 1)
   cols = min(n, 3)
   rows = int(np.ceil(n / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-  for i, r in enumerate(results):
+  fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows + 0.6), squeeze=False)
+  for i, p in enumerate(panels):
     ax = axes[i // cols][i % cols]
-    values = [r.learned_mean]
-    if r.grid_mean is not None:
-      for j, lr in enumerate(r.grid_lrs):
-        ax.plot(r.grid_mean[j], color="0.75", lw=0.7,
+    values = [p["learned"]]
+    if p["grid"] is not None:
+      for j, _ in enumerate(p["grid_lrs"]):
+        ax.plot(p["grid"][j], color="0.78", lw=0.7,
                 label="Adam grid" if (i == 0 and j == 0) else None)
-        values.append(r.grid_mean[j])
-    for b, curve in r.tuned_mean.items():
+        values.append(p["grid"][j])
+    for b, curve in p["tuned"].items():
       ax.plot(curve, color=COLORS[b], lw=1.4, label=f"tuned {b}" if i == 0 else None)
       values.append(curve)
-    ax.plot(r.learned_mean, color=COLORS["learned"], lw=1.8, label="learned" if i == 0 else None)
+    ax.plot(p["learned"], color=COLORS["learned"], lw=1.8, label="learned" if i == 0 else None)
     allv = np.concatenate([np.ravel(v) for v in values])
     allv = allv[np.isfinite(allv)]
     if len(allv) and allv.min() > 0 and allv.max() / allv.min() > 5:
       ax.set_yscale("log")
-    e = r.entries[0]
-    ax.set_title(f"{e['family']} ({e['num_tasks']}x{e['num_seeds']} runs)", fontsize=9)
+    ax.set_title(p["title"], fontsize=8)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("valid loss", fontsize=8)
-  for i in range(n, rows * cols):
+  for i in range(len(panels), rows * cols):
     axes[i // cols][i % cols].axis("off")
   fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0.08, 1, 0.94))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -27,6 +27,9 @@ class FamilyResult:
     tuned_mean: ``{baseline: [steps + 1]}`` mean tuned-baseline curves (first ``N`` steps).
     grid_mean: ``[L, steps + 1]`` constant-Adam grid mean curves; ``grid_lrs``: its rates.
     learned_curves: ``[tasks, seeds, steps + 1]`` raw learned curves.
+    samples: diffusion samples of the learned and tuned-Adam models (or None).
+    panels: one figure panel per group of runs (a mixture: one per member), each
+      ``{"title", "learned", "tuned": {baseline: curve}, "grid", "grid_lrs"}``.
   """
 
   entries: list[dict[str, Any]]
@@ -37,6 +40,7 @@ class FamilyResult:
   learned_curves: np.ndarray
   seconds: float = 0.0
   samples: dict[str, np.ndarray] | None = None
+  panels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _mean(curves: np.ndarray) -> np.ndarray:
@@ -102,11 +106,22 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
     entry.update(compare.aggregate(c, learned_all, cfg, metric_all, cap))
     entries.append(entry)
     tuned_mean[b] = _mean(c.tuned_curves)
+  panels = []
+  for i, problem in enumerate(groups):
+    adam = per_baseline["adam"][i] if "adam" in per_baseline else None
+    panels.append({
+        "title": (f"{family_name}" if len(groups) == 1 else
+                  f"{family_name}: {problem.family.name}") +
+                 f" ({learned_parts[i].shape[0]}x{learned_parts[i].shape[1]} runs)",
+        "learned": _mean(learned_parts[i]),
+        "tuned": {b: _mean(per_baseline[b][i].tuned_curves) for b in baselines},
+        "grid": None if adam is None else adam.grid_mean,
+        "grid_lrs": None if adam is None else adam.learning_rates})
   grid = per_baseline["adam"][0] if "adam" in per_baseline and len(groups) == 1 else None
   drawn = None
   if samples and groups[0].final_metric is not None and "adam" in per_baseline:
     drawn = _samples(groups[0], tx, float(per_baseline["adam"][0].best_lr[0]), n)
-  return FamilyResult(samples=drawn, entries=entries, learned_mean=_mean(learned_all),
+  return FamilyResult(samples=drawn, panels=panels, entries=entries, learned_mean=_mean(learned_all),
                       tuned_mean=tuned_mean,
                       grid_mean=None if grid is None else grid.grid_mean,
                       grid_lrs=None if grid is None else grid.learning_rates,
