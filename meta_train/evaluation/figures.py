@@ -36,7 +36,8 @@ def curves_figure(results, path: str, title: str) -> str:
   n = max(len(panels), 1)
   cols = min(n, 3)
   rows = int(np.ceil(n / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows + 0.6), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(max(4.4 * cols, 6.5), 3.3 * rows + 0.6),
+                           squeeze=False)
   for i, p in enumerate(panels):
     ax = axes[i // cols][i % cols]
     values = [p["learned"]]
