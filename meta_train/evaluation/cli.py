@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "config": dataclasses.asdict(config),
       "jax": jax.__version__, "platform": platform.platform(),
       "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+      "load_average": [round(x, 2) for x in os.getloadavg()],
       "seconds": round(time.perf_counter() - t0, 1),
       "cache": {"dir": cache.dir, "hits": cache.hits, "misses": cache.misses},
       "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
