@@ -124,11 +124,11 @@ def test_grid_program_matches_optax_adam_and_the_valid_keys_are_separate():
 
 def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path):
   problem = _quadratic_problem()
-  cfg = ev.EvalConfig(num_tasks=2, num_seeds=2, num_steps=8, learning_rates=(1e-4, 3e-4))
+  cfg = ev.EvalConfig(num_tasks=2, num_seeds=2, num_steps=8, learning_rates=(1e-2, 3e-2))
   cache = cache_lib.CurveCache(str(tmp_path))
   runs, best = B.tuned_grid(problem, "constant", 8, 8, cfg, cache)
   lrs = runs.learning_rates.tolist()
-  assert lrs[:2] == [1e-4, 3e-4] and len(lrs) > 2
+  assert lrs[:2] == [1e-2, 3e-2] and len(lrs) > 2
   # Every added rate is half a decade above the previous top; the best rate is interior
   # (or the grid reached max_learning_rate).
   for a, b in zip(lrs[1:], lrs[2:]):
