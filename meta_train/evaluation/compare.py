@@ -169,6 +169,10 @@ def aggregate(c: Comparison, learned_curves: np.ndarray, config,
       "final_loss_baseline": c.baseline_final.tolist(),
   }
   if learned_metric is not None and c.baseline_metric is not None:
-    out["energy_distance_learned_median"] = float(np.median(learned_metric))
-    out["energy_distance_baseline_median"] = float(np.median(c.baseline_metric))
+    # Median over the runs whose sampler stayed finite; how many did not is reported.
+    for name, m in (("learned", learned_metric), ("baseline", c.baseline_metric)):
+      m = np.asarray(m, np.float64)
+      ok = np.isfinite(m)
+      out[f"energy_distance_{name}_median"] = float(np.median(m[ok])) if ok.any() else None
+      out[f"energy_distance_{name}_nonfinite_runs"] = int((~ok).sum())
   return out

@@ -33,8 +33,9 @@ def headline_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     diverged = f"{r['diverged_runs']}/{r['num_runs']}"
     ed = ""
     if "energy_distance_learned_median" in r:
-      ed = (f"{r['energy_distance_learned_median']:.3g} / "
-            f"{r['energy_distance_baseline_median']:.3g}")
+      g = lambda x: "–" if x is None else f"{x:.3g}"
+      ed = (f"{g(r['energy_distance_learned_median'])} / "
+            f"{g(r['energy_distance_baseline_median'])}")
     rows.append([
         f"`{r['optimizer']}`", r["suite"], r["family"], r["baseline"], str(r["num_steps"]),
         f"{r['num_tasks']}x{r['num_seeds']}",
