@@ -274,7 +274,19 @@ def from_dict(cls, data: Any, path: str = ""):
       kwargs[name] = from_dict(tp, value, _join(path, name))
     else:
       kwargs[name] = convert(value, tp, _join(path, name))
-  return cls(**kwargs)
+  return _construct(cls, kwargs, path)
+
+
+def _construct(cls, kwargs: Mapping[str, Any], path: str, base: Any = None):
+  """``cls(**kwargs)`` (or ``replace(base, **kwargs)``) with the section's own check
+  (``__post_init__``'s ``ValueError``) turned into a :class:`ConfigError` naming ``path``."""
+  try:
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+  except ValueError as e:
+    if isinstance(e, ConfigError):
+      raise
+    field = next((k for k in kwargs if f".{k} " in str(e) or f".{k}:" in str(e)), None)
+    raise ConfigError(_join(path, field) if field else path, str(e)) from None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -363,7 +375,7 @@ def set_field(root: Any, path: str, text: str, entry_type: EntryType | None = No
       new = {**value, key: convert(text, tp, path, text=True)}
     else:
       new = set_in(value, i + 1)
-    return dataclasses.replace(node, **{head: new})
+    return _construct(type(node), {head: new}, prefix, base=node)
 
   return set_in(root, 0)
 

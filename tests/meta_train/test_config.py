@@ -215,3 +215,15 @@ def test_shipped_pretrained_optimizer_was_made_by_the_default_preset():
   shipped["run"] = {"num_devices": None, **shipped["run"]}
   assert shipped == preset
   assert info["outer_step"] == preset["run"]["num_outer_steps"]
+
+
+def test_a_sections_own_check_becomes_a_config_error_naming_the_field():
+  # EvalConfig checks its fields in __post_init__ (it is shared with meta-eval); an override
+  # that breaks the check must name the field path, not end in a traceback.
+  with pytest.raises(C.ConfigError) as err:
+    C.resolve("smoke", ["eval.num_tasks=0"])
+  assert err.value.path == "eval.num_tasks"
+  assert str(err.value) == "eval.num_tasks: EvalConfig.num_tasks must be a positive int, got 0"
+  with pytest.raises(C.ConfigError) as err:
+    C.from_json('{"eval": {"warmup_fraction": 1.5}}')
+  assert err.value.path == "eval.warmup_fraction"
