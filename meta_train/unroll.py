@@ -72,6 +72,8 @@ class UnrollConfig:
     meta_loss: ``"train"``: normalised training loss at each step's parameters, or
       ``"valid"``: normalised loss on a ``"valid"`` batch after each step.
     stagger: start each particle's first run at a random step in ``[0, horizon)``.
+    horizon_aware: pass each run's horizon to the optimizer as ``num_steps`` (its horizon
+      features; the optimizer must then be evaluated with ``num_steps`` too).
   """
 
   truncation_length: int = 20
@@ -79,6 +81,7 @@ class UnrollConfig:
   max_horizon: int = 100
   meta_loss: str = "train"
   stagger: bool = True
+  horizon_aware: bool = False
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -335,7 +338,11 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     task_params = _select(is_fresh, fresh.task_params, particle.task_params)
     task = family.task(task_params)
     loss, grads = jax.value_and_grad(task.loss)(params, wrap_key(k_loss), batch)
-    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    step_tx = tx
+    if config.horizon_aware:  # the current run's length, traced (per particle under vmap)
+      step_tx = lopt.transform(
+          meta_params, num_steps=jnp.where(is_fresh, fresh.horizon, particle.horizon))
+    updates, opt_state = step_tx.update(grads, opt_state, params, loss=loss)
     new_params = optax.apply_updates(params, updates)
     if config.meta_loss == "train":
       raw = loss
