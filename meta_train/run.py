@@ -140,15 +140,12 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
 
 
 def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir: str):
-  """Evaluates the meta-trained optimizer as ``cfg.eval`` says; writes ``eval.*`` in ``run_dir``.
+  """``meta-eval``'s in-distribution suite on the run's family; returns its headline numbers.
 
-  Returns:
-    The summary of :func:`meta_train.evaluate.evaluate_and_report`.
+  Writes ``eval.json``, ``eval.md`` and ``eval_curves.png`` next to the optimizer file.
   """
   from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  eval_config = eval_lib.EvalConfig(num_tasks=cfg.eval.num_tasks, num_seeds=cfg.eval.num_seeds,
-                                    num_steps=cfg.eval.num_steps)
-  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, eval_config)
+  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval)
 
 
 class _Interval:

@@ -105,14 +105,8 @@ class WandbConfig:
   name: str | None = _f(None, help="wandb run name (default: the run directory's name)")
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """Evaluation at the end of the run (``meta_train.evaluate.evaluate_and_report``)."""
-
-  enabled: bool = _f(False, help="call meta_train.evaluate.evaluate_and_report at the end")
-  num_tasks: int = _f(8, help="held-out tasks sampled from the training family")
-  num_seeds: int = _f(2, help="seeds per held-out task")
-  num_steps: int = _f(200, help="inner steps per evaluation run")
+# The one evaluation config, shared with ``meta-eval`` (a jax-free module).
+from meta_train.evaluation.config import EvalConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +127,9 @@ class RunConfig:
 RESUMABLE_FIELDS = frozenset({
     "run.num_outer_steps", "run.checkpoint_every", "run.max_to_keep", "run.log_every",
     "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
-    "eval.num_tasks", "eval.num_seeds", "eval.num_steps",
+    "eval.num_tasks", "eval.num_seeds", "eval.num_steps", "eval.learning_rates",
+    "eval.max_learning_rate", "eval.min_learning_rate", "eval.warmup_fraction", "eval.seed",
+    "eval.smoothing_window", "eval.bootstrap_samples",
 })
 
 

@@ -1,0 +1,177 @@
+"""``meta-eval``: evaluate learned optimizers against tuned Adam baselines on held-out tasks.
+
+Example::
+
+  meta-eval pretrained:default --suite in_distribution --out reports/default/in_distribution
+  meta-eval runs/qs/optimizer.safetensors --family digits_conv lm_transformer_tiny --out /tmp/e
+
+Errors (unknown suite or family, missing or malformed optimizer file, unknown pretrained
+name) print one line naming the bad value and the valid choices, exit with status 2 and write
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from typing import Sequence
+
+from meta_train.evaluation import config as config_lib
+
+LONG_HORIZON_TASKS, LONG_HORIZON_SEEDS = 8, 2
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one line (``meta-eval: error: ...``), exit status 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  suites_help = (
+      "in_distribution: held-out tasks of the optimizer's training family (from its file's "
+      "provenance); out_of_distribution: the registered families absent from its training "
+      "set (a mixture's members count as trained; lm_transformer_small left out); "
+      "long_horizon: the training family at 10x the meta-training horizon, against tuned "
+      f"constant Adam of the same length (defaults to {LONG_HORIZON_TASKS} tasks x "
+      f"{LONG_HORIZON_SEEDS} seeds to keep its time sane)")
+  p = _Parser(
+      prog="meta-eval",
+      description="Evaluate learned optimizers against tuned Adam and tuned warm-up + cosine "
+                  "Adam on held-out tasks; writes DIR/eval.json, DIR/eval.md and PNG figures "
+                  "and prints the headline table.",
+      epilog=f"Suites: {', '.join(config_lib.SUITES)}. " + suites_help + ".")
+  p.add_argument("optimizers", nargs="+", metavar="OPTIMIZER",
+                 help="a .safetensors file written by learned_opt.save, or pretrained:NAME")
+  what = p.add_mutually_exclusive_group(required=True)
+  what.add_argument("--suite", metavar="SUITE",
+                    help=f"one of {', '.join(config_lib.SUITES)}")
+  what.add_argument("--family", nargs="+", metavar="NAME", help="registered task families")
+  p.add_argument("--out", required=True, metavar="DIR", help="report directory")
+  p.add_argument("--num-tasks", type=int, metavar="N",
+                 help=f"held-out tasks per family (default {config_lib.EvalConfig.num_tasks}; "
+                      f"long_horizon {LONG_HORIZON_TASKS})")
+  p.add_argument("--num-seeds", type=int, metavar="N",
+                 help=f"seeds per task (default {config_lib.EvalConfig.num_seeds}; "
+                      f"long_horizon {LONG_HORIZON_SEEDS})")
+  p.add_argument("--num-steps", type=int, metavar="N",
+                 help=f"inner steps per run (default {config_lib.EvalConfig.num_steps}; "
+                      "long_horizon: 10x the training horizon)")
+  p.add_argument("--wandb", default="disabled", metavar="MODE",
+                 help=f"one of {', '.join(WANDB_MODES)} (default disabled)")
+  p.add_argument("--cache-dir", metavar="DIR",
+                 help="baseline-curve cache (default $LEARNED_OPT_CACHE_DIR or "
+                      "~/.cache/learned_opt/meta_eval)")
+  p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+  p.add_argument("--seed", type=int, default=0, help="root seed of the held-out draws")
+  return p
+
+
+def _fail(message: str) -> int:
+  print(f"meta-eval: error: {message}", file=sys.stderr)
+  return 2
+
+
+def slug(label: str) -> str:
+  """A file-name-safe form of an optimizer label."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "optimizer"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(argv)
+  # Everything is validated before anything is computed or written.
+  if args.suite is not None and args.suite not in config_lib.SUITES:
+    return _fail(f"unknown suite {args.suite!r}; valid: {', '.join(config_lib.SUITES)}")
+  if args.wandb not in WANDB_MODES:
+    return _fail(f"unknown --wandb mode {args.wandb!r}; valid: {', '.join(WANDB_MODES)}")
+  for flag in ("num_tasks", "num_seeds", "num_steps"):
+    value = getattr(args, flag)
+    if value is not None and value <= 0:
+      return _fail(f"--{flag.replace('_', '-')} must be a positive int, got {value}")
+  # Heavy imports only after the cheap checks.
+  from meta_train.evaluation import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  from meta_train.evaluation import figures, report, runner, suites  # pylint: disable=import-outside-toplevel
+  import tasks  # pylint: disable=import-outside-toplevel
+  if args.family:
+    bad = [f for f in args.family if f not in tasks.family_names()]
+    if bad:
+      return _fail(f"unknown family {bad[0]!r}; valid: {', '.join(tasks.family_names())}")
+  long = args.suite == "long_horizon"
+  config = config_lib.EvalConfig(
+      num_tasks=args.num_tasks or (LONG_HORIZON_TASKS if long else config_lib.EvalConfig.num_tasks),
+      num_seeds=args.num_seeds or (LONG_HORIZON_SEEDS if long else config_lib.EvalConfig.num_seeds),
+      num_steps=args.num_steps or config_lib.EvalConfig.num_steps, seed=args.seed)
+  try:
+    optimizers = [suites.load_optimizer(spec) for spec in args.optimizers]
+    if args.suite:
+      plans = {o.label: suites.plan(args.suite, o, config) for o in optimizers}
+      if long and args.num_steps:
+        plans = {k: [dataclasses.replace(p, num_steps=args.num_steps) for p in v]
+                 for k, v in plans.items()}
+  except suites.EvalError as e:
+    return _fail(str(e))
+
+  suite = args.suite or "families"
+  cache = cache_lib.CurveCache(None if args.no_cache else (args.cache_dir or
+                                                            cache_lib.default_dir()))
+  say = lambda m: print(m, file=sys.stderr, flush=True)
+  t0 = time.perf_counter()
+  all_results, entries = [], []
+  for opt in optimizers:
+    if args.suite:
+      results = []
+      for p in plans[opt.label]:
+        say(f"meta-eval: {opt.label} on {p.family} ({suite}, {config.num_tasks} tasks x "
+            f"{config.num_seeds} seeds, {p.num_steps} steps)")
+        r = runner.evaluate_family(opt.lopt, opt.meta_params, tasks.get(p.family), p.family,
+                                   config, label=opt.label, suite=suite, num_steps=p.num_steps,
+                                   baselines=p.baselines, envelope_factor=p.envelope_factor,
+                                   cache=cache, samples=args.wandb != "disabled")
+        say(f"meta-eval:   {r.seconds:.0f}s")
+        results.append(r)
+    else:
+      results = runner.evaluate_suite(opt, suite, config, cache=cache, families=args.family,
+                                      log=say)
+    all_results.append((opt, results))
+    for r in results:
+      entries.extend(r.entries)
+
+  os.makedirs(args.out, exist_ok=True)
+  figs = []
+  for opt, results in all_results:
+    figs.append(figures.curves_figure(
+        results, os.path.join(args.out, f"curves_{suite}_{slug(opt.label)}.png"),
+        f"{opt.label}: {suite} (mean valid loss over held-out runs)"))
+  figs.append(figures.speedup_strip(entries, os.path.join(args.out, f"speedup_{suite}.png"),
+                                    f"{suite}: steps-to-reach speed-up per run"))
+  import jax  # pylint: disable=import-outside-toplevel
+  meta = {
+      "command": "meta-eval " + " ".join(shlex.quote(a) for a in argv),
+      "config": dataclasses.asdict(config),
+      "jax": jax.__version__, "platform": platform.platform(),
+      "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+      "load_average": [round(x, 2) for x in os.getloadavg()],
+      "seconds": round(time.perf_counter() - t0, 1),
+      "cache": {"dir": cache.dir, "hits": cache.hits, "misses": cache.misses},
+      "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+  }
+  if args.wandb != "disabled":
+    from meta_train.evaluation import wandb_log  # pylint: disable=import-outside-toplevel
+    wandb_log.log(args.out, args.wandb, all_results, entries, meta)
+  paths = report.write(args.out, entries, meta, figs)
+  print(report.text_table(entries), end="")
+  say(f"meta-eval: report in {paths['md']} ({meta['seconds']:.0f}s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

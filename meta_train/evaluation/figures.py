@@ -1,0 +1,118 @@
+"""Report figures: one panel per family (learned, tuned baselines, the grid in grey) and a
+speed-up strip plot per suite."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+COLORS = {"learned": "tab:red", "adam": "tab:blue", "adam_cosine": "tab:green"}
+
+
+def _plt():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def curves_figure(results, path: str, title: str) -> str:
+  """One panel per family (a mixture: per member): mean valid loss over runs of the learned
+  optimizer, the tuned baselines and constant Adam's grid in grey; log scale when every value
+  is positive and they span more than a factor 5.
+
+  Args:
+    results: :class:`~meta_train.evaluation.runner.FamilyResult` s.
+    path: PNG path.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  plt = _plt()
+  panels = [p for r in results for p in r.panels]
+  n = max(len(panels), 1)
+  cols = min(n, 3)
+  rows = int(np.ceil(n / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(max(4.4 * cols, 6.5), 3.3 * rows + 0.6),
+                           squeeze=False)
+  for i, p in enumerate(panels):
+    ax = axes[i // cols][i % cols]
+    values = [p["learned"]]
+    if p["grid"] is not None:
+      for j, _ in enumerate(p["grid_lrs"]):
+        ax.plot(p["grid"][j], color="0.78", lw=0.7,
+                label="Adam grid" if (i == 0 and j == 0) else None)
+        values.append(p["grid"][j])
+    for b, curve in p["tuned"].items():
+      ax.plot(curve, color=COLORS[b], lw=1.4, label=f"tuned {b}" if i == 0 else None)
+      values.append(curve)
+    ax.plot(p["learned"], color=COLORS["learned"], lw=1.8, label="learned" if i == 0 else None)
+    allv = np.concatenate([np.ravel(v) for v in values])
+    allv = allv[np.isfinite(allv)]
+    if len(allv) and allv.min() > 0 and allv.max() / allv.min() > 5:
+      ax.set_yscale("log")
+    ax.set_title(p["title"], fontsize=8)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("valid loss", fontsize=8)
+  for i in range(len(panels), rows * cols):
+    axes[i // cols][i % cols].axis("off")
+  fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0.08, 1, 0.94))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def speedup_strip(entries: Sequence[dict], path: str, title: str) -> str:
+  """Strip plot of per-run speed-ups: one column per (family, baseline), median marked."""
+  plt = _plt()
+  entries = list(entries)
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(entries) + 1.5), 3.4))
+  rng = np.random.default_rng(0)
+  for i, e in enumerate(entries):
+    y = np.ravel(e["speedup_per_run"])
+    x = i + rng.uniform(-0.18, 0.18, size=len(y))
+    ax.scatter(x, y, s=10, alpha=0.6, color=COLORS.get(e["baseline"], "k"))
+    ax.hlines(e["speedup_median"], i - 0.3, i + 0.3, color="k", lw=2)
+  ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+  cap = max([e.get("speedup_cap", 4.0) for e in entries] or [4.0])
+  ax.axhline(cap, color="0.8", lw=0.8, ls=":")
+  ax.set_xticks(range(len(entries)))
+  ax.set_xticklabels([f"{e['family']}\n{e['baseline']}" for e in entries], fontsize=7,
+                     rotation=30, ha="right")
+  ax.set_ylabel("steps-to-reach speed-up", fontsize=8)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def samples_figure(samples: dict, path: str, title: str) -> str:
+  """Samples of the model trained by the learned optimizer and by tuned Adam, side by side
+  (2-D points as scatter plots; 64-d samples as 8x8 images), and held-out data."""
+  plt = _plt()
+  names = [("learned", "learned optimizer"), ("adam", "tuned Adam"), ("data", "held-out data")]
+  dim = samples["learned"].shape[-1]
+  fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
+  for ax, (k, name) in zip(axes, names):
+    x = np.asarray(samples[k])
+    if dim == 2:
+      ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6, color=COLORS.get(k, "k"))
+      ax.set_aspect("equal", adjustable="datalim")
+    else:
+      side = int(round(np.sqrt(dim)))
+      grid = x[:16].reshape(4, 4, side, side).transpose(0, 2, 1, 3).reshape(4 * side, 4 * side)
+      ax.imshow(grid, cmap="gray")
+      ax.axis("off")
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,212 @@
+"""Named evaluation suites and what they are built from: the optimizer file and its provenance.
+
+* ``in_distribution``: held-out tasks of the optimizer's training family (``task.family`` of
+  the provenance's config), ``num_steps`` steps, against tuned ``adam`` and ``adam_cosine``.
+* ``out_of_distribution``: the registered families absent from the training set (a
+  ``mixture``'s members count as trained; the ``mixture`` itself and ``lm_transformer_small``,
+  a costlier copy of ``lm_transformer_tiny``, are left out), same measures.
+* ``long_horizon``: the training family at 10x the meta-training horizon
+  (``estimator.horizon``): the bar is no diverged run, and the final loss is compared with tuned
+  constant Adam run for the same length (speed-ups there are capped at 1).
+
+Held-out draws come from their own PRNG stream: the evaluation seed folded with a fixed tag and
+the family's name, never a key of meta-training's ``jax.random.key(run.seed)`` tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+
+import learned_opt
+import tasks
+from meta_train.evaluation import baselines as baselines_lib
+from meta_train.evaluation import config as config_lib
+from meta_train.evaluation import curves as curves_lib
+
+EVAL_STREAM_TAG = 0x6D657661  # "meva": folded into the root key of every evaluation draw
+LONG_HORIZON_FACTOR = 10
+PRETRAINED_PREFIX = "pretrained:"
+
+# What kind of learning problem each registered family is (out-of-distribution coverage).
+KINDS = {
+    "quadratic": "quadratic",
+    "digits_mlp": "MLP classifier",
+    "gaussian_mixture_mlp": "MLP classifier",
+    "mnist1d_mlp": "MLP classifier",
+    "digits_conv": "conv classifier",
+    "mnist1d_conv": "conv classifier",
+    "lm_transformer_tiny": "transformer LM",
+    "lm_transformer_small": "transformer LM",
+    "diffusion_toy2d": "diffusion",
+    "diffusion_digits": "diffusion",
+    "mixture": "mixture",
+}
+
+
+class EvalError(ValueError):
+  """A bad evaluation request; ``str()`` is one line naming the bad value and the choices."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """A learned optimizer to evaluate.
+
+  Attributes:
+    label: how reports name it (``pretrained:NAME`` or the file path as given).
+    lopt: the learned optimizer.
+    meta_params: its meta-parameters.
+    provenance: the file's provenance dict (``{}`` if none).
+  """
+
+  label: str
+  lopt: Any
+  meta_params: Any
+  provenance: dict
+
+  @property
+  def run_config(self) -> dict:
+    return self.provenance.get("config") or {}
+
+
+def load_optimizer(spec: str) -> Optimizer:
+  """Loads ``pretrained:NAME`` or a ``.safetensors`` file; :class:`EvalError` if it cannot."""
+  if spec.startswith(PRETRAINED_PREFIX):
+    name = spec[len(PRETRAINED_PREFIX):]
+    names = learned_opt.list_pretrained()
+    if name not in names:
+      raise EvalError(f"unknown pretrained optimizer {name!r}; valid: "
+                      f"{', '.join(PRETRAINED_PREFIX + n for n in names)}")
+    path = learned_opt.pretrained_path(name)
+  else:
+    path = spec
+    if not os.path.isfile(path):
+      raise EvalError(f"optimizer file {spec!r} not found; give a .safetensors file written by "
+                      f"learned_opt.save, or one of: "
+                      f"{', '.join(PRETRAINED_PREFIX + n for n in learned_opt.list_pretrained())}")
+  try:
+    lopt, meta_params = learned_opt.load(path)
+    provenance = learned_opt.provenance(path)
+  except (learned_opt.FileFormatError, ValueError, OSError) as e:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise EvalError(f"malformed optimizer file {spec!r}: {first}") from None
+  return Optimizer(spec, lopt, meta_params, provenance)
+
+
+def training_family(opt: Optimizer) -> str:
+  """The family the optimizer was meta-trained on (from its provenance)."""
+  name = (opt.run_config.get("task") or {}).get("family")
+  if not name:
+    raise EvalError(f"optimizer {opt.label!r} has no training family in its provenance; "
+                    f"name families with --family (valid: {', '.join(tasks.family_names())})")
+  return name
+
+
+def training_families(opt: Optimizer) -> set[str]:
+  """Every family the optimizer saw in meta-training (a mixture's members included)."""
+  name = training_family(opt)
+  seen = {name}
+  if name in tasks.family_names():
+    family = tasks.get(name)
+    kwargs = (opt.run_config.get("task") or {}).get("kwargs") or {}
+    members = kwargs.get("members", getattr(family, "members", ()))
+    seen |= {m for m in members if isinstance(m, str)}
+  return seen
+
+
+def training_horizon(opt: Optimizer) -> int:
+  """The meta-training inner horizon (``estimator.horizon``) from the provenance."""
+  horizon = (opt.run_config.get("estimator") or {}).get("horizon")
+  if not isinstance(horizon, int) or horizon <= 0:
+    raise EvalError(f"optimizer {opt.label!r} has no estimator.horizon in its provenance; "
+                    "evaluate it with --family and --num-steps instead of --suite long_horizon")
+  return horizon
+
+
+# Left out of the out-of-distribution suite: the mixture (its members are families of their
+# own) and lm_transformer_small, a larger copy of lm_transformer_tiny (the same kind at about
+# five times the cost on a CPU); name it with --family to evaluate it.
+OOD_EXCLUDED = ("mixture", "lm_transformer_small")
+
+
+def out_of_distribution_families(opt: Optimizer) -> list[str]:
+  """Registered families absent from the optimizer's training set (minus :data:`OOD_EXCLUDED`)."""
+  seen = training_families(opt)
+  return [n for n in tasks.family_names() if n not in seen and n not in OOD_EXCLUDED]
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyPlan:
+  """One family of a suite: its name, run length and baselines."""
+
+  family: str
+  num_steps: int
+  baselines: tuple[str, ...]
+  envelope_factor: float = config_lib.MAX_SPEEDUP
+
+
+def plan(suite: str, opt: Optimizer, config) -> list[FamilyPlan]:
+  """The families, lengths and baselines of ``suite`` for optimizer ``opt``."""
+  if suite not in config_lib.SUITES:
+    raise EvalError(f"unknown suite {suite!r}; valid: {', '.join(config_lib.SUITES)}")
+  if suite == "in_distribution":
+    return [FamilyPlan(training_family(opt), config.num_steps, config_lib.BASELINES)]
+  if suite == "out_of_distribution":
+    return [FamilyPlan(f, config.num_steps, config_lib.BASELINES)
+            for f in out_of_distribution_families(opt)]
+  length = LONG_HORIZON_FACTOR * training_horizon(opt)
+  return [FamilyPlan(training_family(opt), length, ("adam",), envelope_factor=1.0)]
+
+
+def check_families(names) -> None:
+  """:class:`EvalError` naming the first unregistered family and the valid ones."""
+  for n in names:
+    if n not in tasks.family_names():
+      raise EvalError(f"unknown family {n!r}; valid: {', '.join(tasks.family_names())}")
+
+
+def eval_key(seed: int, family_name: str) -> jax.Array:
+  """The root key of a family's held-out draws (disjoint from meta-training's key tree)."""
+  key = jax.random.fold_in(jax.random.key(seed), EVAL_STREAM_TAG)
+  return jax.random.fold_in(key, zlib.crc32(family_name.encode()) & 0x7FFFFFFF)
+
+
+def _is_diffusion(family) -> bool:
+  return isinstance(family, (tasks.Toy2DFamily, tasks.DigitsFamily))
+
+
+def energy_distance_metric(task, params, key, num_samples: int = 256):
+  """Energy distance between the trained model's samples and held-out data."""
+  k_sample, k_ref = jax.random.split(key)
+  x = tasks.diffusion.sample(task, params, k_sample, num_samples)
+  return tasks.diffusion.energy_distance(x, task.heldout(k_ref, num_samples))
+
+
+def problems(family, family_name: str, config) -> list[baselines_lib.Problem]:
+  """The held-out runs of a family as groups of one member family each.
+
+  A mixture's tasks are grouped by the member they drew and run as ``vmap`` s of that member's
+  family (the same tasks as the mixture's, without computing every member at every step).
+  """
+  key = eval_key(config.seed, family_name)
+  task_params, keys = curves_lib.draw(family, key, config.num_tasks, config.num_seeds)
+  if isinstance(family, tasks.MixtureFamily):
+    index = np.asarray(task_params["index"])
+    groups = []
+    for i, member in enumerate(family.families):
+      sel = np.nonzero(index == i)[0]
+      if len(sel):
+        sub = jax.tree.map(lambda x, s=sel: x[s], task_params["params"][i])
+        groups.extend(_problem(member, f"{family_name}/{member.name}", sub, keys[sel]))
+    return groups
+  return _problem(family, family_name, task_params, keys)
+
+
+def _problem(family, name, task_params, keys):
+  metric = energy_distance_metric if _is_diffusion(family) else None
+  return [baselines_lib.Problem(family, f"{name}:{family!r}", task_params, keys, metric)]

@@ -1,0 +1,202 @@
+"""meta-eval: one-line errors (exit 2, nothing written), suites from provenance, a tiny end-to-end
+run with its report, cache and offline wandb run read back."""
+
+import glob
+import json
+import os
+import struct
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import learned_opt
+from meta_train.evaluation import cli
+from meta_train.evaluation import config as config_lib
+from meta_train.evaluation import runner
+from meta_train.evaluation import suites
+from meta_train.evaluation import wandb_log
+
+
+def _save(path, family="quadratic", horizon=3, kwargs=None):
+  lopt = learned_opt.Adam(initial_learning_rate=3e-2)
+  learned_opt.save(str(path), lopt, lopt.init(jax.random.key(0)),
+                   provenance={"config": {"task": {"family": family, "kwargs": kwargs or {}},
+                                          "estimator": {"horizon": horizon}}})
+  return str(path)
+
+
+@pytest.mark.parametrize("args, needle, choices", [
+    (["pretrained:default", "--suite", "nope"], "'nope'", "in_distribution"),
+    (["pretrained:default", "--family", "quadratic", "nope"], "'nope'", "digits_mlp"),
+    (["pretrained:nope", "--suite", "in_distribution"], "'nope'", "pretrained:default"),
+    (["/no/such/file.safetensors", "--suite", "in_distribution"], "/no/such/file.safetensors",
+     "pretrained:default"),
+    (["pretrained:default", "--suite", "in_distribution", "--wandb", "loud"], "'loud'", "offline"),
+])
+def test_bad_requests_fail_with_one_line_and_write_nothing(tmp_path, capsys, args, needle,
+                                                           choices):
+  out = tmp_path / "out"
+  assert cli.main(args + ["--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith("meta-eval: error:") and needle in err and choices in err
+  assert not out.exists()
+
+
+def test_malformed_file_fails_with_one_line(tmp_path, capsys):
+  bad = tmp_path / "bad.safetensors"
+  bad.write_bytes(b"not a safetensors file")
+  assert cli.main([str(bad), "--suite", "in_distribution", "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "malformed optimizer file" in err and str(bad) in err
+  assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_are_one_line_with_exit_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["pretrained:default", "--out", "x"])  # neither --suite nor --family
+  assert e.value.code == 2
+  assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_help_lists_the_suites(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  out = capsys.readouterr().out
+  for s in config_lib.SUITES:
+    assert s in out
+
+
+def test_suites_from_provenance(tmp_path):
+  opt = suites.load_optimizer(_save(tmp_path / "m.safetensors", "mixture", horizon=50))
+  cfg = config_lib.EvalConfig()
+  (ind,) = suites.plan("in_distribution", opt, cfg)
+  assert ind.family == "mixture" and ind.baselines == ("adam", "adam_cosine")
+  ood = [p.family for p in suites.plan("out_of_distribution", opt, cfg)]
+  trained = {"mixture", "digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadratic"}
+  assert not trained & set(ood)
+  assert len(ood) >= 4 and len({suites.KINDS[f] for f in ood}) >= 3
+  (lh,) = suites.plan("long_horizon", opt, cfg)
+  assert lh.family == "mixture" and lh.num_steps == 500 and lh.baselines == ("adam",)
+  # The shipped default: trained on the mixture, so its own OOD suite excludes its members.
+  default = suites.load_optimizer("pretrained:default")
+  assert suites.training_family(default) == "mixture"
+  assert set(suites.out_of_distribution_families(default)) == set(ood)
+
+
+def test_eval_draws_are_not_meta_trainings_keys():
+  key = suites.eval_key(0, "quadratic")
+  data = np.asarray(jax.random.key_data(key))
+  root = jax.random.key(0)
+  for k in [root, *jax.random.split(root, 8)]:
+    assert not np.array_equal(np.asarray(jax.random.key_data(k)), data)
+
+
+def read_wandb_records(path):
+  """Records of an offline ``.wandb`` file (LevelDB-log framing of wandb protobuf Records)."""
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=import-outside-toplevel
+  data = open(path, "rb").read()
+  block, pos, pending, records = 32768, 7, b"", []
+  while pos + 7 <= len(data):
+    if block - pos % block < 7:
+      pos += block - pos % block
+      continue
+    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    chunk = data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):
+      rec = wandb_internal_pb2.Record()
+      rec.ParseFromString(pending + chunk)
+      records.append(rec)
+      pending = b""
+    elif kind in (2, 3):
+      pending += chunk
+  return records
+
+
+def wandb_history(out_dir):
+  """``({key: value}, files dir)`` of the offline run under ``out_dir`` (nested keys joined
+  by "/")."""
+  files = glob.glob(os.path.join(out_dir, "wandb", "offline-run-*", "run-*.wandb"))
+  assert len(files) == 1, files
+  items = {}
+  for _ in range(60):  # wandb's writer may still be flushing the file after run.finish()
+    records = read_wandb_records(files[0])
+    if any(r.WhichOneof("record_type") == "exit" for r in records):
+      break
+    time.sleep(0.5)
+  for rec in records:
+    if rec.WhichOneof("record_type") == "history":
+      for i in rec.history.item:
+        items[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+  return items, os.path.join(os.path.dirname(files[0]), "files")
+
+
+def read_table(items, files_dir, key):
+  """The ``wandb.Table`` logged under ``key``, read back from the run's files."""
+  assert items[f"{key}/_type"] == "table-file"
+  with open(os.path.join(files_dir, items[f"{key}/path"]), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
+  opt_path = _save(tmp_path / "opt.safetensors")
+  out, cache = tmp_path / "report", tmp_path / "cache"
+  args = [opt_path, "--suite", "in_distribution", "--num-tasks", "2", "--num-seeds", "2",
+          "--num-steps", "4", "--cache-dir", str(cache)]
+  assert cli.main(args + ["--out", str(out), "--wandb", "offline"]) == 0
+  printed = capsys.readouterr().out
+  data = json.loads((out / "eval.json").read_text())
+  results = data["results"]
+  assert [(r["family"], r["baseline"]) for r in results] == [("quadratic", "adam"),
+                                                             ("quadratic", "adam_cosine")]
+  for r in results:
+    for k in ("optimizer", "family", "baseline", "num_steps", "win_fraction", "speedup_median",
+              "speedup_iqm", "final_loss_ratio_median", "diverged_runs", "win_fraction_ci",
+              "speedup_median_ci"):
+      assert k in r, k
+    assert r["optimizer"] == opt_path and r["num_steps"] == 4 and r["num_runs"] == 4
+  md = (out / "eval.md").read_text()
+  assert "| optimizer |" in md and "adam_cosine" in md and "95%" in md
+  assert "adam_cosine" in printed and "quadratic" in printed
+  for png in ("speedup_in_distribution.png",):
+    assert (out / png).stat().st_size > 1000
+  assert glob.glob(str(out / "curves_in_distribution_*.png"))
+  # Second run: every baseline curve comes from the cache, the numbers are identical.
+  assert cli.main(args + ["--out", str(tmp_path / "again")]) == 0
+  again = json.loads((tmp_path / "again" / "eval.json").read_text())
+  assert again["meta"]["cache"]["misses"] == 0
+  assert again["results"] == results
+  # The offline wandb run: curves as line series and the results table, read back.
+  items, files_dir = wandb_history(str(out))
+  table = read_table(items, files_dir, "results")
+  assert len(table["data"]) == 2
+  row = dict(zip(table["columns"], table["data"][1]))
+  assert row["baseline"] == "adam_cosine" and row["win_fraction"] == results[1]["win_fraction"]
+  (curve_key,) = {k.rsplit("/", 1)[0] for k in items if k.startswith("curves/")}
+  assert curve_key.endswith("quadratic_table")
+  series = read_table(items, files_dir, curve_key)
+  assert len(series["data"]) == 3 * 5  # learned, tuned adam, tuned cosine; steps 0..4
+  assert {r[series["columns"].index("lineKey")] for r in series["data"]} == {
+      "learned", "tuned adam", "tuned adam_cosine"}
+
+
+def test_wandb_diffusion_samples_panel(tmp_path):
+  """The samples panel (learned vs tuned Adam) reaches the offline run as an image."""
+  rng = np.random.default_rng(0)
+  samples = {"learned": rng.normal(size=(32, 2)), "adam": rng.normal(size=(32, 2)),
+             "data": rng.normal(size=(32, 2)), "adam_learning_rate": np.array(1e-3)}
+  entry = {"optimizer": "o", "suite": "s", "family": "diffusion_toy2d", "baseline": "adam",
+           "num_steps": 3, "num_runs": 1, "win_fraction": 1.0, "speedup_median": 1.0,
+           "speedup_iqm": 1.0, "final_loss_ratio_median": 0.5, "diverged_runs": 0}
+  result = runner.FamilyResult(entries=[entry], learned_mean=np.ones(4),
+                               tuned_mean={"adam": np.ones(4)}, grid_mean=None, grid_lrs=None,
+                               learned_curves=np.ones((1, 1, 4)), samples=samples)
+  opt = suites.Optimizer("o", None, None, {})
+  wandb_log.log(str(tmp_path), "offline", [(opt, [result])], [entry], {"command": "x"})
+  items, files_dir = wandb_history(str(tmp_path))
+  assert items["samples/o/diffusion_toy2d/_type"] == "image-file"
+  assert os.path.getsize(os.path.join(files_dir, items["samples/o/diffusion_toy2d/path"])) > 1000
+  assert glob.glob(str(tmp_path / "samples_diffusion_toy2d_*.png"))
