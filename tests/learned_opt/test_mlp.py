@@ -347,3 +347,25 @@ def test_adam_init_errors_and_default_unchanged():
   theta = MLPOptimizer().init(jax.random.key(0))
   k0 = jax.random.split(jax.random.key(0), 3)[0]
   np.testing.assert_array_equal(theta["w0"], jax.random.normal(k0, (25, 32)) / math.sqrt(25))
+
+
+def test_adam_init_decay_follows_the_run_fraction_only_with_num_steps():
+  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_learning_rate=0.01,
+                      init_decay=2.0)
+  theta = lopt.init(jax.random.key(0))
+  p, g = jnp.zeros((3,)), jnp.array([1.0, -2.0, 0.5])
+
+  def steps(num_steps, n):
+    tx = lopt.transform(theta, num_steps=num_steps)
+    state, out = tx.init(p), []
+    for _ in range(n):
+      u, state = tx.update(g, state, p)
+      out.append(u)
+    return out
+
+  decayed, plain = steps(10, 6), steps(None, 6)
+  for t in range(6):  # constant gradient: r̃ = sign(g), step t sees t/T = t/10
+    np.testing.assert_allclose(decayed[t], -0.01 * np.exp(-2.0 * t / 10) * np.sign(g), rtol=1e-3)
+    np.testing.assert_allclose(plain[t], -0.01 * np.sign(g), rtol=1e-3)
+  with pytest.raises(ValueError, match=r"width >= 3 \(init_decay > 0\), got hidden_sizes=\(8, 2\)"):
+    MLPOptimizer(hidden_sizes=(8, 2), init_scheme="adam", init_decay=1.0).init(jax.random.key(0))
