@@ -236,3 +236,29 @@ def test_horizon_aware_unroll_passes_each_runs_horizon_as_num_steps():
   for _ in range(5):
     x = x - 0.01 * task.exact_grad({"x": x})["x"]
   np.testing.assert_allclose(plain_ps.params["x"], x, rtol=1e-5)
+
+
+def test_param_scale_augmentation_is_a_reparametrisation():
+  config = dataclasses.replace(CONFIG, param_scale=10.0)
+  rk = ul.key_data(jax.random.key(3))
+  plain = ul.fresh_particle(LOPT, FAMILY, CONFIG, THETA, rk)
+  ps = ul.fresh_particle(LOPT, FAMILY, config, THETA, rk)
+  s = ul.param_scales(config, plain.params, rk)["x"]
+  assert 0.1 <= float(s) <= 10.0 and abs(float(s) - 1.0) > 1e-3
+  assert ul.param_scales(CONFIG, plain.params, rk) is None
+  np.testing.assert_allclose(ps.params["x"], plain.params["x"] / s, rtol=1e-6)
+  new_ps, out = jax.jit(lambda mp, p: ul.unroll(LOPT, FAMILY, config, mp, p))(THETA, ps)
+  # SGD with momentum on q = p / s: the loss is f(s q), the gradient s ∇f(s q).
+  task = FAMILY.task(ps.task_params)
+  ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
+  q, m, expected = ps.params["x"], jnp.zeros(3), []
+  for _ in range(4):
+    expected.append(task.exact_loss({"x": s * q}) / ref)
+    m = 0.5 * m + s * task.exact_grad({"x": s * q})["x"]
+    q = q - 0.1 * m
+  np.testing.assert_allclose(out.losses, np.array(expected), rtol=1e-5)
+  np.testing.assert_allclose(out.losses[0], task.exact_loss(plain.params) / ref, rtol=1e-5)
+  np.testing.assert_allclose(new_ps.params["x"], q, rtol=1e-5)
+  with pytest.raises(errors.FieldError, match=r"param_scale: must be >= 1 \(1 disables the "
+                                              r"augmentation\), got 0.5"):
+    ul.UnrollConfig(param_scale=0.5)
