@@ -51,6 +51,10 @@ from learned_opt import features as feats_lib
 from learned_opt import tree_utils
 
 
+# The schemes of MLPOptimizer.init.
+INIT_SCHEMES = ("lecun", "adam")
+
+
 class MLPState(NamedTuple):
   """State of :class:`MLPOptimizer`.
 
@@ -150,6 +154,12 @@ class MLPOptimizer(base.LearnedOptimizer):
     fuse_min_size: tensors with at least this many elements use the fused elementwise network
       (fast, compiles in seconds); smaller ones use matmuls (compiles instantly). Any value gives
       the same function.
+    init_scheme: how :meth:`init` draws the meta-parameters: ``"lecun"`` (random network, tiny
+      steps, not a descent method) or ``"adam"`` (the network computes a per-tensor normalised
+      Adam step, see :meth:`init`).
+    init_learning_rate: for ``init_scheme="adam"``, the RMS over each tensor of the initial step.
+    init_decay: for ``init_scheme="adam"``, ``k`` of an initial decay ``exp(-k t/T)`` of the step
+      over a run of known length ``T = num_steps`` (no decay without ``num_steps``).
 
   The defaults (4 momenta, 1 second moment: 12 features, 20 bytes of state per parameter) are
   a lighter feature set than ``mlp_lopt``'s 5 + 1 (14 features) to keep the step cheap; the
@@ -179,8 +189,18 @@ class MLPOptimizer(base.LearnedOptimizer):
   norm_eps: float = feats_lib.NORM_EPS
   rsqrt_eps: float = feats_lib.RSQRT_EPS
   fuse_min_size: int = 16384
+  init_scheme: str = "lecun"
+  init_learning_rate: float = 5e-3
+  init_decay: float = 0.0
 
   def __post_init__(self):
+    if self.init_scheme not in INIT_SCHEMES:
+      raise ValueError(f"init_scheme must be one of {list(INIT_SCHEMES)}, "
+                       f"got {self.init_scheme!r}")
+    if not self.init_learning_rate > 0:
+      raise ValueError(f"init_learning_rate must be > 0, got {self.init_learning_rate!r}")
+    if not self.init_decay >= 0:
+      raise ValueError(f"init_decay must be >= 0, got {self.init_decay!r}")
     sizes = tuple(self.hidden_sizes)
     if not all(isinstance(h, int) and h >= 1 for h in sizes):
       raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes!r}")
@@ -219,13 +239,67 @@ class MLPOptimizer(base.LearnedOptimizer):
   # -- meta-parameters ----------------------------------------------------------------------
 
   def init(self, key: jax.Array) -> base.MetaParams:
-    """LeCun-normal weights ``N(0, 1/fan_in)`` and zero biases for every layer."""
+    """Initial meta-parameters, by :attr:`init_scheme`.
+
+    ``"lecun"``: LeCun-normal weights ``N(0, 1/fan_in)`` and zero biases for every layer.
+
+    ``"adam"``: the same random network, except that two units per hidden layer carry the
+    normalised Adam ratio ``r̃ = m_β v^{-1/2} / \\sqrt{mean_tensor((m_β v^{-1/2})^2) + ε}``
+    (``β`` the momentum decay nearest 0.9, ``v`` the first second moment) as the ReLU pair
+    ``(relu(r̃), relu(-r̃))``, the direction output is ``d = -(λ / b) (relu(r̃) - relu(-r̃))``
+    and the magnitude output is zero, so the step is
+
+    .. math::
+      u = -λ\\, r̃
+
+    with ``λ`` = :attr:`init_learning_rate`: Adam's direction with a per-tensor RMS of ``λ``
+    (the first step is exactly ``-λ sign(g)``, as Adam's). With :attr:`init_decay` ``k > 0`` a
+    third unit carries the fraction of the run done, ``t/T``, to the magnitude output with
+    weight ``-k/a``, so the step is ``-λ exp(-k t/T) r̃`` when ``num_steps`` is given (and the
+    undecayed step without it: the horizon features are then zero). The other units' output weights
+    are zero, so meta-training starts from a descent method (NN-Adam of
+    ``learned_optimization``; Celo-Adam, arXiv 2501.12670, Sec. 3) and can grow away from it.
+    """
     shapes = self._layer_shapes()
     keys = jax.random.split(key, len(shapes))
     theta = {}
     for i, ((fan_in, fan_out), k) in enumerate(zip(shapes, keys)):
       theta[f"w{i}"] = jax.random.normal(k, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
       theta[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+    if self.init_scheme == "adam":
+      theta = self._adam_like(theta)
+    return theta
+
+  def _adam_like(self, theta: base.MetaParams) -> base.MetaParams:
+    """Overwrites the weights of :meth:`init`'s ``"adam"`` scheme (docstring there)."""
+    need = 3 if self.init_decay > 0 else 2
+    if min(self.hidden_sizes, default=0) < need:
+      raise ValueError(f"init_scheme='adam' needs at least one hidden layer, each of width >= "
+                       f"{need}{' (init_decay > 0)' if need == 3 else ''}, "
+                       f"got hidden_sizes={self.hidden_sizes!r}")
+    beta = min(self.momentum_decays, key=lambda b: abs(b - 0.9))
+    ratio = self.feature_names().index(f"mom_{beta}*rsqrt_rms_{self.rms_decays[0]}")
+    n_layers = len(self.hidden_sizes) + 1
+    w0 = theta["w0"].at[:, :2].set(0.0)
+    theta["w0"] = w0.at[ratio, 0].set(1.0).at[ratio, 1].set(-1.0)
+    theta["b0"] = theta["b0"].at[:2].set(0.0)
+    for i in range(1, n_layers - 1):  # the pair passes through the middle layers unchanged
+      w = theta[f"w{i}"].at[:, :2].set(0.0)
+      theta[f"w{i}"] = w.at[0, 0].set(1.0).at[1, 1].set(1.0)
+      theta[f"b{i}"] = theta[f"b{i}"].at[:2].set(0.0)
+    gain = self.init_learning_rate / self.step_mult
+    w_out = jnp.zeros_like(theta[f"w{n_layers - 1}"])
+    theta[f"w{n_layers - 1}"] = w_out.at[0, 0].set(-gain).at[1, 0].set(gain)
+    theta[f"b{n_layers - 1}"] = jnp.zeros_like(theta[f"b{n_layers - 1}"])
+    if self.init_decay > 0:  # unit 2 carries t/T (the first horizon feature) to the magnitude
+      frac = self.num_features + len(self.time_scales)
+      theta["w0"] = theta["w0"].at[:, 2].set(0.0).at[frac, 2].set(1.0)
+      theta["b0"] = theta["b0"].at[2].set(0.0)
+      for i in range(1, n_layers - 1):
+        theta[f"w{i}"] = theta[f"w{i}"].at[:, 2].set(0.0).at[2, 2].set(1.0)
+        theta[f"b{i}"] = theta[f"b{i}"].at[2].set(0.0)
+      last = f"w{n_layers - 1}"
+      theta[last] = theta[last].at[2, 1].set(-self.init_decay / self.exp_mult)
     return theta
 
   def _check_meta_params(self, meta_params) -> None:

@@ -82,7 +82,8 @@ def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[fl
 def evaluate_and_report(lopt, meta_params, family, out_dir: str,
                         config: EvalConfig = EvalConfig(), *,
                         label: str | None = None,
-                        cache_dir: str | None = None) -> dict[str, Any]:
+                        cache_dir: str | None = None,
+                        horizon_aware: bool = False) -> dict[str, Any]:
   """The ``in_distribution`` suite on ``family`` (a run's own family): writes the report.
 
   Writes ``out_dir/eval.json``, ``eval.md`` and ``eval_curves.png`` (the same report
@@ -96,11 +97,12 @@ def evaluate_and_report(lopt, meta_params, family, out_dir: str,
     config: an :class:`EvalConfig`.
     label: the optimizer's name in the report (default: ``out_dir``'s base name).
     cache_dir: baseline cache directory (default :func:`default_dir`).
+    horizon_aware: evaluate with ``num_steps`` = the run length (``estimator.horizon_aware``).
   """
   name = getattr(family, "name", type(family).__name__)
   label = label or os.path.basename(os.path.abspath(out_dir))
   result = evaluate_family(lopt, meta_params, family, name, config, label=label,
-                           suite="in_distribution",
+                           suite="in_distribution", horizon_aware=horizon_aware,
                            cache=CurveCache(cache_dir or default_dir()))
   os.makedirs(out_dir, exist_ok=True)
   fig = figures.curves_figure([result], os.path.join(out_dir, "eval_curves.png"),

@@ -155,7 +155,8 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
   Writes ``eval.json``, ``eval.md`` and ``eval_curves.png`` next to the optimizer file.
   """
   from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval)
+  return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval,
+                                      horizon_aware=cfg.estimator.horizon_aware)
 
 
 class _Interval:

@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -51,6 +52,8 @@ _NEXT_RUN, _TASK, _INIT, _HORIZON, _DATA = 0, 1, 2, 3, 4
 _TRAIN_BATCH, _TRAIN_LOSS, _VALID = 0, 1, 2
 _STEP_ROLES = 3
 _VALID_BATCH, _VALID_LOSS = 0, 1
+# The stream of a run's parameter scales (task augmentation): far above any step's data ids.
+_SCALES = 0xFFFFFFFF
 
 
 def _fold_in_many(key: jax.Array, data: jax.Array) -> jax.Array:
@@ -72,6 +75,12 @@ class UnrollConfig:
     meta_loss: ``"train"``: normalised training loss at each step's parameters, or
       ``"valid"``: normalised loss on a ``"valid"`` batch after each step.
     stagger: start each particle's first run at a random step in ``[0, horizon)``.
+    horizon_aware: pass each run's horizon to the optimizer as ``num_steps`` (its horizon
+      features; the optimizer must then be evaluated with ``num_steps`` too).
+    param_scale: task augmentation (1 disables it): each run reparametrises every parameter
+      tensor as ``p = s q`` with ``s`` log-uniform in ``[1/param_scale, param_scale]`` (per
+      tensor, drawn from the run key); the optimizer sees ``q`` and ``∂L/∂q = s ∂L/∂p``, the
+      losses are unchanged (Celo, arXiv 2501.12670, Sec. 4; VeLO, arXiv 2211.09760, App. C).
   """
 
   truncation_length: int = 20
@@ -79,6 +88,8 @@ class UnrollConfig:
   max_horizon: int = 100
   meta_loss: str = "train"
   stagger: bool = True
+  horizon_aware: bool = False
+  param_scale: float = 1.0
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -91,6 +102,9 @@ class UnrollConfig:
       raise errors.FieldError(owner, "truncation_length", f"must not exceed min_horizon "
                                                           f"({self.min_horizon}), got "
                                                           f"{self.truncation_length}")
+    if not self.param_scale >= 1.0:
+      raise errors.FieldError(owner, "param_scale", f"must be >= 1 (1 disables the "
+                                                    f"augmentation), got {self.param_scale!r}")
     if self.meta_loss not in META_LOSSES:
       raise errors.FieldError(owner, "meta_loss", f"must be one of {list(META_LOSSES)}, "
                                                   f"got {self.meta_loss!r}")
@@ -174,13 +188,44 @@ class FreshRun(NamedTuple):
   run_key: jax.Array
 
 
+def param_scales(config: UnrollConfig, params: Any, run_key: jax.Array) -> Any:
+  """Per-tensor scales ``s`` of the run ``run_key`` (``config.param_scale``), or None if 1.
+
+  .. math::
+    \\log s \\sim U(-\\log r, \\log r),\\qquad r = \\mathtt{param\\_scale}
+
+  Returns:
+    A tree shaped like ``params`` of float32 scalars (None without augmentation).
+  """
+  if config.param_scale == 1.0:
+    return None
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.fold_in(wrap_key(run_key), _SCALES), max(len(leaves), 1))
+  r = math.log(config.param_scale)
+  scales = [jnp.exp(jax.random.uniform(k, (), jnp.float32, -r, r)) for k in keys[:len(leaves)]]
+  return jax.tree.unflatten(treedef, scales)
+
+
+def _scaled(params: Any, scales: Any, inverse: bool = False) -> Any:
+  """``s q`` (or ``p / s``) leafwise; identity when ``scales`` is None."""
+  if scales is None:
+    return params
+  op = (lambda p, s: p / s) if inverse else (lambda p, s: p * s)
+  return jax.tree.map(lambda p, s: op(p, s.astype(p.dtype)), params, scales)
+
+
 def fresh_run(family: task_base.TaskFamily, config: UnrollConfig,
               run_key: jax.Array) -> FreshRun:
-  """Task, initial parameters and horizon of the run ``run_key`` (raw data of one key)."""
+  """Task, initial parameters and horizon of the run ``run_key`` (raw data of one key).
+
+  With ``config.param_scale > 1`` the parameters are the augmented ``q = p / s``
+  (:func:`param_scales`).
+  """
   k_task, k_init, k_h = _fold_in_many(wrap_key(run_key),
                                       jnp.asarray([_TASK, _INIT, _HORIZON], jnp.uint32))
   task_params = family.sample(k_task)
   params = family.task(task_params).init(k_init)
+  params = _scaled(params, param_scales(config, params, run_key), inverse=True)
   return FreshRun(task_params=task_params, params=params, horizon=sample_horizon(k_h, config),
                   run_key=key_data(wrap_key(run_key)))
 
@@ -334,13 +379,20 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     # select into their consumers instead of writing a new carry every step.
     task_params = _select(is_fresh, fresh.task_params, particle.task_params)
     task = family.task(task_params)
-    loss, grads = jax.value_and_grad(task.loss)(params, wrap_key(k_loss), batch)
-    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    scales = param_scales(config, params,
+                          jnp.where(is_fresh, fresh.run_key, particle.run_key))
+    loss_fn = lambda q, k, b: task.loss(_scaled(q, scales), k, b)
+    loss, grads = jax.value_and_grad(loss_fn)(params, wrap_key(k_loss), batch)
+    step_tx = tx
+    if config.horizon_aware:  # the current run's length, traced (per particle under vmap)
+      step_tx = lopt.transform(
+          meta_params, num_steps=jnp.where(is_fresh, fresh.horizon, particle.horizon))
+    updates, opt_state = step_tx.update(grads, opt_state, params, loss=loss)
     new_params = optax.apply_updates(params, updates)
     if config.meta_loss == "train":
       raw = loss
     else:
-      raw = task.loss(new_params, wrap_key(k_valid), valid_batch)
+      raw = loss_fn(new_params, wrap_key(k_valid), valid_batch)
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)

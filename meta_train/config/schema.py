@@ -65,6 +65,10 @@ class EstimatorConfig:
   stagger: bool = _f(True, help="start particles at random points of their first inner run")
   meta_loss: Literal["train", "valid"] = _f(
       "train", help="mean normalised loss on train batches, or on a held-out valid batch")
+  horizon_aware: bool = _f(False, help="pass each inner run's horizon to the optimizer as "
+                                       "num_steps (evaluate it with num_steps too)")
+  param_scale: float = _f(1.0, help="task augmentation: parameter tensors rescaled by "
+                                    "log-uniform factors in [1/x, x] per run (1: none)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = runner.evaluate_family(opt.lopt, opt.meta_params, tasks.get(p.family), p.family,
                                    config, label=opt.label, suite=suite, num_steps=p.num_steps,
                                    baselines=p.baselines, envelope_factor=p.envelope_factor,
-                                   cache=cache, samples=args.wandb != "disabled")
+                                   cache=cache, samples=args.wandb != "disabled",
+                                   horizon_aware=opt.horizon_aware)
         say(f"meta-eval:   {r.seconds:.0f}s")
         results.append(r)
     else:

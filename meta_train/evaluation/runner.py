@@ -53,7 +53,7 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
                     baselines: Sequence[str] = config_lib.BASELINES,
                     envelope_factor: float = config_lib.MAX_SPEEDUP,
                     cache: cache_lib.CurveCache | None = None,
-                    samples: bool = False) -> FamilyResult:
+                    samples: bool = False, horizon_aware: bool = False) -> FamilyResult:
   """Runs the learned optimizer and the tuned baselines on a family's held-out draws.
 
   Args:
@@ -68,6 +68,8 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
     cache: baseline-curve cache (default: none).
     samples: for diffusion families, also train the first run once more with the learned
       optimizer and with tuned Adam and keep samples of both models (figures, wandb).
+    horizon_aware: pass the run length ``N`` to the optimizer as ``num_steps`` (for one
+      meta-trained with ``estimator.horizon_aware``: its provenance says so).
 
   Returns:
     A :class:`FamilyResult`.
@@ -76,7 +78,7 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
   n = config.num_steps if num_steps is None else num_steps
   cfg = dataclasses.replace(config, num_steps=n)
   cache = cache or cache_lib.CurveCache(None)
-  tx = lopt.transform(meta_params)
+  tx = lopt.transform(meta_params, num_steps=n if horizon_aware else None)
   groups = suites.problems(family, family_name, cfg)
   learned_parts, metric_parts, per_baseline = [], [], {b: [] for b in baselines}
   for problem in groups:
@@ -161,7 +163,7 @@ def evaluate_suite(opt: suites.Optimizer, suite: str, config, *,
     result = evaluate_family(opt.lopt, opt.meta_params, tasks.get(p.family), p.family, config,
                              label=opt.label, suite=suite, num_steps=p.num_steps,
                              baselines=p.baselines, envelope_factor=p.envelope_factor,
-                             cache=cache)
+                             cache=cache, horizon_aware=opt.horizon_aware)
     if log:
       log(f"meta-eval:   done in {result.seconds:.0f}s")
     out.append(result)

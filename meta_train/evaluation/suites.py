@@ -73,6 +73,11 @@ class Optimizer:
   def run_config(self) -> dict:
     return self.provenance.get("config") or {}
 
+  @property
+  def horizon_aware(self) -> bool:
+    """Meta-trained with each run's horizon as ``num_steps`` (``estimator.horizon_aware``)."""
+    return bool((self.run_config.get("estimator") or {}).get("horizon_aware", False))
+
 
 def load_optimizer(spec: str) -> Optimizer:
   """Loads ``pretrained:NAME`` or a ``.safetensors`` file; :class:`EvalError` if it cannot."""

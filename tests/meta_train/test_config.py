@@ -207,7 +207,8 @@ def test_shipped_pretrained_optimizer_was_made_by_the_default_preset():
       "name": old["name"], "num_pairs": old["num_particles"] // 2, "num_particles": 8,
       "sigma": old["sigma"], "truncation_length": old["truncation"],
       "min_horizon": old["min_horizon"], "max_horizon": old["horizon"],
-      "stagger": old["stagger"], "meta_loss": old["meta_loss"]}
+      "stagger": old["stagger"], "meta_loss": old["meta_loss"], "horizon_aware": False,
+      "param_scale": 1.0}
   preset = C.to_dict(C.resolve("default"))
   for section in ("wandb", "eval"):  # logging and reporting do not change the optimizer
     shipped.pop(section), preset.pop(section)

@@ -43,3 +43,10 @@ def test_pooling_over_families_by_hand(tmp_path):
   readme.write_text("# x\n\n" + rr.BEGIN + "\nold\n" + rr.END + "\n\nmore\n")
   readme.write_text(rr.replace_section(readme.read_text(), text))
   assert rr.section(readme.read_text()) == text and readme.read_text().endswith("\n\nmore\n")
+
+
+def test_recipe_experiments_stay_out_of_the_readme_table(tmp_path):
+  for rel in ("reports/default/in_distribution", "reports/experiments/variant_a"):
+    (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / rel / "eval.json").write_text("{}")
+  assert rr.report_files(str(tmp_path)) == ["reports/default/in_distribution/eval.json"]

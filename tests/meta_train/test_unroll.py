@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import learned_opt
@@ -189,3 +190,75 @@ def test_config_validation(kwargs, field, message):
   assert (info.value.owner, info.value.field, info.value.message) == ("UnrollConfig", field,
                                                                       message)
   assert str(info.value) == f"UnrollConfig.{field}: {message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _HorizonSGD(learned_opt.LearnedOptimizer):
+  """SGD whose rate is ``θ · num_steps`` (``θ`` without a horizon): shows what the unroll passes."""
+
+  name = "horizon_sgd_test"
+
+  def init(self, key):
+    del key
+    return jnp.asarray(0.01, jnp.float32)
+
+  def scale_by(self, meta_params, *, num_steps=None):
+    rate = meta_params * (1.0 if num_steps is None else num_steps)
+
+    def update(updates, state, params=None, **_):
+      return jax.tree.map(lambda g: -rate * g, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+
+def test_horizon_aware_unroll_passes_each_runs_horizon_as_num_steps():
+  lopt = _HorizonSGD()
+  theta = lopt.init(None)
+  config = ul.UnrollConfig(truncation_length=8, min_horizon=8, max_horizon=60, stagger=False,
+                           horizon_aware=True)
+  rk = ul.key_data(jax.random.key(2))
+  ps = ul.fresh_particle(lopt, FAMILY, config, theta, rk)
+  nxt = ul.fresh_particle(lopt, FAMILY, config, theta, ul.next_run_key(rk))
+  # Advance to 3 steps before the end of the first run, then unroll across the reset.
+  ps = ps._replace(step=ps.horizon - 3)
+  assert int(ps.horizon) != int(nxt.horizon)
+  new_ps, out = jax.jit(lambda mp, p: ul.unroll(lopt, FAMILY, config, mp, p))(theta, ps)
+  assert bool(out.reset) and int(new_ps.step) == 5
+  x = nxt.params["x"]
+  task = FAMILY.task(nxt.task_params)
+  for _ in range(5):  # the fresh run's steps use the fresh run's horizon
+    x = x - 0.01 * float(nxt.horizon) * task.exact_grad({"x": x})["x"]
+  np.testing.assert_allclose(new_ps.params["x"], x, rtol=1e-5)
+  # Without horizon_aware the same unroll uses num_steps=None (rate θ).
+  plain = dataclasses.replace(config, horizon_aware=False)
+  plain_ps, _ = ul.unroll(lopt, FAMILY, plain, theta, ps)
+  x = nxt.params["x"]
+  for _ in range(5):
+    x = x - 0.01 * task.exact_grad({"x": x})["x"]
+  np.testing.assert_allclose(plain_ps.params["x"], x, rtol=1e-5)
+
+
+def test_param_scale_augmentation_is_a_reparametrisation():
+  config = dataclasses.replace(CONFIG, param_scale=10.0)
+  rk = ul.key_data(jax.random.key(3))
+  plain = ul.fresh_particle(LOPT, FAMILY, CONFIG, THETA, rk)
+  ps = ul.fresh_particle(LOPT, FAMILY, config, THETA, rk)
+  s = ul.param_scales(config, plain.params, rk)["x"]
+  assert 0.1 <= float(s) <= 10.0 and abs(float(s) - 1.0) > 1e-3
+  assert ul.param_scales(CONFIG, plain.params, rk) is None
+  np.testing.assert_allclose(ps.params["x"], plain.params["x"] / s, rtol=1e-6)
+  new_ps, out = jax.jit(lambda mp, p: ul.unroll(LOPT, FAMILY, config, mp, p))(THETA, ps)
+  # SGD with momentum on q = p / s: the loss is f(s q), the gradient s ∇f(s q).
+  task = FAMILY.task(ps.task_params)
+  ref = 0.5 * task.init_scale**2 * jnp.trace(task.hessian)
+  q, m, expected = ps.params["x"], jnp.zeros(3), []
+  for _ in range(4):
+    expected.append(task.exact_loss({"x": s * q}) / ref)
+    m = 0.5 * m + s * task.exact_grad({"x": s * q})["x"]
+    q = q - 0.1 * m
+  np.testing.assert_allclose(out.losses, np.array(expected), rtol=1e-5)
+  np.testing.assert_allclose(out.losses[0], task.exact_loss(plain.params) / ref, rtol=1e-5)
+  np.testing.assert_allclose(new_ps.params["x"], q, rtol=1e-5)
+  with pytest.raises(errors.FieldError, match=r"param_scale: must be >= 1 \(1 disables the "
+                                              r"augmentation\), got 0.5"):
+    ul.UnrollConfig(param_scale=0.5)
