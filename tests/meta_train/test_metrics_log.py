@@ -143,8 +143,8 @@ def _tiny_run(run_dir):
   import meta_train.evaluate as ev  # pylint: disable=import-outside-toplevel
   calls = []
 
-  def fake_eval(lopt, meta_params, family, out_dir, config):
-    calls.append((lopt, meta_params, family, out_dir, config))
+  def fake_eval(lopt, meta_params, family, out_dir, config, *, horizon_aware):
+    calls.append((lopt, meta_params, family, out_dir, config, horizon_aware))
     return {"win_fraction": 0.5, "files": ["report.json"]}
 
   mp = pytest.MonkeyPatch()
@@ -196,8 +196,9 @@ def _check_metrics_wandb_and_bar(tiny_run):
 def _check_evaluation_hook(tiny_run):
   _, run_dir, result, _, calls = tiny_run
   assert len(calls) == 1
-  lopt, meta_params, _, out_dir, eval_config = calls[0]
+  lopt, meta_params, _, out_dir, eval_config, horizon_aware = calls[0]
   assert lopt == result.lopt and out_dir == str(run_dir)
+  assert horizon_aware is False  # the smoke preset's unrolls do not pass num_steps
   assert eval_config.num_tasks == 2
   np.testing.assert_array_equal(np.asarray(meta_params["log_lr"]),
                                 np.asarray(result.state.meta_params["log_lr"]))
