@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+import sys
 
 import jax
 
@@ -35,6 +35,9 @@ import learned_opt
 import tasks
 from meta_train.registry import make_estimator
 from meta_train.trainer import MetaTrainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling, also under -m
+import trainer_timing  # pylint: disable=wrong-import-position
 
 NUM_PAIRS, TRUNCATION_LENGTH, HORIZON = 8, 20, 100
 
@@ -54,26 +57,7 @@ def measure(family, steps_per_dispatch: int, min_seconds: float, windows: int, l
                        truncation_length=TRUNCATION_LENGTH, min_horizon=HORIZON,
                        max_horizon=HORIZON, sigma=0.01)
   trainer = MetaTrainer(est, steps_per_dispatch=steps_per_dispatch)
-  state = jax.block_until_ready(trainer.init(jax.random.key(0)))
-  t0 = time.perf_counter()
-  state, metrics = trainer.step(state)
-  jax.block_until_ready((state, metrics))
-  compile_s = time.perf_counter() - t0
-  per_dispatch = int(metrics["inner_steps"])
-  # Calibrate the number of dispatches per window.
-  t0 = time.perf_counter()
-  state, metrics = jax.block_until_ready(trainer.step(state))
-  one = max(time.perf_counter() - t0, 1e-6)
-  reps = max(1, int(min_seconds / one))
-  rates, cpu_rates = [], []
-  for _ in range(windows):
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(reps):
-      state, metrics = trainer.step(state)
-    jax.block_until_ready((state, metrics))
-    dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    rates.append(reps * per_dispatch / dt)
-    cpu_rates.append(reps * per_dispatch / max(dc, 1e-9))
+  compile_s, rates, cpu_rates = trainer_timing.time_dispatches(trainer, min_seconds, windows)
   return (compile_s, rates, cpu_rates,
           statistics.median(rates) / (2 * NUM_PAIRS * TRUNCATION_LENGTH))
 

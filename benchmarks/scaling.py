@@ -27,6 +27,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling, also under -m
+import trainer_timing  # pylint: disable=wrong-import-position
+
 TRUNCATION, HORIZON, STEPS_PER_DISPATCH = 10, 100, 5
 
 
@@ -57,21 +60,7 @@ def _measure(family_name, devices, pairs, seconds, windows):
                                 num_pairs=pairs, truncation_length=TRUNCATION,
                                 min_horizon=HORIZON, max_horizon=HORIZON)
   trainer = trainer_lib.MetaTrainer(est, steps_per_dispatch=STEPS_PER_DISPATCH, mesh=mesh)
-  state = jax.block_until_ready(trainer.init(jax.random.key(0)))
-  t0 = time.perf_counter()
-  state, metrics = jax.block_until_ready(trainer.step(state))
-  compile_s = time.perf_counter() - t0
-  per_dispatch = int(metrics["inner_steps"])
-  t0 = time.perf_counter()
-  state, metrics = jax.block_until_ready(trainer.step(state))
-  reps = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-  rates = []
-  for _ in range(windows):
-    t0 = time.perf_counter()
-    for _ in range(reps):
-      state, metrics = trainer.step(state)
-    jax.block_until_ready((state, metrics))
-    rates.append(reps * per_dispatch / (time.perf_counter() - t0))
+  compile_s, rates, _ = trainer_timing.time_dispatches(trainer, seconds, windows)
   return compile_s, statistics.median(rates)
 
 
