@@ -152,13 +152,17 @@ PRESETS: dict[str, RunConfig] = {
         run=RunSettings(num_outer_steps=20, checkpoint_every=10, log_every=5, max_to_keep=2),
     ),
     # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
-    # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits.
+    # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits. The recipe
+    # is docs/experiments.md's best (#13): an Adam-like start with an initial decay, horizon-
+    # aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
+                                          "init_decay": 3.0}),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
-                                  max_horizon=200, sigma=0.01),
-        outer=OuterConfig(lr=3e-3, clip=1.0),
+                                  max_horizon=200, sigma=0.01, meta_loss="valid",
+                                  horizon_aware=True),
+        outer=OuterConfig(lr=3e-3, clip=1.0, schedule="cosine"),
         run=RunSettings(num_outer_steps=1500, steps_per_dispatch=10, checkpoint_every=250,
                         log_every=50),
         eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
