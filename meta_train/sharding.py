@@ -42,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -94,9 +95,15 @@ def particle_counts(estimator: Any) -> tuple[int, ...]:
   row per pair, or one per ``θ±ε`` member), ``(num_particles,)`` for one with
   ``num_particles``.
 
+  A :class:`~meta_train.grouped.GroupedEstimator` (one with ``groups``) has the union of its
+  groups' counts.
+
   Raises:
     ValueError: the estimator has neither field.
   """
+  groups = getattr(estimator, "groups", None)
+  if groups is not None:
+    return tuple(sorted({c for g in groups for c in particle_counts(g)}))
   pairs = getattr(estimator, "num_pairs", None)
   if pairs is not None:
     return (int(pairs), 2 * int(pairs))
@@ -108,7 +115,14 @@ def particle_counts(estimator: Any) -> tuple[int, ...]:
 
 
 def sharding_unit(estimator: Any) -> int:
-  """The count that must divide over the devices (pairs, else particles)."""
+  """The count that must divide over the devices (pairs, else particles).
+
+  For grouped estimators, the greatest common divisor of the groups' units: it divides over
+  the devices exactly when every group's does.
+  """
+  groups = getattr(estimator, "groups", None)
+  if groups is not None:
+    return math.gcd(*(sharding_unit(g) for g in groups))
   return min(particle_counts(estimator))
 
 
@@ -178,7 +192,8 @@ def jit_trainer(trainer: Any, mesh: Mesh) -> tuple[Any, Any, Any]:
     ValueError: the estimator's pairs (or particles) do not split evenly over the mesh.
   """
   unit = sharding_unit(trainer.estimator)
-  name = "pairs" if getattr(trainer.estimator, "num_pairs", None) is not None else "particles"
+  first = getattr(trainer.estimator, "groups", (trainer.estimator,))[0]
+  name = "pairs" if getattr(first, "num_pairs", None) is not None else "particles"
   error = divisibility_error(unit, mesh.size, name)
   if error:
     raise ValueError(f"{type(trainer.estimator).__name__}: {error}")

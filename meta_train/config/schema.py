@@ -69,6 +69,12 @@ class EstimatorConfig:
                                        "num_steps (evaluate it with num_steps too)")
   param_scale: float = _f(1.0, help="task augmentation: parameter tensors rescaled by "
                                     "log-uniform factors in [1/x, x] per run (1: none)")
+  group_by_member: bool = _f(False, help="with a mixture family: one particle group per "
+                                        "member family, combined with the mixture's weights "
+                                        "(meta_train/grouped.py)")
+  member_pairs: tuple[int, ...] | None = _f(None, help="with group_by_member: pairs (tbptt: "
+                                                       "particles) of each member's group "
+                                                       "(default: num_pairs each)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +147,11 @@ RESUMABLE_FIELDS = frozenset({
 # ---------------------------------------------------------------------------------------------
 # Presets.
 
+# The member families of the default and diffusion presets' mixtures.
+DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadratic",
+                   "diffusion_toy2d", "diffusion_digits")
+DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
+
 PRESETS: dict[str, RunConfig] = {
     # Under a minute on CPU, compile included: a few outer steps on 4-d quadratics.
     "smoke": RunConfig(
@@ -167,17 +178,39 @@ PRESETS: dict[str, RunConfig] = {
                         log_every=50),
         eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
     ),
-    # The recipe of the shipped pretrained optimizer: the mixture of classifier families and
-    # quadratics, longer horizons, a cosine outer schedule.
+    # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
+    # on the MLP classifiers, the quadratics and both diffusion families, one particle group per
+    # member (meta_train/grouped.py; the conv diffusion family gets fewer pairs, it costs ~20x
+    # an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and transformer LMs
+    # stay out: they are its out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("mlp", {}),
-        task=TaskConfig("mixture", {}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
+                                          "init_decay": 3.0}),
+        task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
-                                  max_horizon=500, sigma=0.01),
-        outer=OuterConfig(lr=1e-3, clip=1.0, schedule="cosine", warmup_steps=100),
-        run=RunSettings(num_outer_steps=5000, steps_per_dispatch=10, checkpoint_every=500,
+                                  max_horizon=500, sigma=0.01, meta_loss="valid",
+                                  horizon_aware=True, group_by_member=True,
+                                  member_pairs=(4, 4, 4, 4, 4, 2)),
+        outer=OuterConfig(lr=3e-3, clip=1.0, schedule="cosine", warmup_steps=50),
+        run=RunSettings(num_outer_steps=1000, steps_per_dispatch=10, checkpoint_every=100,
                         log_every=50),
         eval=EvalConfig(enabled=True),
+    ),
+    # The shipped diffusion optimizer (learned_opt.pretrained("diffusion")): the same recipe on
+    # the two diffusion families (2-D toy data with an MLP denoiser, 8x8 digits with a conv
+    # one; every target, noise schedule and loss weighting they draw).
+    "diffusion": RunConfig(
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
+                                          "init_decay": 3.0}),
+        task=TaskConfig("mixture", {"members": DIFFUSION_MEMBERS}),
+        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
+                                  max_horizon=300, sigma=0.01, meta_loss="valid",
+                                  horizon_aware=True, group_by_member=True,
+                                  member_pairs=(8, 2)),
+        outer=OuterConfig(lr=3e-3, clip=1.0, schedule="cosine", warmup_steps=50),
+        run=RunSettings(num_outer_steps=600, steps_per_dispatch=10, checkpoint_every=100,
+                        log_every=50),
+        eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2),
     ),
 }
 

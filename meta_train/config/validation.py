@@ -29,6 +29,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from meta_train import errors
+from meta_train import grouped
 from meta_train import registry
 from meta_train import sharding as sharding_lib
 from meta_train.config import parsing
@@ -176,9 +177,15 @@ def check_devices(cfg: RunConfig, num_devices: int) -> None:
   """
   field = ("num_pairs" if "num_pairs" in registry.estimator_fields(cfg.estimator.name)
            else "num_particles")
+  unit_name = "pairs" if field == "num_pairs" else "particles"
+  if cfg.estimator.group_by_member and cfg.estimator.member_pairs is not None:
+    for units in cfg.estimator.member_pairs:
+      message = sharding_lib.divisibility_error(units, num_devices, unit_name)
+      if message:
+        raise ConfigError("estimator.member_pairs", f"a group's {message}")
+    return
   units = getattr(cfg.estimator, field)
-  message = sharding_lib.divisibility_error(units, num_devices,
-                                            "pairs" if field == "num_pairs" else "particles")
+  message = sharding_lib.divisibility_error(units, num_devices, unit_name)
   if message:
     raise ConfigError(f"estimator.{field}", message)
 
@@ -200,10 +207,19 @@ def build_estimator(cfg: RunConfig, lopt, family):
   Raises:
     ConfigError: naming ``estimator.<field>`` when the estimator's constructor rejects a field.
   """
+  spec = cfg.estimator
+  if spec.member_pairs is not None and not spec.group_by_member:
+    raise ConfigError("estimator.member_pairs", "is only used with estimator.group_by_member="
+                                                "true; remove it or set group_by_member")
   try:
-    return registry.build_estimator(cfg.estimator, lopt, family)
+    if spec.group_by_member:
+      fields = {f: getattr(spec, f) for f in registry.estimator_fields(spec.name)}
+      return grouped.grouped_estimator(spec.name, lopt, family, spec.member_pairs, **fields)
+    return registry.build_estimator(spec, lopt, family)
   except errors.FieldError as e:
-    raise ConfigError(f"estimator.{e.field}", e.message) from None
+    path = {"family": "task.family", "weights": "task.kwargs"}.get(
+        e.field, f"estimator.{e.field if hasattr(spec, e.field) else 'group_by_member'}")
+    raise ConfigError(path, e.message) from None
 
 
 def build_family(cfg: RunConfig):

@@ -41,12 +41,15 @@ def test_presets_keep_their_meaning_after_the_estimator_renames():
   assert (e.num_pairs, e.truncation_length, e.min_horizon, e.max_horizon) == (8, 20, 200, 200)
   e = C.preset("default").estimator
   assert (e.num_pairs, e.truncation_length, e.min_horizon, e.max_horizon) == (8, 20, 100, 500)
+  assert e.group_by_member and e.member_pairs == (4, 4, 4, 4, 4, 2)
+  assert C.preset("default").task.kwargs["members"][-2:] == ("diffusion_toy2d",
+                                                              "diffusion_digits")
 
 
 def test_estimator_fields_are_the_registry_fields():
   """Every setting of every registered estimator is an ``estimator.*`` field of the same name."""
   names = {f.name for f in dataclasses.fields(C.EstimatorConfig)}
-  used = {"name"}
+  used = {"name", "group_by_member", "member_pairs"}  # the grouping's (meta_train/grouped.py)
   for name in registry.ESTIMATORS:
     assert set(registry.estimator_fields(name)) <= names, name
     used |= set(registry.estimator_fields(name))
@@ -197,23 +200,18 @@ def test_fields_table_covers_every_leaf_field():
   assert all(help_text for _, _, _, help_text in rows)
 
 
-def test_shipped_pretrained_optimizer_was_made_by_the_default_preset():
-  """learned_opt/pretrained/default.safetensors must be reproducible with `--preset default`."""
-  info = learned_opt.provenance(learned_opt.pretrained_path("default"))
+@pytest.mark.parametrize("name", learned_opt.list_pretrained())
+def test_shipped_pretrained_optimizers_were_made_by_their_presets(name):
+  """learned_opt/pretrained/NAME.safetensors must be reproducible with `--preset NAME`."""
+  info = learned_opt.provenance(learned_opt.pretrained_path(name))
+  assert info["command"].startswith(f"meta-train --preset {name} ")
   shipped = dict(info["config"])
-  # The file was written before the estimator fields took their estimators' names.
-  old = shipped["estimator"]
-  shipped["estimator"] = {
-      "name": old["name"], "num_pairs": old["num_particles"] // 2, "num_particles": 8,
-      "sigma": old["sigma"], "truncation_length": old["truncation"],
-      "min_horizon": old["min_horizon"], "max_horizon": old["horizon"],
-      "stagger": old["stagger"], "meta_loss": old["meta_loss"], "horizon_aware": False,
-      "param_scale": 1.0}
-  preset = C.to_dict(C.resolve("default"))
-  for section in ("wandb", "eval"):  # logging and reporting do not change the optimizer
+  preset = C.to_dict(C.resolve(name))
+  # Logging, reporting and the device count do not change the optimizer.
+  for section in ("wandb", "eval"):
     shipped.pop(section), preset.pop(section)
-  # Added after the optimizer shipped; the device count does not change the trajectory.
-  shipped["run"] = {"num_devices": None, **shipped["run"]}
+  shipped["run"].pop("num_devices"), preset["run"].pop("num_devices")
+  shipped["run"].pop("progress"), preset["run"].pop("progress")
   assert shipped == preset
   assert info["outer_step"] == preset["run"]["num_outer_steps"]
 

@@ -1,0 +1,171 @@
+"""One particle group per member family of a mixture, combined with the mixture's weights.
+
+.. math::
+  \\hat g = \\sum_{i=1}^K w_i \\, \\hat g_i, \\qquad
+  \\mathbb E[\\hat g] = \\nabla_\\theta \\sum_i w_i \\, \\mathbb E_{\\tau \\sim p_i}[L(\\theta, \\tau)]
+
+where ``ĝ_i`` is an estimator's meta-gradient over tasks of member family ``i`` only and
+``w_i`` the mixture's normalised sampling weights. The objective is the mixture's (a task of
+member ``i`` is drawn with probability ``w_i``), but each group is a ``vmap`` of its own
+family's unroll: a :class:`tasks.MixtureFamily` under ``vmap`` computes every member's loss at
+every step (its ``lax.switch`` becomes a select), so a step of K members with N particles costs
+K·N member steps of which N are used; here a group of ``N_i`` particles costs ``N_i`` steps of
+its own family. Every member also gets a fixed share of the particles (no draw leaves a
+family out of an estimate), and a costly member can get fewer (``member_pairs``).
+
+The estimators of the groups are ordinary ones (:mod:`meta_train.registry`) and keep their own
+states; this estimator's state is their tuple, its metrics their weighted combination plus each
+group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true`` with a
+``mixture`` task family (:func:`meta_train.config.build_estimator`).
+
+Example::
+
+  family = tasks.mixture_of(["digits_mlp", "diffusion_toy2d"], weights=[3, 1])
+  est = grouped_estimator("pes", lopt, family, member_pairs=(8, 4), truncation_length=20)
+  grad, state, metrics = est.estimate(theta, est.init(key, theta), key)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from meta_train import errors
+from meta_train import registry
+
+# Counts combined by summing over groups (the others are weighted means).
+_COUNTS = ("nonfinite_loss", "nonfinite_grad", "nonfinite", "inner_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedEstimator:
+  """A weighted sum of per-member estimators (see the module docstring).
+
+  Attributes:
+    groups: one estimator per member family, all for the same learned optimizer.
+    weights: the members' weights ``w_i`` (non-negative, normalised here to sum to 1).
+    family: the mixture the groups were built from (what the run trains on and evaluates).
+  """
+
+  groups: tuple[Any, ...]
+  weights: tuple[float, ...]
+  family: Any
+
+  name: ClassVar[str] = "grouped"
+
+  def __post_init__(self):
+    if not isinstance(self.groups, tuple) or not self.groups:
+      raise errors.FieldError("GroupedEstimator", "groups",
+                              f"must be a non-empty tuple of estimators, got {self.groups!r}")
+    w = tuple(float(x) for x in self.weights)
+    if len(w) != len(self.groups) or any(not (x >= 0 and math.isfinite(x)) for x in w) \
+        or not sum(w) > 0:
+      raise errors.FieldError("GroupedEstimator", "weights",
+                              f"must be {len(self.groups)} non-negative finite numbers with a "
+                              f"positive sum, got {self.weights!r}")
+    object.__setattr__(self, "weights", tuple(x / sum(w) for x in w))
+    if any(g.lopt != self.groups[0].lopt for g in self.groups):
+      raise errors.FieldError("GroupedEstimator", "groups",
+                              "must all meta-train the same learned optimizer")
+
+  @property
+  def lopt(self) -> Any:
+    """The learned optimizer every group meta-trains."""
+    return self.groups[0].lopt
+
+  @property
+  def group_names(self) -> tuple[str, ...]:
+    """The member families' names, in group order (made unique with an index if repeated)."""
+    names = [getattr(g.family, "name", f"group{i}") for i, g in enumerate(self.groups)]
+    return tuple(n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names))
+
+  def init(self, key: jax.Array, meta_params: Any) -> tuple[Any, ...]:
+    """The groups' initial states (group ``i`` from ``fold_in(key, i)``)."""
+    return tuple(g.init(_fold(key, i), meta_params) for i, g in enumerate(self.groups))
+
+  def estimate(self, meta_params: Any, state: tuple[Any, ...], key: jax.Array
+               ) -> tuple[Any, tuple[Any, ...], dict[str, jax.Array]]:
+    """``Σ_i w_i ĝ_i`` and the groups' next states; group ``i`` draws from ``fold_in(key, i)``."""
+    results = [g.estimate(meta_params, s, _fold(key, i))
+               for i, (g, s) in enumerate(zip(self.groups, state))]
+    grads = [r[0] for r in results]
+    grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(self.weights, gs)), *grads)
+    metrics = combine_metrics([r[2] for r in results], self.weights, self.group_names)
+    metrics["grad_norm"] = optax.tree.norm(grad).astype(jnp.float32)
+    return grad, tuple(r[1] for r in results), metrics
+
+
+def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence[float],
+                    names: Sequence[str]) -> dict[str, jax.Array]:
+  """The groups' metrics as one estimator's.
+
+  Counts (:data:`_COUNTS`) are summed; ``meta_loss`` is the weighted mean
+  ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are independent); every
+  other metric is the weighted mean. Each group's own meta-loss is kept as
+  ``meta_loss/<name>``.
+  """
+  out = {}
+  for key in per_group[0]:
+    values = [m[key] for m in per_group]
+    if key in _COUNTS:
+      out[key] = sum(values[1:], values[0])
+    elif key == "grad_variance":
+      out[key] = sum(w * w * v for w, v in zip(weights, values)).astype(jnp.float32)
+    else:
+      out[key] = sum(w * v for w, v in zip(weights, values)).astype(jnp.float32)
+  for name, m in zip(names, per_group):
+    out[f"meta_loss/{name}"] = jnp.asarray(m["meta_loss"], jnp.float32)
+  return out
+
+
+def grouped_estimator(name: str, lopt: Any, family: Any,
+                      member_pairs: Sequence[int] | None = None,
+                      **fields: Any) -> GroupedEstimator:
+  """Estimator ``name`` built once per member of the mixture ``family``, grouped.
+
+  Args:
+    name: a key of :data:`meta_train.registry.ESTIMATORS` with a ``num_pairs`` (or
+      ``num_particles``) field.
+    lopt: the learned optimizer.
+    family: a :class:`tasks.MixtureFamily` (its members and weights are used).
+    member_pairs: pairs (particles for ``tbptt``) of each member's group, in member order;
+      ``None``: every group takes ``fields``' count (or the estimator's default).
+    **fields: the estimator's settings (:func:`meta_train.registry.make_estimator`).
+
+  Raises:
+    meta_train.errors.FieldError: ``family`` is not a mixture, or ``member_pairs`` does not
+      give one positive count per member.
+  """
+  members = getattr(family, "families", None)
+  if members is None or not hasattr(family, "_log_weights"):
+    raise errors.FieldError("GroupedEstimator", "family",
+                            f"grouping by member needs a mixture family (tasks.mixture_of), "
+                            f"got {getattr(family, 'name', family)!r}")
+  count_field = "num_pairs" if "num_pairs" in registry.estimator_fields(name) else "num_particles"
+  if member_pairs is not None:
+    member_pairs = tuple(member_pairs)
+    if len(member_pairs) != len(members) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in member_pairs):
+      raise errors.FieldError("GroupedEstimator", "member_pairs",
+                              f"must be {len(members)} positive ints (one per member of "
+                              f"{[m.name for m in members]}), got {member_pairs!r}")
+  groups = []
+  for i, member in enumerate(members):
+    own = dict(fields)
+    if member_pairs is not None:
+      own[count_field] = member_pairs[i]
+    groups.append(registry.make_estimator(name, lopt, member, **own))
+  weights = family.weights if family.weights is not None else (1.0,) * len(members)
+  return GroupedEstimator(tuple(groups), tuple(weights), family)
+
+
+def _fold(key: jax.Array, i: int) -> jax.Array:
+  """``fold_in`` for typed keys and raw ``uint32`` key data alike."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.fold_in(key, i)
+  return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(key), i))

@@ -1,0 +1,135 @@
+"""Grouped estimation over a mixture's members (meta_train/grouped.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import learned_opt
+import tasks
+from meta_train import checkpoint as ckpt_lib
+from meta_train import config as config_lib
+from meta_train import errors
+from meta_train import grouped
+from meta_train import registry
+from meta_train import sharding
+from meta_train.trainer import MetaTrainer
+
+UNROLL = {"truncation_length": 3, "min_horizon": 6, "max_horizon": 6}
+
+
+def _family(weights=(3.0, 1.0)):
+  return tasks.mixture_of([tasks.QuadraticFamily(dim=2), tasks.QuadraticFamily(dim=3)],
+                          weights=weights)
+
+
+def _lopt():
+  return learned_opt.SGDMomentum()
+
+
+def test_estimate_is_the_weighted_sum_of_each_members_own_estimate():
+  lopt, family = _lopt(), _family()
+  est = grouped.grouped_estimator("pes", lopt, family, member_pairs=(2, 1), sigma=0.01,
+                                  **UNROLL)
+  theta = lopt.init(jax.random.key(0))
+  key = jax.random.key(1)
+  state = jax.jit(est.init)(key, theta)
+  grad, new_state, metrics = jax.jit(est.estimate)(theta, state, jax.random.key(2))
+
+  # Each group is a plain PES over one member family, fed fold_in(key, i).
+  own = []
+  for i, (member, pairs) in enumerate(zip(family.families, (2, 1))):
+    e = registry.make_estimator("pes", lopt, member, num_pairs=pairs, sigma=0.01, **UNROLL)
+    s = jax.jit(e.init)(jax.random.fold_in(key, i), theta)
+    own.append(jax.jit(e.estimate)(theta, s, jax.random.fold_in(jax.random.key(2), i)))
+  expected = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, own[0][0], own[1][0])
+  for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+  for got, want in zip(jax.tree.leaves(new_state), jax.tree.leaves((own[0][1], own[1][1]))):
+    np.testing.assert_array_equal(got, want)
+
+  m0, m1 = own[0][2], own[1][2]
+  np.testing.assert_allclose(metrics["meta_loss"], 0.75 * m0["meta_loss"] + 0.25 * m1["meta_loss"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics["grad_variance"],
+                             0.75**2 * m0["grad_variance"] + 0.25**2 * m1["grad_variance"],
+                             rtol=1e-5)
+  assert int(metrics["inner_steps"]) == int(m0["inner_steps"]) + int(m1["inner_steps"])
+  # Both members are named "quadratic": the per-group keys carry their index.
+  assert est.group_names == ("quadratic0", "quadratic1")
+  np.testing.assert_allclose(metrics["meta_loss/quadratic1"], m1["meta_loss"])
+  np.testing.assert_allclose(metrics["grad_norm"],
+                             np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(grad))),
+                             rtol=1e-5)
+
+
+def test_weights_are_normalised_and_checked():
+  lopt = _lopt()
+  est = grouped.grouped_estimator("pes", lopt, _family((1.0, 1.0)), num_pairs=1, **UNROLL)
+  assert est.weights == (0.5, 0.5)
+  g = est.groups
+  with pytest.raises(errors.FieldError, match="weights"):
+    grouped.GroupedEstimator(g, (1.0, -1.0), est.family)
+  with pytest.raises(errors.FieldError, match="weights"):
+    grouped.GroupedEstimator(g, (1.0,), est.family)
+
+
+def test_grouping_needs_a_mixture_and_one_count_per_member():
+  lopt = _lopt()
+  with pytest.raises(errors.FieldError, match="mixture"):
+    grouped.grouped_estimator("pes", lopt, tasks.QuadraticFamily(dim=2), **UNROLL)
+  with pytest.raises(errors.FieldError, match=r"must be 2 positive ints"):
+    grouped.grouped_estimator("pes", lopt, _family(), member_pairs=(2,), **UNROLL)
+  with pytest.raises(errors.FieldError, match=r"must be 2 positive ints"):
+    grouped.grouped_estimator("pes", lopt, _family(), member_pairs=(2, 0), **UNROLL)
+  # tbptt's count is num_particles.
+  est = grouped.grouped_estimator("tbptt", lopt, _family(), member_pairs=(3, 2), **UNROLL)
+  assert [g.num_particles for g in est.groups] == [3, 2]
+
+
+def test_sharding_counts_are_the_union_and_the_unit_their_gcd():
+  est = grouped.grouped_estimator("pes", _lopt(), _family(), member_pairs=(4, 6), **UNROLL)
+  assert sharding.particle_counts(est) == (4, 6, 8, 12)
+  assert sharding.sharding_unit(est) == 2
+
+
+SMOKE_GROUPED = ["optimizer.name=sgd_momentum", "estimator.truncation_length=2",
+                 "estimator.min_horizon=4", "estimator.max_horizon=4", "task.family=mixture", 'task.kwargs={"members": ["quadratic", "quadratic"], '
+                 '"weights": [3, 1]}', "estimator.group_by_member=true"]
+
+
+def test_config_builds_grouped_estimators_and_names_bad_fields():
+  cfg = config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.member_pairs=[2, 4]"])
+  est = config_lib.build_estimator(cfg, config_lib.build_optimizer(cfg),
+                                   config_lib.build_family(cfg))
+  assert isinstance(est, grouped.GroupedEstimator)
+  assert [g.num_pairs for g in est.groups] == [2, 4] and est.weights == (0.75, 0.25)
+  with pytest.raises(config_lib.ConfigError, match=r"^task\.family: .*mixture"):
+    config_lib.resolve("smoke", ["estimator.group_by_member=true"])
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: .*group_by_member"):
+    config_lib.resolve("smoke", ["estimator.member_pairs=[2, 2]"])
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: must be 2"):
+    config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.member_pairs=[2]"])
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: a group's 3 pairs"):
+    config_lib.check_devices(
+        config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.member_pairs=[2, 3]"]), 2)
+
+
+def test_grouped_trainer_state_checkpoints_and_restores(tmp_path):
+  cfg = config_lib.resolve("smoke", SMOKE_GROUPED)
+  lopt = config_lib.build_optimizer(cfg)
+  trainer = MetaTrainer(config_lib.build_estimator(cfg, lopt, config_lib.build_family(cfg)))
+  state = trainer.init(jax.random.key(0))
+  state, metrics = trainer.step(state)
+  assert np.isfinite(float(metrics["meta_loss"]))
+  assert {"meta_loss/quadratic0", "meta_loss/quadratic1"} <= set(metrics)
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt", max_to_keep=1)
+  ckpt.save(1, state)
+  ckpt.wait()
+  step, restored = ckpt.restore_latest(jax.tree.map(jnp.zeros_like, state))
+  ckpt.close()
+  assert step == 1
+  a, _ = trainer.step(state)
+  b, _ = trainer.step(restored)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
