@@ -132,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       for p in plans[opt.label]:
         say(f"meta-eval: {opt.label} on {p.family} ({suite}, {config.num_tasks} tasks x "
             f"{config.num_seeds} seeds, {p.num_steps} steps)")
-        r = runner.evaluate_family(opt.lopt, opt.meta_params, tasks.get(p.family), p.family,
-                                   config, label=opt.label, suite=suite, num_steps=p.num_steps,
+        r = runner.evaluate_family(opt.lopt, opt.meta_params, suites.build_family(p.family, opt),
+                                   p.family, config, label=opt.label, suite=suite, num_steps=p.num_steps,
                                    baselines=p.baselines, envelope_factor=p.envelope_factor,
                                    cache=cache, samples=args.wandb != "disabled",
                                    horizon_aware=opt.horizon_aware)

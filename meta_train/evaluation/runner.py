@@ -160,7 +160,8 @@ def evaluate_suite(opt: suites.Optimizer, suite: str, config, *,
     if log:
       log(f"meta-eval: {opt.label} on {p.family} ({suite}, {config.num_tasks} tasks x "
           f"{config.num_seeds} seeds, {p.num_steps} steps)")
-    result = evaluate_family(opt.lopt, opt.meta_params, tasks.get(p.family), p.family, config,
+    result = evaluate_family(opt.lopt, opt.meta_params, suites.build_family(p.family, opt),
+                             p.family, config,
                              label=opt.label, suite=suite, num_steps=p.num_steps,
                              baselines=p.baselines, envelope_factor=p.envelope_factor,
                              cache=cache, horizon_aware=opt.horizon_aware)

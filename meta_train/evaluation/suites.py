@@ -6,7 +6,7 @@
   ``mixture``'s members count as trained; the ``mixture`` itself and ``lm_transformer_small``,
   a costlier copy of ``lm_transformer_tiny``, are left out), same measures.
 * ``long_horizon``: the training family at 10x the meta-training horizon
-  (``estimator.horizon``): the bar is no diverged run, and the final loss is compared with tuned
+  (``estimator.max_horizon``): the bar is no diverged run, and the final loss is compared with tuned
   constant Adam run for the same length (speed-ups there are capped at 1).
 
 Held-out draws come from their own PRNG stream: the evaluation seed folded with a fixed tag and
@@ -124,11 +124,37 @@ def training_families(opt: Optimizer) -> set[str]:
   return seen
 
 
+def _tuples(value: Any) -> Any:
+  """JSON lists (of a provenance's kwargs) back as the tuples family dataclasses hold."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def build_family(name: str, opt: Optimizer):
+  """The family ``name`` as the optimizer saw it: its training family with the provenance's
+  ``task.kwargs`` (e.g. a mixture's own members), any other family as registered."""
+  family = tasks.get(name)
+  task = opt.run_config.get("task") or {}
+  kwargs = task.get("kwargs") or {}
+  if name != task.get("family") or not kwargs:
+    return family
+  try:
+    return dataclasses.replace(family, **_tuples(kwargs))
+  except (TypeError, ValueError) as e:
+    raise EvalError(f"optimizer {opt.label!r}: its provenance's task.kwargs {kwargs} do not "
+                    f"build family {name!r}: {e}") from None
+
+
 def training_horizon(opt: Optimizer) -> int:
-  """The meta-training inner horizon (``estimator.horizon``) from the provenance."""
-  horizon = (opt.run_config.get("estimator") or {}).get("horizon")
+  """The longest meta-training inner horizon (``estimator.max_horizon``; ``horizon`` in files
+  written before the estimator fields were renamed) from the provenance."""
+  est = opt.run_config.get("estimator") or {}
+  horizon = est.get("max_horizon", est.get("horizon"))
   if not isinstance(horizon, int) or horizon <= 0:
-    raise EvalError(f"optimizer {opt.label!r} has no estimator.horizon in its provenance; "
+    raise EvalError(f"optimizer {opt.label!r} has no estimator.max_horizon in its provenance; "
                     "evaluate it with --family and --num-steps instead of --suite long_horizon")
   return horizon
 

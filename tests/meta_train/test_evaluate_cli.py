@@ -80,10 +80,37 @@ def test_suites_from_provenance(tmp_path):
   assert len(ood) >= 4 and len({suites.KINDS[f] for f in ood}) >= 3
   (lh,) = suites.plan("long_horizon", opt, cfg)
   assert lh.family == "mixture" and lh.num_steps == 500 and lh.baselines == ("adam",)
-  # The shipped default: trained on the mixture, so its own OOD suite excludes its members.
+  # The shipped default: trained on a mixture, so its own OOD suite excludes its members.
   default = suites.load_optimizer("pretrained:default")
   assert suites.training_family(default) == "mixture"
-  assert set(suites.out_of_distribution_families(default)) == set(ood)
+  members = set(default.run_config["task"]["kwargs"].get("members", ())) or trained
+  assert not (members | {"mixture"}) & set(suites.out_of_distribution_families(default))
+
+
+def test_a_mixture_is_evaluated_with_the_members_it_was_trained_on(tmp_path):
+  path = _save(tmp_path / "m.safetensors", "mixture",
+               kwargs={"members": ["quadratic", "diffusion_toy2d"], "weights": [1, 3]})
+  opt = suites.load_optimizer(path)
+  family = suites.build_family("mixture", opt)
+  assert [f.name for f in family.families] == ["quadratic", "diffusion_toy2d"]
+  assert family.weights == (1, 3)
+  assert suites.training_families(opt) == {"mixture", "quadratic", "diffusion_toy2d"}
+  assert "diffusion_toy2d" not in suites.out_of_distribution_families(opt)
+  # Other families are built as registered.
+  assert suites.build_family("digits_mlp", opt) == suites.tasks.get("digits_mlp")
+  bad = suites.load_optimizer(_save(tmp_path / "b.safetensors", "mixture",
+                                    kwargs={"members": ["nope"]}))
+  with pytest.raises(suites.EvalError, match="do not build family 'mixture'"):
+    suites.build_family("mixture", bad)
+
+
+def test_long_horizon_reads_max_horizon_and_the_old_horizon_field(tmp_path):
+  lopt = learned_opt.Adam(initial_learning_rate=3e-2)
+  path = str(tmp_path / "n.safetensors")
+  learned_opt.save(path, lopt, lopt.init(jax.random.key(0)), provenance={"config": {
+      "task": {"family": "quadratic"}, "estimator": {"min_horizon": 20, "max_horizon": 40}}})
+  (lh,) = suites.plan("long_horizon", suites.load_optimizer(path), config_lib.EvalConfig())
+  assert lh.num_steps == 400
 
 
 def test_eval_draws_are_not_meta_trainings_keys():
