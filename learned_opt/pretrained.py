@@ -119,8 +119,10 @@ def _check_num_steps(num_steps) -> None:
     return
   if (isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral)
       or num_steps < 1):
+    hint = ("; under optax.inject_hyperparams, make it static: "
+            "static_args=('num_steps',)") if hasattr(num_steps, "shape") else ""
     raise ValueError(f"num_steps must be a positive int (the number of updates the run will "
-                     f"apply) or None, got {num_steps!r} ({type(num_steps).__name__})")
+                     f"apply) or None, got {num_steps!r} ({type(num_steps).__name__}){hint}")
 
 
 def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.0, *,
@@ -155,8 +157,9 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
   ``learning_rate`` multiplies the learned step after it is computed, so the optimizer's state
   and features do not depend on it: for the same gradients and parameters every update scales
   exactly linearly (``0.5`` halves each step). A float, an array or an optax schedule (applied
-  on top of a horizon-aware optimizer's own decay); ``optax.inject_hyperparams(pretrained)``
-  makes it changeable between steps. ``1.0`` is the step as meta-trained; other values are a
+  on top of a horizon-aware optimizer's own decay, which it does not replace);
+  ``optax.inject_hyperparams(pretrained, static_args=("num_steps",))`` makes it changeable
+  between steps. ``1.0`` is the step as meta-trained; other values are a
   knob for models far from the meta-training distribution, not a required tuning.
 
   Args:

@@ -178,7 +178,7 @@ def test_learning_rate_scales_every_update_linearly(shipped, name):
 
 
 def test_learning_rate_is_injectable(shipped):
-  tx = optax.inject_hyperparams(learned_opt.pretrained, static_args=("name", "num_steps"))(
+  tx = optax.inject_hyperparams(learned_opt.pretrained, static_args=("num_steps",))(
       "aware", learning_rate=1.0, num_steps=8)
   params = {"w": jnp.linspace(-1.0, 1.0, 64)}
   grads = {"w": jax.random.normal(jax.random.key(0), (64,))}
@@ -192,5 +192,11 @@ def test_learning_rate_is_injectable(shipped):
 @pytest.mark.parametrize("bad", [0, -5, 2.5, 100.0, True, "100", [100]])
 def test_bad_num_steps_is_a_clear_error(bad):
   with pytest.raises(ValueError, match=r"num_steps must be a positive int .* got " +
-                     re.escape(repr(bad))):
+                     re.escape(repr(bad)) + r" \(\w+\)$"):
     learned_opt.pretrained("default", num_steps=bad)
+
+
+def test_num_steps_injected_as_a_hyperparameter_says_to_make_it_static():
+  tx = optax.inject_hyperparams(learned_opt.pretrained)("default", num_steps=100)
+  with pytest.raises(ValueError, match=r"got Array\(100.*static_args=\('num_steps',\)"):
+    tx.init({"w": jnp.ones(3)})
