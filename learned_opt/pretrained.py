@@ -101,8 +101,8 @@ def pretrained_info(name: str = "default") -> PretrainedInfo:
 
   Example::
 
-    >>> learned_opt.pretrained_info("default").horizon_aware   # doctest: +SKIP
-    True
+    info = learned_opt.pretrained_info("default")
+    tx = learned_opt.pretrained("default", num_steps=n if info.horizon_aware else None)
   """
   path = pretrained_path(name)
   prov = serialization.provenance(path)
