@@ -8,7 +8,8 @@ from learned_opt.baselines import Adam, SGDMomentum
 from learned_opt.mlp import MLPOptimizer
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
 from learned_opt.serialization import FileFormatError, load, provenance, save
-from learned_opt.pretrained import list_pretrained, load_pretrained, pretrained, pretrained_path
+from learned_opt.pretrained import (NoHorizonWarning, PretrainedInfo, list_pretrained,
+                                    load_pretrained, pretrained, pretrained_info, pretrained_path)
 
 __all__ = [
     "AdafactorMLPOptimizer",
@@ -17,11 +18,14 @@ __all__ = [
     "LearnedOptimizer",
     "MLPOptimizer",
     "MetaParams",
+    "NoHorizonWarning",
+    "PretrainedInfo",
     "SGDMomentum",
     "list_pretrained",
     "load",
     "load_pretrained",
     "pretrained",
+    "pretrained_info",
     "pretrained_path",
     "provenance",
     "register",
