@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -100,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     with dist_lib.exit_on_peer_failure(  # distributed hook: no hang on a dead peer
         run_dir, passthrough=(config_lib.ConfigError, run_lib.RunDirError)):
-      run_lib.run(cfg, run_dir)
+      command = shlex.join(["meta-train", *(sys.argv[1:] if argv is None else argv)])
+      run_lib.run(cfg, run_dir, command=command)
   except (config_lib.ConfigError, run_lib.RunDirError) as e:
     parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
   except KeyboardInterrupt:

@@ -135,16 +135,19 @@ def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str,
 
 
 def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
-                     cfg: config_lib.RunConfig | None = None, step: int | None = None) -> str:
+                     cfg: config_lib.RunConfig | None = None, step: int | None = None,
+                     command: str | None = None) -> str:
   """Writes ``run_dir/optimizer.safetensors`` with ``learned_opt.save`` (atomic).
 
-  The file's provenance records the producer, the outer step and the resolved config, so a
-  shipped optimizer says how to reproduce it.
+  The file's provenance records the producer, the outer step, the resolved config and (when
+  given) the command line that ran it, so a shipped optimizer says how to reproduce it.
   """
   import learned_opt  # pylint: disable=import-outside-toplevel
   path = os.path.join(run_dir, OPTIMIZER_FILE)
   provenance = {"producer": "meta-train", "outer_step": step,
                 "config": None if cfg is None else config_lib.to_dict(cfg)}
+  if command is not None:
+    provenance["command"] = command
   learned_opt.save(path, lopt, jax.device_get(meta_params), provenance=provenance)
   return path
 
@@ -192,13 +195,15 @@ class _Interval:
 
 
 def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
-        stdout: TextIO | None = None) -> RunResult:
+        stdout: TextIO | None = None, command: str | None = None) -> RunResult:
   """Meta-trains as ``cfg`` says, in ``run_dir``, resuming from its newest intact checkpoint.
 
   Args:
     cfg: the run's config (validated here, before anything is compiled).
     run_dir: the run directory (created if missing).
     stdout: where plain log lines and messages go (default ``sys.stdout``).
+    command: the command line that started the run, recorded in the exported optimizer's
+      provenance (``meta-train`` passes its own).
 
   Returns:
     A :class:`RunResult` with the final state.
@@ -293,7 +298,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
         host_state = dist_lib.to_host(state)  # a collective across processes
         if writer:
           ckpt.save(step, host_state, extra)
-          export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
+          export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command)
   except KeyboardInterrupt:
     if (writer and jax.process_count() == 1 and step not in ckpt.all_steps()
         and step > (resumed_from or 0)):
@@ -306,7 +311,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   ckpt.close()
   progress.close()
   if writer:
-    export_optimizer(run_dir, lopt, state.meta_params, cfg, step)
+    export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command)
   eval_summary = None
   if cfg.eval.enabled and writer:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def _check_bit_identical(runs):
                      jax.tree.leaves(state_a.meta_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(c), strict=True)
+  # Their provenance names the command that wrote them (the resumed run's, the same here).
+  info = learned_opt.provenance(os.path.join(runs["killed"], "optimizer.safetensors"))
+  assert info["command"] == shlex.join(["meta-train", *_cmd(runs["killed"])[3:]])
 
 
 def _check_metrics_file(runs):
