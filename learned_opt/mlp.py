@@ -60,6 +60,8 @@ INIT_SCHEMES = ("lecun", "adam")
 _SCHEDULE_KEY = 0x5C4ED
 # Bound on the schedule's log-multiplier ``s``: the step is scaled by at most e^±10.
 SCHEDULE_LOG_CLIP = 10.0
+# ε under the mean square of a step normalised per tensor (schedule_normalize).
+_STEP_NORM_EPS = 1e-12
 
 
 class ScheduleState(NamedTuple):
@@ -199,6 +201,11 @@ class MLPOptimizer(base.LearnedOptimizer):
       :meth:`schedule_log_multiplier`). It needs the loss: ``update(..., loss=ℓ)`` (or
       optax's ``value=ℓ``); without it the loss features are zero.
     schedule_loss_decays: the decays ``β`` of the loss's moving averages the schedule reads.
+    schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
+      over the tensor so that the schedule alone sets the step size (Celo2-style):
+      ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
+      ``d exp(a μ)``. :meth:`init` then puts the ``init_decay`` into the schedule
+      (``s = -k t/T``), so the initial optimizer is the lever-off one up to rounding.
 
   The defaults (4 momenta, 1 second moment: 12 features, 20 bytes of state per parameter) are
   a lighter feature set than ``mlp_lopt``'s 5 + 1 (14 features) to keep the step cheap; the
@@ -233,6 +240,7 @@ class MLPOptimizer(base.LearnedOptimizer):
   init_decay: float = 0.0
   schedule_hidden_size: int = 0
   schedule_loss_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  schedule_normalize: bool = False
 
   def __post_init__(self):
     if self.init_scheme not in INIT_SCHEMES:
@@ -259,6 +267,9 @@ class MLPOptimizer(base.LearnedOptimizer):
     if not all(0.0 <= d < 1.0 for d in decays):
       raise ValueError(f"schedule_loss_decays must lie in [0, 1), got {decays!r}")
     object.__setattr__(self, "schedule_loss_decays", decays)
+    if self.schedule_normalize and not self.schedule_hidden_size:
+      raise ValueError("schedule_normalize=True needs a learned schedule "
+                       "(schedule_hidden_size > 0), got schedule_hidden_size=0")
 
   # -- static shapes ------------------------------------------------------------------------
 
@@ -339,6 +350,11 @@ class MLPOptimizer(base.LearnedOptimizer):
       theta["sched_b0"] = jnp.zeros((self.schedule_hidden_size,), jnp.float32)
       theta["sched_w1"] = jnp.zeros((self.schedule_hidden_size, 1), jnp.float32)
       theta["sched_b1"] = jnp.zeros((1,), jnp.float32)
+      if self.schedule_normalize and self.init_scheme == "adam" and self.init_decay > 0:
+        # The rule's decay is normalised away: unit 0 carries t/T to s with weight -k.
+        frac = len(self.time_scales)
+        theta["sched_w0"] = theta["sched_w0"].at[:, 0].set(0.0).at[frac, 0].set(1.0)
+        theta["sched_w1"] = theta["sched_w1"].at[0, 0].set(-self.init_decay)
     return theta
 
   def _adam_like(self, theta: base.MetaParams) -> base.MetaParams:
@@ -525,7 +541,11 @@ class MLPOptimizer(base.LearnedOptimizer):
           direction, magnitude = _fused_mlp(clean, layers)
         else:
           direction, magnitude = _matmul_mlp(clean, layers)
-        step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
+        if self.schedule_normalize:  # Celo2-style: the schedule alone sets the step size
+          step = direction * jnp.exp(self.exp_mult * magnitude)
+          step = step * feats_lib.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
+        else:
+          step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
         if multiplier is not None:
           step = step * multiplier.astype(step.dtype)
         step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))

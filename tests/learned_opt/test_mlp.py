@@ -440,9 +440,9 @@ def test_schedule_state_and_multiplier_follow_the_loss():
     _assert_tree_close(ups[1], ref[1], math.exp(-2.0 * math.log(0.75)))
 
 
-def _assert_tree_close(u, ref, factor):
+def _assert_tree_close(u, ref, factor, rtol=1e-5):
   for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(x, factor * np.asarray(y), rtol=1e-5)
+    np.testing.assert_allclose(x, factor * np.asarray(y), rtol=rtol)
 
 
 def test_schedule_without_loss_or_with_bad_loss_is_safe():
@@ -486,3 +486,23 @@ def test_schedule_config_errors_and_save_load(tmp_path):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
   with pytest.raises(ValueError, match="sched_w0"):  # the lever-off config rejects them
     PLAIN.transform(theta)
+
+
+def test_normalized_schedule_starts_as_the_decaying_adam_like_step():
+  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
+                      time_scales=(1.0, 10.0), schedule_hidden_size=4,
+                      schedule_loss_decays=(0.5, 0.9), schedule_normalize=True)
+  theta = lopt.init(jax.random.key(3))
+  # The decay lives in the schedule: s = -3 t/T; the rule's output is normalised per tensor.
+  ups, _ = _run(lopt, theta, [2.0, 1.5, 1.7])
+  ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(3)), [None] * 3)
+  # Up to the ε of the feature normaliser: r̃'s RMS is not quite 1 (0.5 % off on the scalar
+  # leaf, whose |r| is small at step 3).
+  for u, r in zip(ups, ref):
+    _assert_tree_close(u, r, 1.0, rtol=1e-2)
+  for t, u in enumerate(ups):  # every tensor's step has RMS λ exp(-3 t/5) (T = 5)
+    for x in jax.tree.leaves(u):
+      np.testing.assert_allclose(np.sqrt(np.mean(np.square(x))), 5e-3 * math.exp(-0.6 * t),
+                                 rtol=1e-5)
+  with pytest.raises(ValueError, match="schedule_normalize=True needs a learned schedule"):
+    MLPOptimizer(schedule_normalize=True)
