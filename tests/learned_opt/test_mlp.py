@@ -380,14 +380,18 @@ PLAIN = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
                      time_scales=(1.0, 10.0))
 
 
-def _run(lopt, theta, losses, num_steps=5, key="loss"):
-  """Jitted steps of ``lopt`` on the tiny tree, one per entry of ``losses`` (None: no loss)."""
+def _run(lopt, theta, losses, num_steps=5, key="loss", jit=False):
+  """Steps of ``lopt`` on the tiny tree, one per entry of ``losses`` (None: no loss).
+
+  Eager by default (faster than compiling for a few steps of a tiny tree).
+  """
   tx = lopt.transform(theta, num_steps=num_steps)
+  update = jax.jit(tx.update) if jit else tx.update
   params = _params()
   state, ups = tx.init(params), []
   for i, loss in enumerate(losses):
     extra = {} if loss is None else {key: jnp.asarray(loss, jnp.float32)}
-    u, state = jax.jit(tx.update)(_grads(params, seed=i + 1), state, params, **extra)
+    u, state = update(_grads(params, seed=i + 1), state, params, **extra)
     ups.append(u)
   return ups, state[0]
 
@@ -401,8 +405,8 @@ def test_schedule_at_init_gives_bit_identical_updates():
     np.testing.assert_array_equal(theta[k], plain[k])
   np.testing.assert_array_equal(theta["sched_w1"], np.zeros((4, 1)))
   assert theta["sched_w0"].shape == (2 + 2 + 3, 4)  # time, horizon, 2 EMAs + initial loss
-  ups, _ = _run(SCHED, theta, [2.0, 1.5, 1.7])
-  ref, _ = _run(PLAIN, plain, [2.0, 1.5, 1.7])
+  ups, _ = _run(SCHED, theta, [2.0, 1.5, 1.7], jit=True)  # compiled, as in meta-training
+  ref, _ = _run(PLAIN, plain, [2.0, 1.5, 1.7], jit=True)
   for u, r in zip(ups, ref):
     for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(r)):
       assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
