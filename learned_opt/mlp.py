@@ -205,7 +205,8 @@ class MLPOptimizer(base.LearnedOptimizer):
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
       ``d exp(a μ)``. :meth:`init` then puts the ``init_decay`` into the schedule
-      (``s = -k t/T``), so the initial optimizer is the lever-off one up to rounding.
+      (``s = -k t/T``), so the initial optimizer is the lever-off one up to the feature
+      normaliser's ``ε`` (the normalised Adam ratio's RMS is slightly below 1 there).
 
   The defaults (4 momenta, 1 second moment: 12 features, 20 bytes of state per parameter) are
   a lighter feature set than ``mlp_lopt``'s 5 + 1 (14 features) to keep the step cheap; the
