@@ -67,7 +67,8 @@ class LearnedOptimizer(abc.ABC):
     """The raw learned step as an optax transformation (update to add to the params).
 
     ``update(updates, state, params=None, **extra_args)`` requires ``params`` (parameter
-    values are features), accepts an optional ``loss=`` keyword and ignores unknown keywords.
+    values are features), accepts an optional ``loss=`` keyword (or optax's ``value=``) and
+    ignores unknown keywords.
     ``num_steps``, when given, is the length of the inner training (a horizon feature).
     A tree that does not match the updates' structure raises a ``ValueError`` naming it
     (:func:`learned_opt.tree_utils.check_trees`). A non-finite gradient entry gives a

@@ -225,3 +225,58 @@ def horizon_features(step: jax.Array, num_steps) -> jax.Array:
   t = jnp.asarray(step, jnp.float32)
   horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
   return jnp.stack([t / horizon, jnp.log10(horizon) / 5.0])
+
+
+#: Bound on the loss features of :func:`loss_features` (``|log ratio| <= 5``: a factor ~150).
+LOSS_FEATURE_CLIP = 5.0
+
+
+def loss_features(loss, emas: jax.Array, count: jax.Array, initial: jax.Array,
+                  decays: Sequence[float], clip: float = LOSS_FEATURE_CLIP):
+  """Features of the training loss relative to its running averages, and the updated averages.
+
+  .. math::
+    e_β &\\leftarrow β\\, e_β + (1 - β)\\, \\ell,\\qquad
+    \\hat e_β = e_β / (1 - β^n) \\\\
+    f &= \\mathrm{clip}\\big(\\big[\\log(\\ell / \\hat e_β)\\ \\text{for each } β;\\
+    \\log(\\ell / \\ell_0)\\big],\\ -c,\\ c\\big)
+
+  with ``n`` the number of losses averaged so far (this one included) and ``ℓ₀`` the first
+  one: below zero when the loss is falling faster than its average, near zero on a plateau
+  (the loss-relative inputs of Celo's learned scheduler, arXiv 2501.12670, Sec. 3). A loss that
+  is missing (``None``), non-finite or not positive gives zero features and leaves the
+  averages, ``n`` and ``ℓ₀`` unchanged, so the state never holds a non-finite value.
+
+  Args:
+    loss: the training loss of this step (a scalar), or ``None``.
+    emas: the ``len(decays)`` uncorrected averages ``e_β`` (float32, zeros at the start).
+    count: ``n`` before this step (int32 scalar).
+    initial: ``ℓ₀`` (float32 scalar; any value while ``n = 0``).
+    decays: the ``β`` in ``[0, 1)``.
+    clip: ``c``.
+
+  Returns:
+    ``(features, new_emas, new_count, new_initial)``; ``features`` is a float32 vector of
+    ``len(decays) + 1`` entries.
+  """
+  num = len(decays) + 1
+  if loss is None:
+    return jnp.zeros((num,), jnp.float32), emas, count, initial
+  loss = jnp.asarray(loss)
+  if loss.shape != ():
+    raise ValueError(f"the loss passed to the optimizer must be a scalar, got shape {loss.shape}")
+  loss = loss.astype(jnp.float32)
+  valid = jnp.isfinite(loss) & (loss > 0)
+  safe = jnp.where(valid, loss, 1.0)
+  betas = jnp.asarray(decays, jnp.float32)
+  new_count = count + valid.astype(count.dtype)
+  new_emas = jnp.where(valid, betas * emas + (1.0 - betas) * safe, emas).astype(emas.dtype)
+  new_initial = jnp.where(valid & (count == 0), safe, initial).astype(initial.dtype)
+  # After a valid loss n >= 1, so the correction is positive; the guard only keeps the masked
+  # branch finite.
+  correction = jnp.where(valid, 1.0 - betas ** new_count.astype(jnp.float32), 1.0)
+  averages = jnp.where(valid, new_emas / correction, 1.0)
+  ratios = jnp.log(safe) - jnp.log(jnp.concatenate([averages, jnp.where(valid, new_initial,
+                                                                       1.0)[None]]))
+  features = jnp.clip(ratios, -clip, clip)
+  return jnp.where(valid, features, 0.0).astype(jnp.float32), new_emas, new_count, new_initial

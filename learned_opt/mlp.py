@@ -12,7 +12,10 @@ outputs a direction ``d`` and a magnitude ``μ`` and the step is (arXiv 2009.112
   u = d \\cdot \\exp(a\\, μ) \\cdot b
 
 with small ``a = exp_mult`` and ``b = step_mult`` (1e-3), so a freshly initialised optimizer
-takes tiny, stable steps.
+takes tiny, stable steps. Opt-in (``schedule_hidden_size > 0``), a learned schedule apart from
+the per-parameter rule multiplies the whole step by ``exp(s)``, ``s`` a small global network of
+the step, horizon and loss features (Celo's learned scheduler, arXiv 2501.12670); the loss
+comes from optax's extra arguments, ``update(..., loss=ℓ)`` or ``value=ℓ``.
 
 Implementation notes (speed):
 
@@ -53,6 +56,27 @@ from learned_opt import tree_utils
 
 # The schemes of MLPOptimizer.init.
 INIT_SCHEMES = ("lecun", "adam")
+# Folded into init's key for the learned schedule's weights.
+_SCHEDULE_KEY = 0x5C4ED
+# Bound on the schedule's log-multiplier ``s``: the step is scaled by at most e^±10.
+SCHEDULE_LOG_CLIP = 10.0
+# ε under the mean square of a step normalised per tensor (schedule_normalize).
+_STEP_NORM_EPS = 1e-12
+
+
+class ScheduleState(NamedTuple):
+  """Loss statistics of :class:`MLPOptimizer`'s learned schedule (one per run, not per parameter).
+
+  Attributes:
+    loss_emas: the uncorrected moving averages of the loss, one per
+      :attr:`MLPOptimizer.schedule_loss_decays` (float32 vector).
+    loss_count: number of (finite, positive) losses averaged so far (int32 scalar).
+    initial_loss: the first such loss (float32 scalar; 0 while ``loss_count`` is 0).
+  """
+
+  loss_emas: jax.Array
+  loss_count: jax.Array
+  initial_loss: jax.Array
 
 
 class MLPState(NamedTuple):
@@ -62,6 +86,7 @@ class MLPState(NamedTuple):
     count: number of updates applied so far (int32 scalar); the step ``t`` of the time features.
     mom: one tree per momentum decay, each shaped like the params (float32).
     rms: one tree per second-moment decay, each shaped like the params (float32).
+    schedule: the :class:`ScheduleState` of the learned schedule, or ``()`` without one.
 
   Integer and boolean leaves hold an empty ``(0,)`` float32 placeholder instead.
   """
@@ -69,6 +94,7 @@ class MLPState(NamedTuple):
   count: jax.Array
   mom: tuple[optax.Updates, ...]
   rms: tuple[optax.Updates, ...]
+  schedule: ScheduleState | tuple = ()
 
 
 def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
@@ -136,6 +162,15 @@ class MLPOptimizer(base.LearnedOptimizer):
   "wL": (H_{L-1}, 2), "bL": (2,)}`` with ``F`` = :attr:`num_features` per-parameter features
   and ``S`` = :attr:`num_shared_features` step features. Weights are LeCun-normal, biases zero.
 
+  With a learned schedule (:attr:`schedule_hidden_size` ``= H_s > 0``) the step is
+  ``u · exp(s)`` (:meth:`schedule_log_multiplier`), one ``s`` per step for the whole run, and
+  the meta-parameters add ``"sched_w0": (S + L, H_s), "sched_b0": (H_s,), "sched_w1": (H_s,
+  1), "sched_b1": (1,)`` (``L`` = ``len(schedule_loss_decays) + 1`` loss features). The output
+  layer starts at zero, so :meth:`init` gives ``s = 0``: the same updates, bit for bit, as
+  without the schedule. The loss is read from ``update(..., loss=ℓ)`` (or ``value=ℓ``); without
+  it, or when it is non-finite or not positive, the loss features are zero and the loss
+  statistics in the state are left unchanged (:func:`learned_opt.features.loss_features`).
+
   The update's sign is learned (``u`` is added to the params). Updates have their parameter's
   dtype; the state is float32 whatever the parameter dtype. Integer and boolean leaves (and
   ``None`` / ``optax.masked`` leaves) pass through unchanged and hold no state. A non-finite
@@ -160,6 +195,18 @@ class MLPOptimizer(base.LearnedOptimizer):
     init_learning_rate: for ``init_scheme="adam"``, the RMS over each tensor of the initial step.
     init_decay: for ``init_scheme="adam"``, ``k`` of an initial decay ``exp(-k t/T)`` of the step
       over a run of known length ``T = num_steps`` (no decay without ``num_steps``).
+    schedule_hidden_size: ``0`` (the default) for no learned schedule; ``H > 0`` adds one: a
+      global network with one hidden ReLU layer of width ``H`` that reads the step features
+      and the loss features and multiplies the whole step by ``exp(s)`` (see
+      :meth:`schedule_log_multiplier`). It needs the loss: ``update(..., loss=ℓ)`` (or
+      optax's ``value=ℓ``); without it the loss features are zero.
+    schedule_loss_decays: the decays ``β`` of the loss's moving averages the schedule reads.
+    schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
+      over the tensor so that the schedule alone sets the step size (Celo2-style):
+      ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
+      ``d exp(a μ)``. :meth:`init` then puts the ``init_decay`` into the schedule
+      (``s = -k t/T``), so the initial optimizer is the lever-off one up to the feature
+      normaliser's ``ε`` (the normalised Adam ratio's RMS is slightly below 1 there).
 
   The defaults (4 momenta, 1 second moment: 12 features, 20 bytes of state per parameter) are
   a lighter feature set than ``mlp_lopt``'s 5 + 1 (14 features) to keep the step cheap; the
@@ -192,6 +239,9 @@ class MLPOptimizer(base.LearnedOptimizer):
   init_scheme: str = "lecun"
   init_learning_rate: float = 5e-3
   init_decay: float = 0.0
+  schedule_hidden_size: int = 0
+  schedule_loss_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  schedule_normalize: bool = False
 
   def __post_init__(self):
     if self.init_scheme not in INIT_SCHEMES:
@@ -211,6 +261,16 @@ class MLPOptimizer(base.LearnedOptimizer):
         raise ValueError(f"{field} must lie in [0, 1), got {decays!r}")
       object.__setattr__(self, field, decays)
     object.__setattr__(self, "time_scales", feats_lib.check_time_scales(self.time_scales))
+    if not (isinstance(self.schedule_hidden_size, int) and self.schedule_hidden_size >= 0):
+      raise ValueError(f"schedule_hidden_size must be an int >= 0 (0: no learned schedule), "
+                       f"got {self.schedule_hidden_size!r}")
+    decays = tuple(float(d) for d in self.schedule_loss_decays)
+    if not all(0.0 <= d < 1.0 for d in decays):
+      raise ValueError(f"schedule_loss_decays must lie in [0, 1), got {decays!r}")
+    object.__setattr__(self, "schedule_loss_decays", decays)
+    if self.schedule_normalize and not self.schedule_hidden_size:
+      raise ValueError("schedule_normalize=True needs a learned schedule "
+                       "(schedule_hidden_size > 0), got schedule_hidden_size=0")
 
   # -- static shapes ------------------------------------------------------------------------
 
@@ -232,9 +292,24 @@ class MLPOptimizer(base.LearnedOptimizer):
     """``S``: step features shared by all parameters (time, then horizon)."""
     return len(self.time_scales) + feats_lib.NUM_HORIZON_FEATURES
 
+  @property
+  def num_schedule_inputs(self) -> int:
+    """Inputs of the learned schedule: the ``S`` step features and the loss features."""
+    return self.num_shared_features + len(self.schedule_loss_decays) + 1
+
   def _layer_shapes(self) -> list[tuple[int, int]]:
     sizes = [self.num_features + self.num_shared_features, *self.hidden_sizes, 2]
     return list(zip(sizes[:-1], sizes[1:]))
+
+  def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+    expected = {}
+    for i, (fan_in, fan_out) in enumerate(self._layer_shapes()):
+      expected[f"w{i}"], expected[f"b{i}"] = (fan_in, fan_out), (fan_out,)
+    if self.schedule_hidden_size:
+      h = self.schedule_hidden_size
+      expected.update(sched_w0=(self.num_schedule_inputs, h), sched_b0=(h,),
+                      sched_w1=(h, 1), sched_b1=(1,))
+    return expected
 
   # -- meta-parameters ----------------------------------------------------------------------
 
@@ -268,6 +343,19 @@ class MLPOptimizer(base.LearnedOptimizer):
       theta[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
     if self.init_scheme == "adam":
       theta = self._adam_like(theta)
+    if self.schedule_hidden_size:  # its own key: the update rule's draws are unchanged
+      fan_in = self.num_schedule_inputs
+      k = jax.random.fold_in(key, _SCHEDULE_KEY)
+      theta["sched_w0"] = (jax.random.normal(k, (fan_in, self.schedule_hidden_size), jnp.float32)
+                           / math.sqrt(fan_in))
+      theta["sched_b0"] = jnp.zeros((self.schedule_hidden_size,), jnp.float32)
+      theta["sched_w1"] = jnp.zeros((self.schedule_hidden_size, 1), jnp.float32)
+      theta["sched_b1"] = jnp.zeros((1,), jnp.float32)
+      if self.schedule_normalize and self.init_scheme == "adam" and self.init_decay > 0:
+        # The rule's decay is normalised away: unit 0 carries t/T to s with weight -k.
+        frac = len(self.time_scales)
+        theta["sched_w0"] = theta["sched_w0"].at[:, 0].set(0.0).at[frac, 0].set(1.0)
+        theta["sched_w1"] = theta["sched_w1"].at[0, 0].set(-self.init_decay)
     return theta
 
   def _adam_like(self, theta: base.MetaParams) -> base.MetaParams:
@@ -303,10 +391,7 @@ class MLPOptimizer(base.LearnedOptimizer):
     return theta
 
   def _check_meta_params(self, meta_params) -> None:
-    shapes = self._layer_shapes()
-    expected = {}
-    for i, (fan_in, fan_out) in enumerate(shapes):
-      expected[f"w{i}"], expected[f"b{i}"] = (fan_in, fan_out), (fan_out,)
+    expected = self._expected_shapes()
     if not isinstance(meta_params, dict) or set(meta_params) != set(expected):
       got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
       raise ValueError(f"{self.name}: meta_params must be a dict with keys {sorted(expected)}, "
@@ -359,6 +444,32 @@ class MLPOptimizer(base.LearnedOptimizer):
     return jnp.concatenate([feats_lib.tanh_time_features(step, self.time_scales),
                             feats_lib.horizon_features(step, num_steps)])
 
+  def schedule_log_multiplier(self, meta_params, shared: jax.Array,
+                              loss_feats: jax.Array) -> jax.Array:
+    """The learned schedule's log step multiplier ``s`` (a scalar; the step is scaled by e^s).
+
+    .. math::
+      s = \\mathrm{clip}\\big(W_1^\\top \\mathrm{relu}(W_0^\\top [φ(t);\\ ψ(t, T);\\ f_\\ell] + b_0)
+      + b_1,\\ -10,\\ 10\\big)
+
+    with ``φ, ψ`` the step and horizon features and ``f_ℓ`` the loss features
+    (:func:`learned_opt.features.loss_features`). One network per run, apart from the
+    per-parameter rule: Celo's learned scheduler (arXiv 2501.12670, Sec. 3) as a small MLP.
+
+    Args:
+      meta_params: with the ``sched_*`` entries of :meth:`init`.
+      shared: :meth:`shared_features` of the step.
+      loss_feats: the loss features of the step.
+
+    Returns:
+      A float32 scalar.
+    """
+    x = jnp.concatenate([shared, loss_feats]).astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    h = jax.nn.relu(jnp.dot(x, meta_params["sched_w0"], precision=hi) + meta_params["sched_b0"])
+    s = jnp.dot(h, meta_params["sched_w1"], precision=hi)[0] + meta_params["sched_b1"][0]
+    return jnp.clip(s, -SCHEDULE_LOG_CLIP, SCHEDULE_LOG_CLIP)
+
   def scale_by(self, meta_params, *, num_steps=None):
     """The raw learned step (to add to the params) as an optax transformation.
 
@@ -368,20 +479,32 @@ class MLPOptimizer(base.LearnedOptimizer):
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params,
-      **extra_args)`` requires ``params``, accepts ``loss=`` and ignores unknown keywords.
+      **extra_args)`` requires ``params``, accepts ``loss=`` (or optax's ``value=``, the
+      convention of ``optax.contrib.reduce_on_plateau``) and ignores unknown keywords. Only
+      the learned schedule (:attr:`schedule_hidden_size` > 0) reads the loss; without it the
+      loss features are zero.
     """
     self._check_meta_params(meta_params)
     n_layers = len(self.hidden_sizes) + 1
     n_feat, n_mom, n_rms = self.num_features, len(self.momentum_decays), len(self.rms_decays)
 
+    scheduled = bool(self.schedule_hidden_size)
+
     def init_fn(params):
       zeros = lambda p: tree_utils.zeros_state(p, jnp.float32)
+      schedule = ()
+      if scheduled:
+        schedule = ScheduleState(
+            loss_emas=jnp.zeros((len(self.schedule_loss_decays),), jnp.float32),
+            loss_count=jnp.zeros([], jnp.int32), initial_loss=jnp.zeros([], jnp.float32))
       return MLPState(count=jnp.zeros([], jnp.int32),
                       mom=tuple(jax.tree.map(zeros, params) for _ in range(n_mom)),
-                      rms=tuple(jax.tree.map(zeros, params) for _ in range(n_rms)))
+                      rms=tuple(jax.tree.map(zeros, params) for _ in range(n_rms)),
+                      schedule=schedule)
 
     def update_fn(updates, state, params=None, **extra_args):
-      del extra_args  # `loss=` and unknown keywords are accepted and ignored
+      # `loss=` (or `value=`) feeds the learned schedule; unknown keywords are ignored.
+      loss = extra_args.get("loss", extra_args.get("value"))
       tree_utils.require_params(self.name, params)
       tree_utils.check_trees(self.name, updates, ("params", params),
                              *(("optimizer state", s) for s in (*state.mom, *state.rms)[:1]))
@@ -389,6 +512,14 @@ class MLPOptimizer(base.LearnedOptimizer):
       w0 = meta_params["w0"]
       shared = self.shared_features(state.count, num_steps).astype(w0.dtype)
       bias0 = meta_params["b0"] + shared @ w0[n_feat:]
+      new_schedule, multiplier = (), None
+      if scheduled:
+        sched = state.schedule
+        loss_feats, emas, n_loss, initial = feats_lib.loss_features(
+            loss, sched.loss_emas, sched.loss_count, sched.initial_loss,
+            self.schedule_loss_decays)
+        new_schedule = ScheduleState(loss_emas=emas, loss_count=n_loss, initial_loss=initial)
+        multiplier = jnp.exp(self.schedule_log_multiplier(meta_params, shared, loss_feats))
       rest = [(meta_params[f"w{i}"], meta_params[f"b{i}"]) for i in range(1, n_layers)]
 
       def leaf(g, p, *acc):
@@ -411,14 +542,21 @@ class MLPOptimizer(base.LearnedOptimizer):
           direction, magnitude = _fused_mlp(clean, layers)
         else:
           direction, magnitude = _matmul_mlp(clean, layers)
-        step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
+        if self.schedule_normalize:  # Celo2-style: the schedule alone sets the step size
+          step = direction * jnp.exp(self.exp_mult * magnitude)
+          step = step * feats_lib.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
+        else:
+          step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
+        if multiplier is not None:
+          step = step * multiplier.astype(step.dtype)
         step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))
         return tree_utils.Leaf(step.astype(p.dtype), *new_mom, *new_rms)
 
       outs = jax.tree.map(leaf, updates, params, *state.mom, *state.rms)
       outs = tree_utils.unzip(outs, 1 + n_mom + n_rms)
       new_state = MLPState(count=optax.safe_increment(state.count),
-                           mom=tuple(outs[1:1 + n_mom]), rms=tuple(outs[1 + n_mom:]))
+                           mom=tuple(outs[1:1 + n_mom]), rms=tuple(outs[1 + n_mom:]),
+                           schedule=new_schedule)
       return outs[0], new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -130,8 +130,8 @@ def trained_params(family: task_base.TaskFamily, tx: optax.GradientTransformatio
     def step(carry, k):
       p, s = carry
       kb, kl = jax.random.split(k)
-      grads = jax.grad(task.loss)(p, kl, task.sample_batch(kb, "train"))
-      updates, s = tx.update(grads, s, p)
+      loss, grads = jax.value_and_grad(task.loss)(p, kl, task.sample_batch(kb, "train"))
+      updates, s = tx.update(grads, s, p, loss=loss)  # as in training_curves
       return (optax.apply_updates(p, updates), s), None
 
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),

@@ -369,3 +369,144 @@ def test_adam_init_decay_follows_the_run_fraction_only_with_num_steps():
     np.testing.assert_allclose(plain[t], -0.01 * np.sign(g), rtol=1e-3)
   with pytest.raises(ValueError, match=r"width >= 3 \(init_decay > 0\), got hidden_sizes=\(8, 2\)"):
     MLPOptimizer(hidden_sizes=(8, 2), init_scheme="adam", init_decay=1.0).init(jax.random.key(0))
+
+
+# -- the learned schedule (schedule_hidden_size > 0): a global step multiplier exp(s) ----------
+
+SCHED = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
+                     time_scales=(1.0, 10.0), schedule_hidden_size=4,
+                     schedule_loss_decays=(0.5, 0.9))
+PLAIN = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
+                     time_scales=(1.0, 10.0))
+
+
+def _run(lopt, theta, losses, num_steps=5, key="loss", jit=False):
+  """Steps of ``lopt`` on the tiny tree, one per entry of ``losses`` (None: no loss).
+
+  Eager by default (faster than compiling for a few steps of a tiny tree).
+  """
+  tx = lopt.transform(theta, num_steps=num_steps)
+  update = jax.jit(tx.update) if jit else tx.update
+  params = _params()
+  state, ups = tx.init(params), []
+  for i, loss in enumerate(losses):
+    extra = {} if loss is None else {key: jnp.asarray(loss, jnp.float32)}
+    u, state = update(_grads(params, seed=i + 1), state, params, **extra)
+    ups.append(u)
+  return ups, state[0]
+
+
+def test_schedule_at_init_gives_bit_identical_updates():
+  theta = SCHED.init(jax.random.key(3))
+  plain = PLAIN.init(jax.random.key(3))
+  # The update rule's draws are the lever-off ones; the schedule's output layer is zero.
+  assert set(theta) - set(plain) == {"sched_w0", "sched_b0", "sched_w1", "sched_b1"}
+  for k in plain:
+    np.testing.assert_array_equal(theta[k], plain[k])
+  np.testing.assert_array_equal(theta["sched_w1"], np.zeros((4, 1)))
+  assert theta["sched_w0"].shape == (2 + 2 + 3, 4)  # time, horizon, 2 EMAs + initial loss
+  ups, _ = _run(SCHED, theta, [2.0, 1.5, 1.7], jit=True)  # compiled, as in meta-training
+  ref, _ = _run(PLAIN, plain, [2.0, 1.5, 1.7], jit=True)
+  for u, r in zip(ups, ref):
+    for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(r)):
+      assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def test_loss_features_follow_the_moving_averages():
+  # Two steps, losses 2 then 1, decays (0.5, 0.9): e = (1.0, 0.2) then (1.0, 0.28);
+  # corrected (2.0, 2.0) then (1/0.75, 0.28/0.19).
+  emas, count, init = jnp.zeros(2), jnp.zeros([], jnp.int32), jnp.zeros([])
+  f1, emas, count, init = F.loss_features(jnp.asarray(2.0), emas, count, init, (0.5, 0.9))
+  np.testing.assert_allclose(f1, [0.0, 0.0, 0.0], atol=1e-6)
+  f2, emas, count, init = F.loss_features(jnp.asarray(1.0), emas, count, init, (0.5, 0.9))
+  np.testing.assert_allclose(emas, [1.0, 0.28], rtol=1e-6)
+  assert int(count) == 2 and float(init) == 2.0
+  np.testing.assert_allclose(f2, [math.log(0.75), math.log(0.19 / 0.28), math.log(0.5)],
+                             rtol=1e-5)
+  # Clipped at ±5: a loss 1e4 times below the first one.
+  f3, *_ = F.loss_features(jnp.asarray(2e-4), emas, count, init, (0.5, 0.9))
+  assert float(f3[-1]) == -5.0
+
+
+def test_schedule_state_and_multiplier_follow_the_loss():
+  # Hidden unit 0 reads the first loss feature (decay 0.5), the output is s = 2 relu(-f):
+  # losses 2, 1 give f = log(0.75) at step 2, so that step is scaled by exp(-2 log 0.75).
+  lopt, theta = SCHED, SCHED.init(jax.random.key(0))
+  col = lopt.num_shared_features
+  w0 = jnp.zeros_like(theta["sched_w0"]).at[col, 0].set(-1.0)
+  tuned = dict(theta, sched_w0=w0, sched_w1=jnp.zeros((4, 1)).at[0, 0].set(2.0))
+  for key in ("loss", "value"):  # the project's keyword and optax's
+    ups, state = _run(lopt, tuned, [2.0, 1.0], key=key)
+    ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(0)), [None, None])
+    np.testing.assert_allclose(state.schedule.loss_emas, [1.0, 0.28], rtol=1e-6)
+    assert int(state.schedule.loss_count) == 2 and float(state.schedule.initial_loss) == 2.0
+    _assert_tree_close(ups[0], ref[0], 1.0)
+    _assert_tree_close(ups[1], ref[1], math.exp(-2.0 * math.log(0.75)))
+
+
+def _assert_tree_close(u, ref, factor, rtol=1e-5):
+  for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(x, factor * np.asarray(y), rtol=rtol)
+
+
+def test_schedule_without_loss_or_with_bad_loss_is_safe():
+  lopt, theta = SCHED, SCHED.init(jax.random.key(0))
+  col = lopt.num_shared_features
+  w0 = jnp.zeros_like(theta["sched_w0"]).at[col, 0].set(-1.0)
+  tuned = dict(theta, sched_w0=w0, sched_w1=jnp.zeros((4, 1)).at[0, 0].set(2.0))
+  ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(0)), [None] * 3)
+  # No loss: zero loss features, the state stays at its start, the steps are the rule's.
+  ups, state = _run(lopt, tuned, [None] * 3)
+  assert int(state.schedule.loss_count) == 0
+  np.testing.assert_array_equal(state.schedule.loss_emas, [0.0, 0.0])
+  for u, r in zip(ups, ref):
+    _assert_tree_close(u, r, 1.0)
+  # Non-finite and non-positive losses are skipped: the state is the one of losses 2, 1.
+  ups, state = _run(lopt, tuned, [2.0, float("nan"), float("inf"), -1.0, 1.0])
+  np.testing.assert_allclose(state.schedule.loss_emas, [1.0, 0.28], rtol=1e-6)
+  assert int(state.schedule.loss_count) == 2
+  assert all(np.isfinite(np.asarray(x)).all() for u in ups for x in jax.tree.leaves(u))
+  with pytest.raises(ValueError, match=r"loss passed to the optimizer must be a scalar, got "
+                                       r"shape \(2,\)"):
+    lopt.transform(theta).update(_grads(_params()), lopt.transform(theta).init(_params()),
+                                 _params(), loss=jnp.ones(2))
+
+
+def test_schedule_config_errors_and_save_load(tmp_path):
+  with pytest.raises(ValueError, match="schedule_hidden_size must be an int >= 0 .* got -1"):
+    MLPOptimizer(schedule_hidden_size=-1)
+  with pytest.raises(ValueError, match=r"schedule_loss_decays must lie in \[0, 1\), got \(1.0,\)"):
+    MLPOptimizer(schedule_loss_decays=(1.0,))
+  assert MLPOptimizer.from_config(SCHED.config()) == SCHED
+  theta = SCHED.init(jax.random.key(7))
+  theta = dict(theta, sched_w1=theta["sched_w1"] + 0.25)  # a trained-looking schedule
+  path = tmp_path / "sched.safetensors"
+  learned_opt.save(path, SCHED, theta)
+  lopt2, theta2 = learned_opt.load(path)
+  assert lopt2 == SCHED
+  a, _ = _run(SCHED, theta, [2.0, 1.0, 1.2])
+  b, _ = _run(lopt2, theta2, [2.0, 1.0, 1.2])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+  with pytest.raises(ValueError, match="sched_w0"):  # the lever-off config rejects them
+    PLAIN.transform(theta)
+
+
+def test_normalized_schedule_starts_as_the_decaying_adam_like_step():
+  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
+                      time_scales=(1.0, 10.0), schedule_hidden_size=4,
+                      schedule_loss_decays=(0.5, 0.9), schedule_normalize=True)
+  theta = lopt.init(jax.random.key(3))
+  # The decay lives in the schedule: s = -3 t/T; the rule's output is normalised per tensor.
+  ups, _ = _run(lopt, theta, [2.0, 1.5, 1.7])
+  ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(3)), [None] * 3)
+  # Up to the ε of the feature normaliser: r̃'s RMS is not quite 1 (0.5 % off on the scalar
+  # leaf, whose |r| is small at step 3).
+  for u, r in zip(ups, ref):
+    _assert_tree_close(u, r, 1.0, rtol=1e-2)
+  for t, u in enumerate(ups):  # every tensor's step has RMS λ exp(-3 t/5) (T = 5)
+    for x in jax.tree.leaves(u):
+      np.testing.assert_allclose(np.sqrt(np.mean(np.square(x))), 5e-3 * math.exp(-0.6 * t),
+                                 rtol=1e-5)
+  with pytest.raises(ValueError, match="schedule_normalize=True needs a learned schedule"):
+    MLPOptimizer(schedule_normalize=True)

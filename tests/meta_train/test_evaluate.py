@@ -211,3 +211,28 @@ def test_compare_concat_joins_runs():
                          np.zeros((1, 2), bool), None)
   j = compare.concat([c, c])
   assert j.learned_final.shape == (2, 2) and j.tuned_curves.shape == (2, 2, 3)
+
+
+def test_learned_curves_and_trained_params_pass_the_loss_to_a_learned_schedule():
+  problem = _quadratic_problem(num_tasks=1, num_seeds=1)
+  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4,), init_scheme="adam", time_scales=(1.0,),
+                                  schedule_hidden_size=2, schedule_loss_decays=(0.5,))
+  theta = lopt.init(jax.random.key(0))
+  # s = 3 relu(-log(ℓ / ê_0.5)): larger steps while the loss falls, so the loss matters.
+  col = lopt.num_shared_features
+  theta = dict(theta, sched_w0=theta["sched_w0"].at[:, 0].set(0.0).at[col, 0].set(-1.0),
+               sched_w1=theta["sched_w1"].at[0, 0].set(3.0))
+  tx = lopt.transform(theta)
+  curves, _ = curves_lib.learned_curves(problem.family, tx, problem.task_params, problem.keys, 5)
+  tp = jax.tree.map(lambda x: x[0], problem.task_params)
+  key = problem.keys[0, 0]
+  params = curves_lib.trained_params(problem.family, tx, tp, key, 5)
+  task = problem.family.task(tp)
+  _, k_batch, k_loss, _, _ = jax.random.split(key, 5)
+  final = float(task.loss(params, k_loss, task.sample_batch(k_batch, "valid")))
+  np.testing.assert_allclose(curves[0, 0, -1], final, rtol=1e-5)
+  # Without the loss the schedule stays at s = 0: a different run.
+  plain = lopt.transform(dict(theta, sched_w1=theta["sched_w1"] * 0.0))
+  other, _ = curves_lib.learned_curves(problem.family, plain, problem.task_params,
+                                       problem.keys, 5)
+  assert abs(float(other[0, 0, -1]) - final) > 1e-3 * abs(final)

@@ -262,3 +262,23 @@ def test_param_scale_augmentation_is_a_reparametrisation():
   with pytest.raises(errors.FieldError, match=r"param_scale: must be >= 1 \(1 disables the "
                                               r"augmentation\), got 0.5"):
     ul.UnrollConfig(param_scale=0.5)
+
+
+def test_unroll_passes_each_steps_train_loss_to_the_optimizer():
+  # An MLP optimizer with a learned schedule keeps moving averages of the loss it is given:
+  # after 4 steps they must be those of the 4 train losses (here the normalised meta-losses
+  # times the quadratic's reference loss).
+  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4,), init_scheme="adam", time_scales=(1.0,),
+                                  schedule_hidden_size=2, schedule_loss_decays=(0.5,))
+  theta = lopt.init(jax.random.key(0))
+  ps = ul.fresh_particle(lopt, FAMILY, CONFIG, theta, ul.key_data(jax.random.key(3)))
+  new_ps, out = jax.jit(lambda mp, p: ul.unroll(lopt, FAMILY, CONFIG, mp, p))(theta, ps)
+  task = FAMILY.task(ps.task_params)
+  losses = np.asarray(out.losses) * float(0.5 * task.init_scale**2 * jnp.trace(task.hessian))
+  schedule = new_ps.opt_state[0].schedule
+  ema = 0.0
+  for loss in losses:
+    ema = 0.5 * ema + 0.5 * loss
+  assert int(schedule.loss_count) == 4
+  np.testing.assert_allclose(schedule.initial_loss, losses[0], rtol=1e-5)
+  np.testing.assert_allclose(schedule.loss_emas, [ema], rtol=1e-5)
