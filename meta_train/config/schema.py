@@ -185,7 +185,7 @@ PRESETS: dict[str, RunConfig] = {
     # stay out: they are its out-of-distribution suite.
     "default": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0}),
+                                          "init_decay": 3.0, "exp_mult": 1.0}),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
                                   max_horizon=500, sigma=0.01, meta_loss="valid",
