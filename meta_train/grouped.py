@@ -35,8 +35,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import tasks
 from meta_train import errors
 from meta_train import registry
+from meta_train import unroll as unroll_lib
 
 # Counts combined by summing over groups (the others are weighted means).
 _COUNTS = ("nonfinite_loss", "nonfinite_grad", "nonfinite", "inner_steps")
@@ -141,11 +143,11 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
     meta_train.errors.FieldError: ``family`` is not a mixture, or ``member_pairs`` does not
       give one positive count per member.
   """
-  members = getattr(family, "families", None)
-  if members is None or not hasattr(family, "_log_weights"):
+  if not isinstance(family, tasks.MixtureFamily):
     raise errors.FieldError("GroupedEstimator", "family",
                             f"grouping by member needs a mixture family (tasks.mixture_of), "
                             f"got {getattr(family, 'name', family)!r}")
+  members = family.families
   count_field = "num_pairs" if "num_pairs" in registry.estimator_fields(name) else "num_particles"
   if member_pairs is not None:
     member_pairs = tuple(member_pairs)
@@ -165,7 +167,5 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
 
 
 def _fold(key: jax.Array, i: int) -> jax.Array:
-  """``fold_in`` for typed keys and raw ``uint32`` key data alike."""
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.fold_in(key, i)
-  return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(key), i))
+  """Group ``i``'s key: ``fold_in`` of the (typed or raw) ``key``."""
+  return jax.random.fold_in(unroll_lib.wrap_key(key), i)
