@@ -280,3 +280,34 @@ def loss_features(loss, emas: jax.Array, count: jax.Array, initial: jax.Array,
                                                                        1.0)[None]]))
   features = jnp.clip(ratios, -clip, clip)
   return jnp.where(valid, features, 0.0).astype(jnp.float32), new_emas, new_count, new_initial
+
+
+#: ``ε`` under a mean square before its log in :func:`tensor_log_rms` (an RMS floor of 1e-15).
+LOG_RMS_EPS = 1e-30
+#: :func:`tensor_log_rms` divides ``log10(rms)`` by this and clips the result to ``±``
+#: :data:`TENSOR_FEATURE_CLIP` (an RMS of 1e-9 … 1e9 maps into the clip range).
+TENSOR_FEATURE_DIVISOR = 3.0
+TENSOR_FEATURE_CLIP = 3.0
+
+
+def tensor_log_rms(mean_squares: jax.Array) -> jax.Array:
+  """Per-tensor scale features: the log of a feature's root-mean-square over the tensor.
+
+  .. math::
+    z_f = \\mathrm{clip}\\big(\\log_{10}\\sqrt{\\overline{x_f^2} + ε}\\ /\\ 3,\\ -3,\\ 3\\big)
+
+  The per-parameter features are divided by their RMS over the tensor (scale-free by design);
+  these put back the scales themselves, one number per tensor and feature, so that a network
+  reading them can tell a tensor of large parameters or gradients from one of small ones (the
+  per-tensor inputs of VeLO, arXiv 2211.09760, Sec. 3.1, as plain features of the rule).
+  Non-finite mean squares give zero.
+
+  Args:
+    mean_squares: ``mean(x_f²)`` over the tensor, one per feature (a vector).
+
+  Returns:
+    A float32 vector, same length.
+  """
+  ms = finite_or_zero(mean_squares.astype(jnp.float32))
+  z = 0.5 * jnp.log10(ms + LOG_RMS_EPS) / TENSOR_FEATURE_DIVISOR
+  return jnp.clip(z, -TENSOR_FEATURE_CLIP, TENSOR_FEATURE_CLIP)

@@ -62,6 +62,8 @@ _SCHEDULE_KEY = 0x5C4ED
 SCHEDULE_LOG_CLIP = 10.0
 # ε under the mean square of a step normalised per tensor (schedule_normalize).
 _STEP_NORM_EPS = 1e-12
+# Folded into init's key for the per-tensor features' weights.
+_TENSOR_KEY = 0x7E450
 
 
 class ScheduleState(NamedTuple):
@@ -171,6 +173,11 @@ class MLPOptimizer(base.LearnedOptimizer):
   it, or when it is non-finite or not positive, the loss features are zero and the loss
   statistics in the state are left unchanged (:func:`learned_opt.features.loss_features`).
 
+  With per-tensor features (:attr:`tensor_features`) the first layer also reads, per tensor,
+  ``z = log10 RMS`` of the gradient, the parameter and the ratios ``m_k v_r^{-1/2}``
+  (:func:`learned_opt.features.tensor_log_rms`) through ``"wt": (Z, H₀)``: its first-layer
+  bias becomes ``b₀ + W₀ᵀ[φ(t); ψ(t, T)] + W_tᵀ z``.
+
   The update's sign is learned (``u`` is added to the params). Updates have their parameter's
   dtype; the state is float32 whatever the parameter dtype. Integer and boolean leaves (and
   ``None`` / ``optax.masked`` leaves) pass through unchanged and hold no state. A non-finite
@@ -201,6 +208,15 @@ class MLPOptimizer(base.LearnedOptimizer):
       :meth:`schedule_log_multiplier`). It needs the loss: ``update(..., loss=ℓ)`` (or
       optax's ``value=ℓ``); without it the loss features are zero.
     schedule_loss_decays: the decays ``β`` of the loss's moving averages the schedule reads.
+    tensor_features: add per-tensor scale features (:meth:`tensor_feature_names`): the
+      log-RMS over the tensor of the gradient, the parameter and the Adam-like ratios
+      (:func:`learned_opt.features.tensor_log_rms`), one number per tensor and feature, read
+      by the first layer through their own weights ``"wt": (Z, H₀)`` (added to the tensor's
+      first-layer bias). The per-parameter features are scale-free; these tell the network how
+      large a tensor's parameters and gradients are and how consistent its gradient is, so it
+      can size its step per task (a quadratic with parameters of order one against a
+      classifier's small weights). :meth:`init` gives the Adam-like units zero weights from
+      them, so the ``"adam"`` start is unchanged.
     schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
@@ -242,6 +258,7 @@ class MLPOptimizer(base.LearnedOptimizer):
   schedule_hidden_size: int = 0
   schedule_loss_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
   schedule_normalize: bool = False
+  tensor_features: bool = False
 
   def __post_init__(self):
     if self.init_scheme not in INIT_SCHEMES:
@@ -287,6 +304,19 @@ class MLPOptimizer(base.LearnedOptimizer):
     k, r = len(self.momentum_decays), len(self.rms_decays)
     return 2 + k + 2 * r + k * r
 
+  def tensor_feature_names(self) -> list[str]:
+    """Names of the per-tensor features (rows of ``"wt"``); empty without them."""
+    if not self.tensor_features:
+      return []
+    names = self.feature_names()
+    return [f"log_rms_{names[i]}" for i in self._tensor_feature_index()]
+
+  def _tensor_feature_index(self) -> list[int]:
+    """Which per-parameter features' RMS the per-tensor features read."""
+    k, r = len(self.momentum_decays), len(self.rms_decays)
+    f = self.num_features
+    return [0, 1, *range(f - k * r, f)]  # grad, param, then every m_k / sqrt(v_r)
+
   @property
   def num_shared_features(self) -> int:
     """``S``: step features shared by all parameters (time, then horizon)."""
@@ -309,6 +339,8 @@ class MLPOptimizer(base.LearnedOptimizer):
       h = self.schedule_hidden_size
       expected.update(sched_w0=(self.num_schedule_inputs, h), sched_b0=(h,),
                       sched_w1=(h, 1), sched_b1=(1,))
+    if self.tensor_features:
+      expected["wt"] = (len(self._tensor_feature_index()), self._layer_shapes()[0][1])
     return expected
 
   # -- meta-parameters ----------------------------------------------------------------------
@@ -343,6 +375,13 @@ class MLPOptimizer(base.LearnedOptimizer):
       theta[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
     if self.init_scheme == "adam":
       theta = self._adam_like(theta)
+    if self.tensor_features:  # its own key: the rule's other draws are unchanged
+      n_z, (fan_in, width) = len(self._tensor_feature_index()), shapes[0]
+      k = jax.random.fold_in(key, _TENSOR_KEY)
+      wt = jax.random.normal(k, (n_z, width), jnp.float32) / math.sqrt(fan_in + n_z)
+      if self.init_scheme == "adam":  # the Adam-like units read no per-tensor feature
+        wt = wt.at[:, :3 if self.init_decay > 0 else 2].set(0.0)
+      theta["wt"] = wt
     if self.schedule_hidden_size:  # its own key: the update rule's draws are unchanged
       fan_in = self.num_schedule_inputs
       k = jax.random.fold_in(key, _SCHEDULE_KEY)
@@ -425,7 +464,12 @@ class MLPOptimizer(base.LearnedOptimizer):
     return xs, new_mom, new_rms
 
   def feature_scales(self, grad, param, new_mom, new_rms) -> jax.Array:
-    """The ``F`` per-tensor normalisers ``1/sqrt(mean(x_f²) + ε)`` of :meth:`features`.
+    """The ``F`` per-tensor normalisers ``1/sqrt(mean(x_f²) + ε)`` of :meth:`features`."""
+    return jax.lax.rsqrt(self.feature_mean_squares(grad, param, new_mom, new_rms)
+                         + self.norm_eps)
+
+  def feature_mean_squares(self, grad, param, new_mom, new_rms) -> jax.Array:
+    """The ``F`` mean squares ``mean(x_f²)`` over the tensor of :meth:`features`.
 
     Computed in one pass from the squares written without square roots
     (``(m / sqrt(v + ε))² = m² / (v + ε)``), so that XLA fuses the whole reduction with the
@@ -436,8 +480,7 @@ class MLPOptimizer(base.LearnedOptimizer):
     inv = [1.0 / (v + self.rsqrt_eps) for v in new_rms]
     squares = [g * g, p * p, *(m * m for m in new_mom), *(v * v for v in new_rms), *inv,
                *(m * m * q for q in inv for m in new_mom)]
-    means = feats_lib.tensor_means([feats_lib.finite_or_zero(x) for x in squares])
-    return jax.lax.rsqrt(means + self.norm_eps)
+    return feats_lib.tensor_means([feats_lib.finite_or_zero(x) for x in squares])
 
   def shared_features(self, step, num_steps=None) -> jax.Array:
     """The ``S`` step features ``[tanh(t/τ - 1); ψ(t, T)]`` shared by every parameter."""
@@ -489,6 +532,8 @@ class MLPOptimizer(base.LearnedOptimizer):
     n_feat, n_mom, n_rms = self.num_features, len(self.momentum_decays), len(self.rms_decays)
 
     scheduled = bool(self.schedule_hidden_size)
+    tensor_index = (jnp.asarray(self._tensor_feature_index()) if self.tensor_features
+                    else None)
 
     def init_fn(params):
       zeros = lambda p: tree_utils.zeros_state(p, jnp.float32)
@@ -531,8 +576,13 @@ class MLPOptimizer(base.LearnedOptimizer):
         shape = p.shape
         fused = p.size >= self.fuse_min_size
         xs, new_mom, new_rms = self.features(g, p, acc[:n_mom], acc[n_mom:])
-        scales = self.feature_scales(g, p, new_mom, new_rms)
-        layers = [(w0[:n_feat] * scales[:, None].astype(w0.dtype), bias0), *rest]
+        mean_squares = self.feature_mean_squares(g, p, new_mom, new_rms)
+        scales = jax.lax.rsqrt(mean_squares + self.norm_eps)
+        bias = bias0
+        if tensor_index is not None:
+          z = feats_lib.tensor_log_rms(mean_squares[tensor_index])
+          bias = bias0 + z.astype(w0.dtype) @ meta_params["wt"]
+        layers = [(w0[:n_feat] * scales[:, None].astype(w0.dtype), bias), *rest]
         clean = [feats_lib.finite_or_zero(x) for x in xs]
         if fused:
           # A barrier between the feature maths and the network. Without it XLA:CPU compiled

@@ -510,3 +510,84 @@ def test_normalized_schedule_starts_as_the_decaying_adam_like_step():
                                  rtol=1e-5)
   with pytest.raises(ValueError, match="schedule_normalize=True needs a learned schedule"):
     MLPOptimizer(schedule_normalize=True)
+
+
+# ------------------------------------------------------------------------------ per-tensor features
+
+
+TENSOR = MLPOptimizer(hidden_sizes=(4, 3), momentum_decays=(0.5, 0.9), rms_decays=(0.9,),
+                      time_scales=(1.0, 10.0), tensor_features=True)
+
+
+def test_tensor_log_rms_values_and_clip():
+  ms = jnp.asarray([1.0, 1e-4, 1e-36, 0.0, 1e30, jnp.nan])
+  z = F.tensor_log_rms(ms)
+  # log10 sqrt(ms) / 3: 0, -2/3; 1e-36 and 0 sit at the 1e-30 floor (-5 → -3 after the clip);
+  # 1e30 gives 15/3 = 5 → 3; a non-finite mean square counts as zero.
+  np.testing.assert_allclose(z, [0.0, -2.0 / 3.0, -3.0, -3.0, 3.0, -3.0], atol=1e-6)
+
+
+def test_tensor_features_match_reference_with_hand_set_weights():
+  theta = TENSOR.init(jax.random.key(0))
+  names = TENSOR.tensor_feature_names()
+  assert names == ["log_rms_grad", "log_rms_param", "log_rms_mom_0.5*rsqrt_rms_0.9",
+                   "log_rms_mom_0.9*rsqrt_rms_0.9"]
+  assert theta["wt"].shape == (4, 4)
+  params = {"a": 3.0 * jax.random.normal(jax.random.key(1), (5, 4)),
+            "b": 1e-2 * jax.random.normal(jax.random.key(2), (4,))}
+  grads = _grads(params)
+  # With wt = 0 the update is the network without per-tensor features, which the reference
+  # implementation computes; adding wt shifts each tensor's first-layer bias by wtᵀ z.
+  zero = dict(theta, wt=jnp.zeros_like(theta["wt"]))
+  tx = TENSOR.scale_by(zero)
+  u0, _ = tx.update(grads, tx.init(params), params)
+  plain = {k: v for k, v in theta.items() if k != "wt"}
+  ref = _reference_update(MLPOptimizer(**{**TENSOR.config(), "tensor_features": False}), plain,
+                          grads, tx.init(params), params)
+  for name in params:
+    np.testing.assert_allclose(np.asarray(u0[name]), ref[name], rtol=2e-4, atol=1e-9)
+  for name in params:
+    g = np.asarray(grads[name], np.float64)
+    p = np.asarray(params[name], np.float64)
+    ratio = lambda b: (1 - b) * g / np.sqrt((1 - 0.9) * g * g + TENSOR.rsqrt_eps)
+    rms = [np.sqrt(np.mean(x * x)) for x in (g, p, ratio(0.5), ratio(0.9))]
+    z = np.clip(np.log10(rms) / 3.0, -3.0, 3.0)
+    bias = np.asarray(theta["b0"]) + z @ np.asarray(theta["wt"])
+    expected = _reference_update(
+        MLPOptimizer(**{**TENSOR.config(), "tensor_features": False}),
+        dict(plain, b0=jnp.asarray(bias, jnp.float32)), {name: grads[name]},
+        tx.init({name: params[name]}), {name: params[name]})[name]
+    got, _ = TENSOR.scale_by(theta).update({name: grads[name]},
+                                           tx.init({name: params[name]}),
+                                           {name: params[name]})
+    np.testing.assert_allclose(np.asarray(got[name]), expected, rtol=2e-4, atol=1e-9)
+
+
+def test_tensor_features_leave_the_adam_start_and_other_draws_unchanged(tmp_path):
+  kw = dict(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0, exp_mult=1.0)
+  on, off = MLPOptimizer(**kw, tensor_features=True), MLPOptimizer(**kw)
+  theta, ref = on.init(jax.random.key(4)), off.init(jax.random.key(4))
+  assert set(theta) - set(ref) == {"wt"}
+  for k in ref:
+    np.testing.assert_array_equal(theta[k], ref[k])
+  np.testing.assert_array_equal(theta["wt"][:, :3], 0.0)  # the Adam-like units read no z
+  assert np.all(np.asarray(theta["wt"][:, 3:]) != 0.0)
+  params = {"w": 5.0 * jax.random.normal(jax.random.key(1), (6, 3)), "v": jnp.zeros((3,))}
+  grads = _grads(params)
+  for lopt, th in ((on, theta), (off, ref)):
+    tx = lopt.transform(th, num_steps=10)
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    if lopt is on:
+      got = u
+    else:
+      want = u
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+  # Saved and loaded with its config; the lever-off config rejects the extra weights.
+  path = tmp_path / "tensor.safetensors"
+  learned_opt.save(path, on, dict(theta, wt=theta["wt"] + 0.5))
+  lopt2, theta2 = learned_opt.load(path)
+  assert lopt2 == on and lopt2.tensor_features
+  np.testing.assert_array_equal(theta2["wt"], theta["wt"] + 0.5)
+  with pytest.raises(ValueError, match="wt"):
+    off.transform(theta)
