@@ -42,6 +42,8 @@ from meta_train import errors
 from tasks import base as task_base
 
 META_LOSSES = ("train", "valid")
+#: ``ε`` of ``UnrollConfig.log_meta_loss``: normalised losses below ~1e-8 count as 1e-8.
+LOG_META_LOSS_EPS = 1e-8
 
 # Values folded into a run key to derive independent streams: the next run, the new run's task,
 # initial parameters and horizon, then the keys of step s at 4 + 3 s + role for the roles
@@ -74,6 +76,12 @@ class UnrollConfig:
       ``[min_horizon, max_horizon]`` (equal values give a fixed horizon).
     meta_loss: ``"train"``: normalised training loss at each step's parameters, or
       ``"valid"``: normalised loss on a ``"valid"`` batch after each step.
+    log_meta_loss: average ``log(max(ℓ̂, 0) + ε)`` of each step's normalised loss ``ℓ̂``
+      instead of ``ℓ̂`` itself (``ε`` = :data:`LOG_META_LOSS_EPS`; a noisy quadratic's train
+      loss can be negative, and counts as zero). The plain mean is dominated by a run's
+      first steps, where the loss is large; in log space a factor of 4 at the end of a run
+      counts as much as a factor of 4 at its start, so annealing to a lower final loss pays
+      (the log-loss meta-objectives of Metz et al. 2020, arXiv 2009.11243, Sec. 3.2).
     stagger: start each particle's first run at a random step in ``[0, horizon)``.
     horizon_aware: pass each run's horizon to the optimizer as ``num_steps`` (its horizon
       features; the optimizer must then be evaluated with ``num_steps`` too).
@@ -87,6 +95,7 @@ class UnrollConfig:
   min_horizon: int = 100
   max_horizon: int = 100
   meta_loss: str = "train"
+  log_meta_loss: bool = False
   stagger: bool = True
   horizon_aware: bool = False
   param_scale: float = 1.0
@@ -396,6 +405,8 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     finite = jnp.isfinite(raw)
     ceiling = jnp.asarray(task.ceiling, jnp.float32)
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
+    if config.log_meta_loss:
+      norm = jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
     return (new_params, opt_state), (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
 
   (params, opt_state), (losses, nonfinite) = jax.lax.scan(

@@ -65,6 +65,8 @@ class EstimatorConfig:
   stagger: bool = _f(True, help="start particles at random points of their first inner run")
   meta_loss: Literal["train", "valid"] = _f(
       "train", help="mean normalised loss on train batches, or on a held-out valid batch")
+  log_meta_loss: bool = _f(False, help="meta-loss is the mean of log(normalised loss + 1e-8) "
+                                       "(weighs the end of a run as much as its start)")
   horizon_aware: bool = _f(False, help="pass each inner run's horizon to the optimizer as "
                                        "num_steps (evaluate it with num_steps too)")
   param_scale: float = _f(1.0, help="task augmentation: parameter tensors rescaled by "

@@ -282,3 +282,20 @@ def test_unroll_passes_each_steps_train_loss_to_the_optimizer():
   assert int(schedule.loss_count) == 4
   np.testing.assert_allclose(schedule.initial_loss, losses[0], rtol=1e-5)
   np.testing.assert_allclose(schedule.loss_emas, [ema], rtol=1e-5)
+
+
+def test_log_meta_loss_is_the_log_of_each_steps_normalised_loss():
+  # The same particle unrolled twice: the log variant's per-step losses are log(max(ℓ̂, 0) +
+  # 1e-8) of the plain ones (a noisy quadratic's train loss can be negative), its meta-loss
+  # their mean, and the inner run itself is unchanged.
+  for meta_loss in ("train", "valid"):
+    plain = dataclasses.replace(CONFIG, meta_loss=meta_loss)
+    logged = dataclasses.replace(plain, log_meta_loss=True)
+    ps = ul.fresh_particle(LOPT, NOISY, plain, THETA, ul.key_data(jax.random.key(5)))
+    new_a, out_a = _unroll_fn(NOISY, plain)(THETA, ps)
+    new_b, out_b = _unroll_fn(NOISY, logged)(THETA, ps)
+    expected = np.log(np.maximum(np.asarray(out_a.losses, np.float64), 0.0)
+                      + ul.LOG_META_LOSS_EPS)
+    np.testing.assert_allclose(out_b.losses, expected, rtol=1e-5)
+    np.testing.assert_allclose(out_b.meta_loss, expected.mean(), rtol=1e-5)
+    np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
