@@ -13,6 +13,13 @@ K·N member steps of which N are used; here a group of ``N_i`` particles costs `
 its own family. Every member also gets a fixed share of the particles (no draw leaves a
 family out of an estimate), and a costly member can get fewer (``member_pairs``).
 
+With ``group_clip = c > 0`` each group's estimate is first clipped to global norm ``c``,
+``ĝ_i ← ĝ_i · min(1, c / ‖ĝ_i‖)``: the families' estimates differ in noise by an order of
+magnitude (a diffusion family's PES estimate can have norm 80 where a quadratic's has 5), and
+after the sum the noisiest family would set the direction. Clipped per group, each family
+moves θ by at most ``w_i c`` per step, however noisy (the per-task gradient normalisation of
+multi-task learning; the objective is no longer exactly the mixture's while a clip is active).
+
 The estimators of the groups are ordinary ones (:mod:`meta_train.registry`) and keep their own
 states; this estimator's state is their tuple, its metrics their weighted combination plus each
 group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true`` with a
@@ -52,11 +59,13 @@ class GroupedEstimator:
     groups: one estimator per member family, all for the same learned optimizer.
     weights: the members' weights ``w_i`` (non-negative, normalised here to sum to 1).
     family: the mixture the groups were built from (what the run trains on and evaluates).
+    group_clip: clip each group's estimate to this global norm before the sum (0: no clip).
   """
 
   groups: tuple[Any, ...]
   weights: tuple[float, ...]
   family: Any
+  group_clip: float = 0.0
 
   name: ClassVar[str] = "grouped"
 
@@ -71,6 +80,11 @@ class GroupedEstimator:
                               f"must be {len(self.groups)} non-negative finite numbers with a "
                               f"positive sum, got {self.weights!r}")
     object.__setattr__(self, "weights", tuple(x / sum(w) for x in w))
+    if not (isinstance(self.group_clip, (int, float)) and not isinstance(self.group_clip, bool)
+            and math.isfinite(self.group_clip) and self.group_clip >= 0):
+      raise errors.FieldError("GroupedEstimator", "group_clip",
+                              f"must be a finite number >= 0 (0: no clip), got "
+                              f"{self.group_clip!r}")
     if any(g.lopt != self.groups[0].lopt for g in self.groups):
       raise errors.FieldError("GroupedEstimator", "groups",
                               "must all meta-train the same learned optimizer")
@@ -96,8 +110,14 @@ class GroupedEstimator:
     results = [g.estimate(meta_params, s, _fold(key, i))
                for i, (g, s) in enumerate(zip(self.groups, state))]
     grads = [r[0] for r in results]
+    norms = [optax.tree.norm(g).astype(jnp.float32) for g in grads]
+    if self.group_clip > 0:
+      grads = [jax.tree.map(lambda x, f=_clip_factor(n, self.group_clip): x * f.astype(x.dtype),
+                            g) for g, n in zip(grads, norms)]
     grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(self.weights, gs)), *grads)
     metrics = combine_metrics([r[2] for r in results], self.weights, self.group_names)
+    for name, n in zip(self.group_names, norms):
+      metrics[f"grad_norm/{name}"] = n
     metrics["grad_norm"] = optax.tree.norm(grad).astype(jnp.float32)
     return grad, tuple(r[1] for r in results), metrics
 
@@ -126,7 +146,7 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
 
 
 def grouped_estimator(name: str, lopt: Any, family: Any,
-                      member_pairs: Sequence[int] | None = None,
+                      member_pairs: Sequence[int] | None = None, group_clip: float = 0.0,
                       **fields: Any) -> GroupedEstimator:
   """Estimator ``name`` built once per member of the mixture ``family``, grouped.
 
@@ -137,6 +157,7 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
     family: a :class:`tasks.MixtureFamily` (its members and weights are used).
     member_pairs: pairs (particles for ``tbptt``) of each member's group, in member order;
       ``None``: every group takes ``fields``' count (or the estimator's default).
+    group_clip: clip each group's estimate to this global norm before the sum (0: no clip).
     **fields: the estimator's settings (:func:`meta_train.registry.make_estimator`).
 
   Raises:
@@ -163,7 +184,12 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
       own[count_field] = member_pairs[i]
     groups.append(registry.make_estimator(name, lopt, member, **own))
   weights = family.weights if family.weights is not None else (1.0,) * len(members)
-  return GroupedEstimator(tuple(groups), tuple(weights), family)
+  return GroupedEstimator(tuple(groups), tuple(weights), family, group_clip)
+
+
+def _clip_factor(norm: jax.Array, clip: float) -> jax.Array:
+  """``min(1, clip / norm)``; a non-finite norm gives a non-finite factor (counted later)."""
+  return jnp.minimum(1.0, clip / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
 
 
 def _fold(key: jax.Array, i: int) -> jax.Array:

@@ -77,6 +77,8 @@ class EstimatorConfig:
   member_pairs: tuple[int, ...] | None = _f(None, help="with group_by_member: pairs (tbptt: "
                                                        "particles) of each member's group "
                                                        "(default: num_pairs each)")
+  group_clip: float = _f(0.0, help="with group_by_member: clip each group's meta-gradient to "
+                                  "this global norm before the weighted sum (0: no clip)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -211,10 +211,14 @@ def build_estimator(cfg: RunConfig, lopt, family):
   if spec.member_pairs is not None and not spec.group_by_member:
     raise ConfigError("estimator.member_pairs", "is only used with estimator.group_by_member="
                                                 "true; remove it or set group_by_member")
+  if spec.group_clip and not spec.group_by_member:
+    raise ConfigError("estimator.group_clip", "is only used with estimator.group_by_member="
+                                              "true; remove it or set group_by_member")
   try:
     if spec.group_by_member:
       fields = {f: getattr(spec, f) for f in registry.estimator_fields(spec.name)}
-      return grouped.grouped_estimator(spec.name, lopt, family, spec.member_pairs, **fields)
+      return grouped.grouped_estimator(spec.name, lopt, family, spec.member_pairs,
+                                       spec.group_clip, **fields)
     return registry.build_estimator(spec, lopt, family)
   except errors.FieldError as e:
     path = {"family": "task.family", "weights": "task.kwargs"}.get(

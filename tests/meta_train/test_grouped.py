@@ -63,6 +63,34 @@ def test_estimate_is_the_weighted_sum_of_each_members_own_estimate():
                              rtol=1e-5)
 
 
+def test_group_clip_clips_each_groups_estimate_before_the_sum():
+  lopt, family = _lopt(), _family()
+  kw = dict(member_pairs=(2, 1), sigma=0.01, **UNROLL)
+  theta = lopt.init(jax.random.key(0))
+  plain = grouped.grouped_estimator("pes", lopt, family, **kw)
+  state = jax.jit(plain.init)(jax.random.key(1), theta)
+  _, _, m = jax.jit(plain.estimate)(theta, state, jax.random.key(2))
+  n0, n1 = float(m["grad_norm/quadratic0"]), float(m["grad_norm/quadratic1"])
+  # A clip between the two groups' norms clips the larger one only.
+  clip = 0.5 * (n0 + n1)
+  clipped = grouped.grouped_estimator("pes", lopt, family, group_clip=clip, **kw)
+  grad, _, metrics = jax.jit(clipped.estimate)(theta, state, jax.random.key(2))
+  own = []
+  for i, (member, pairs) in enumerate(zip(family.families, (2, 1))):
+    e = registry.make_estimator("pes", lopt, member, num_pairs=pairs, sigma=0.01, **UNROLL)
+    s = jax.jit(e.init)(jax.random.fold_in(jax.random.key(1), i), theta)
+    g = jax.jit(e.estimate)(theta, s, jax.random.fold_in(jax.random.key(2), i))[0]
+    n = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(g)))
+    np.testing.assert_allclose(n, (n0, n1)[i], rtol=1e-5)  # the logged per-group norm
+    own.append(jax.tree.map(lambda x, n=n: x * min(1.0, clip / n), g))
+  expected = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, *own)
+  for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  assert float(metrics["grad_norm/quadratic0"]) == n0  # norms are logged before the clip
+  with pytest.raises(errors.FieldError, match="group_clip"):
+    grouped.grouped_estimator("pes", lopt, family, group_clip=-1.0, **kw)
+
+
 def test_weights_are_normalised_and_checked():
   lopt = _lopt()
   est = grouped.grouped_estimator("pes", lopt, _family((1.0, 1.0)), num_pairs=1, **UNROLL)
@@ -108,6 +136,14 @@ def test_config_builds_grouped_estimators_and_names_bad_fields():
     config_lib.resolve("smoke", ["estimator.group_by_member=true"])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: .*group_by_member"):
     config_lib.resolve("smoke", ["estimator.member_pairs=[2, 2]"])
+  clipped = config_lib.build_estimator(
+      config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.group_clip=0.5"]),
+      config_lib.build_optimizer(cfg), config_lib.build_family(cfg))
+  assert clipped.group_clip == 0.5
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.group_clip: .*group_by_member"):
+    config_lib.resolve("smoke", ["estimator.group_clip=1.0"])
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.group_clip: must be a finite"):
+    config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.group_clip=-1"])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: must be 2"):
     config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.member_pairs=[2]"])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: a group's 3 pairs"):
