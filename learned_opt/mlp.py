@@ -217,6 +217,11 @@ class MLPOptimizer(base.LearnedOptimizer):
       can size its step per task (a quadratic with parameters of order one against a
       classifier's small weights). :meth:`init` gives the Adam-like units zero weights from
       them, so the ``"adam"`` start is unchanged.
+    tensor_grad_feature: with :attr:`tensor_features`, whether they include the gradient's
+      log-RMS. It is the only one that follows the loss's scale from step to step: a gradient
+      spike (a diffusion loss at a small noise level) moves it at once, and a network that
+      learned larger steps for larger gradients then feeds the spike. ``False`` keeps the
+      parameter's scale and the ratios' consistency only.
     schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
@@ -259,6 +264,7 @@ class MLPOptimizer(base.LearnedOptimizer):
   schedule_loss_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
   schedule_normalize: bool = False
   tensor_features: bool = False
+  tensor_grad_feature: bool = True
 
   def __post_init__(self):
     if self.init_scheme not in INIT_SCHEMES:
@@ -285,6 +291,8 @@ class MLPOptimizer(base.LearnedOptimizer):
     if not all(0.0 <= d < 1.0 for d in decays):
       raise ValueError(f"schedule_loss_decays must lie in [0, 1), got {decays!r}")
     object.__setattr__(self, "schedule_loss_decays", decays)
+    if not self.tensor_grad_feature and not self.tensor_features:
+      raise ValueError("tensor_grad_feature=False only applies with tensor_features=True")
     if self.schedule_normalize and not self.schedule_hidden_size:
       raise ValueError("schedule_normalize=True needs a learned schedule "
                        "(schedule_hidden_size > 0), got schedule_hidden_size=0")
@@ -315,7 +323,8 @@ class MLPOptimizer(base.LearnedOptimizer):
     """Which per-parameter features' RMS the per-tensor features read."""
     k, r = len(self.momentum_decays), len(self.rms_decays)
     f = self.num_features
-    return [0, 1, *range(f - k * r, f)]  # grad, param, then every m_k / sqrt(v_r)
+    grad = [0] if self.tensor_grad_feature else []
+    return [*grad, 1, *range(f - k * r, f)]  # grad, param, then every m_k / sqrt(v_r)
 
   @property
   def num_shared_features(self) -> int:

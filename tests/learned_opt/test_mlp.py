@@ -591,3 +591,22 @@ def test_tensor_features_leave_the_adam_start_and_other_draws_unchanged(tmp_path
   np.testing.assert_array_equal(theta2["wt"], theta["wt"] + 0.5)
   with pytest.raises(ValueError, match="wt"):
     off.transform(theta)
+
+
+def test_tensor_features_without_the_gradients_scale():
+  lopt = MLPOptimizer(**{**TENSOR.config(), "tensor_grad_feature": False})
+  assert lopt.tensor_feature_names() == ["log_rms_param", "log_rms_mom_0.5*rsqrt_rms_0.9",
+                                         "log_rms_mom_0.9*rsqrt_rms_0.9"]
+  theta = lopt.init(jax.random.key(0))
+  assert theta["wt"].shape == (3, 4)
+  # The same as the full set with a zero row for the gradient's RMS: at any gradient scale.
+  full = dict(theta, wt=jnp.concatenate([jnp.zeros((1, 4)), theta["wt"]]))
+  params = {"a": jax.random.normal(jax.random.key(1), (5, 4))}
+  for scale in (1.0, 1e3):
+    grads = jax.tree.map(lambda g: scale * g, _grads(params))
+    tx, ref = lopt.scale_by(theta), TENSOR.scale_by(full)
+    u, _ = tx.update(grads, tx.init(params), params)
+    v, _ = ref.update(grads, ref.init(params), params)
+    np.testing.assert_allclose(u["a"], v["a"], rtol=1e-6)
+  with pytest.raises(ValueError, match="tensor_grad_feature=False only applies"):
+    MLPOptimizer(tensor_grad_feature=False)
