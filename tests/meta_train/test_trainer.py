@@ -89,8 +89,8 @@ def test_diverging_inner_training_never_reaches_meta_params():
   assert np.isfinite(float(metrics["grad_norm"]))
 
 
-_UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "stagger",
-           "horizon_aware", "param_scale")
+_UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "log_meta_loss",
+           "stagger", "horizon_aware", "param_scale")
 
 
 @pytest.mark.parametrize("name, cls, own", [("tbptt", TBPTT, {"num_particles": 3}),
