@@ -389,7 +389,7 @@ class MLPOptimizer(base.LearnedOptimizer):
       k = jax.random.fold_in(key, _TENSOR_KEY)
       wt = jax.random.normal(k, (n_z, width), jnp.float32) / math.sqrt(fan_in + n_z)
       if self.init_scheme == "adam":  # the Adam-like units read no per-tensor feature
-        wt = wt.at[:, :3 if self.init_decay > 0 else 2].set(0.0)
+        wt = wt.at[:, :self._num_adam_units()].set(0.0)
       theta["wt"] = wt
     if self.schedule_hidden_size:  # its own key: the update rule's draws are unchanged
       fan_in = self.num_schedule_inputs
@@ -406,9 +406,14 @@ class MLPOptimizer(base.LearnedOptimizer):
         theta["sched_w1"] = theta["sched_w1"].at[0, 0].set(-self.init_decay)
     return theta
 
+  def _num_adam_units(self) -> int:
+    """Hidden units per layer the ``"adam"`` start uses: the ratio's ReLU pair, and ``t/T``
+    with :attr:`init_decay`."""
+    return 3 if self.init_decay > 0 else 2
+
   def _adam_like(self, theta: base.MetaParams) -> base.MetaParams:
     """Overwrites the weights of :meth:`init`'s ``"adam"`` scheme (docstring there)."""
-    need = 3 if self.init_decay > 0 else 2
+    need = self._num_adam_units()
     if min(self.hidden_sizes, default=0) < need:
       raise ValueError(f"init_scheme='adam' needs at least one hidden layer, each of width >= "
                        f"{need}{' (init_decay > 0)' if need == 3 else ''}, "
@@ -474,8 +479,10 @@ class MLPOptimizer(base.LearnedOptimizer):
 
   def feature_scales(self, grad, param, new_mom, new_rms) -> jax.Array:
     """The ``F`` per-tensor normalisers ``1/sqrt(mean(x_f²) + ε)`` of :meth:`features`."""
-    return jax.lax.rsqrt(self.feature_mean_squares(grad, param, new_mom, new_rms)
-                         + self.norm_eps)
+    return self._normalisers(self.feature_mean_squares(grad, param, new_mom, new_rms))
+
+  def _normalisers(self, mean_squares: jax.Array) -> jax.Array:
+    return jax.lax.rsqrt(mean_squares + self.norm_eps)
 
   def feature_mean_squares(self, grad, param, new_mom, new_rms) -> jax.Array:
     """The ``F`` mean squares ``mean(x_f²)`` over the tensor of :meth:`features`.
@@ -586,7 +593,7 @@ class MLPOptimizer(base.LearnedOptimizer):
         fused = p.size >= self.fuse_min_size
         xs, new_mom, new_rms = self.features(g, p, acc[:n_mom], acc[n_mom:])
         mean_squares = self.feature_mean_squares(g, p, new_mom, new_rms)
-        scales = jax.lax.rsqrt(mean_squares + self.norm_eps)
+        scales = self._normalisers(mean_squares)
         bias = bias0
         if tensor_index is not None:
           z = feats_lib.tensor_log_rms(mean_squares[tensor_index])

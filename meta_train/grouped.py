@@ -112,8 +112,8 @@ class GroupedEstimator:
     grads = [r[0] for r in results]
     norms = [optax.tree.norm(g).astype(jnp.float32) for g in grads]
     if self.group_clip > 0:
-      grads = [jax.tree.map(lambda x, f=_clip_factor(n, self.group_clip): x * f.astype(x.dtype),
-                            g) for g, n in zip(grads, norms)]
+      clip = optax.clip_by_global_norm(self.group_clip)
+      grads = [clip.update(g, clip.init(g))[0] for g in grads]
     grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(self.weights, gs)), *grads)
     metrics = combine_metrics([r[2] for r in results], self.weights, self.group_names)
     for name, n in zip(self.group_names, norms):
@@ -185,11 +185,6 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
     groups.append(registry.make_estimator(name, lopt, member, **own))
   weights = family.weights if family.weights is not None else (1.0,) * len(members)
   return GroupedEstimator(tuple(groups), tuple(weights), family, group_clip)
-
-
-def _clip_factor(norm: jax.Array, clip: float) -> jax.Array:
-  """``min(1, clip / norm)``; a non-finite norm gives a non-finite factor (counted later)."""
-  return jnp.minimum(1.0, clip / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
 
 
 def _fold(key: jax.Array, i: int) -> jax.Array:
