@@ -89,6 +89,9 @@ class MLPState(NamedTuple):
     mom: one tree per momentum decay, each shaped like the params (float32).
     rms: one tree per second-moment decay, each shaped like the params (float32).
     schedule: the :class:`ScheduleState` of the learned schedule, or ``()`` without one.
+    tensor_z: with :attr:`MLPOptimizer.tensor_features_initial`, the per-tensor features of the
+      first update, one ``(Z,)`` vector per parameter tensor (held for the run); ``()``
+      otherwise.
 
   Integer and boolean leaves hold an empty ``(0,)`` float32 placeholder instead.
   """
@@ -97,6 +100,7 @@ class MLPState(NamedTuple):
   mom: tuple[optax.Updates, ...]
   rms: tuple[optax.Updates, ...]
   schedule: ScheduleState | tuple = ()
+  tensor_z: optax.Updates | tuple = ()
 
 
 def _fused_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Array]]):
@@ -222,6 +226,12 @@ class MLPOptimizer(base.LearnedOptimizer):
       spike (a diffusion loss at a small noise level) moves it at once, and a network that
       learned larger steps for larger gradients then feeds the spike. ``False`` keeps the
       parameter's scale and the ratios' consistency only.
+    tensor_features_initial: with :attr:`tensor_features`, compute them at the run's first
+      update only and hold them for the rest of the run (in :attr:`MLPState.tensor_z`). They
+      still tell the network the task's scale (the initial parameters' and gradients' RMS),
+      but parameters or gradients that grow during a long run can no longer feed their own
+      step size through them: the rule's per-tensor input is then constant in time, like the
+      shipped optimizer's, which stays stable far past its training horizons.
     schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
@@ -265,6 +275,7 @@ class MLPOptimizer(base.LearnedOptimizer):
   schedule_normalize: bool = False
   tensor_features: bool = False
   tensor_grad_feature: bool = True
+  tensor_features_initial: bool = False
 
   def __post_init__(self):
     if self.init_scheme not in INIT_SCHEMES:
@@ -293,6 +304,8 @@ class MLPOptimizer(base.LearnedOptimizer):
     object.__setattr__(self, "schedule_loss_decays", decays)
     if not self.tensor_grad_feature and not self.tensor_features:
       raise ValueError("tensor_grad_feature=False only applies with tensor_features=True")
+    if self.tensor_features_initial and not self.tensor_features:
+      raise ValueError("tensor_features_initial=True only applies with tensor_features=True")
     if self.schedule_normalize and not self.schedule_hidden_size:
       raise ValueError("schedule_normalize=True needs a learned schedule "
                        "(schedule_hidden_size > 0), got schedule_hidden_size=0")
@@ -550,6 +563,8 @@ class MLPOptimizer(base.LearnedOptimizer):
     scheduled = bool(self.schedule_hidden_size)
     tensor_index = (jnp.asarray(self._tensor_feature_index()) if self.tensor_features
                     else None)
+    held = self.tensor_features_initial
+    n_z = len(self._tensor_feature_index()) if self.tensor_features else 0
 
     def init_fn(params):
       zeros = lambda p: tree_utils.zeros_state(p, jnp.float32)
@@ -558,10 +573,15 @@ class MLPOptimizer(base.LearnedOptimizer):
         schedule = ScheduleState(
             loss_emas=jnp.zeros((len(self.schedule_loss_decays),), jnp.float32),
             loss_count=jnp.zeros([], jnp.int32), initial_loss=jnp.zeros([], jnp.float32))
+      tensor_z = ()
+      if held:
+        tensor_z = jax.tree.map(
+            lambda p: (jnp.zeros((n_z,), jnp.float32) if tree_utils.is_float(p)
+                       else tree_utils.placeholder()), params)
       return MLPState(count=jnp.zeros([], jnp.int32),
                       mom=tuple(jax.tree.map(zeros, params) for _ in range(n_mom)),
                       rms=tuple(jax.tree.map(zeros, params) for _ in range(n_rms)),
-                      schedule=schedule)
+                      schedule=schedule, tensor_z=tensor_z)
 
     def update_fn(updates, state, params=None, **extra_args):
       # `loss=` (or `value=`) feeds the learned schedule; unknown keywords are ignored.
@@ -583,9 +603,12 @@ class MLPOptimizer(base.LearnedOptimizer):
         multiplier = jnp.exp(self.schedule_log_multiplier(meta_params, shared, loss_feats))
       rest = [(meta_params[f"w{i}"], meta_params[f"b{i}"]) for i in range(1, n_layers)]
 
+      first = state.count == 0
       def leaf(g, p, *acc):
+        kept = acc[:1] if held else ()  # the held per-tensor features, if any
+        acc = acc[len(kept):]
         if not (tree_utils.is_float(p) and tree_utils.is_float(g)):
-          return tree_utils.Leaf(g, *acc)
+          return tree_utils.Leaf(g, *kept, *acc)
         if g.shape != p.shape or any(a.shape != p.shape for a in acc):
           raise ValueError(f"{self.name}: update of shape {g.shape} and state of shapes "
                            f"{[a.shape for a in acc]} for a parameter of shape {p.shape}")
@@ -597,6 +620,9 @@ class MLPOptimizer(base.LearnedOptimizer):
         bias = bias0
         if tensor_index is not None:
           z = feats_lib.tensor_log_rms(mean_squares[tensor_index])
+          if held:  # the first update's features, held for the run
+            z = jnp.where(first, z, kept[0])
+            kept = (z,)
           bias = bias0 + z.astype(w0.dtype) @ meta_params["wt"]
         layers = [(w0[:n_feat] * scales[:, None].astype(w0.dtype), bias), *rest]
         clean = [feats_lib.finite_or_zero(x) for x in xs]
@@ -616,13 +642,15 @@ class MLPOptimizer(base.LearnedOptimizer):
         if multiplier is not None:
           step = step * multiplier.astype(step.dtype)
         step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))
-        return tree_utils.Leaf(step.astype(p.dtype), *new_mom, *new_rms)
+        return tree_utils.Leaf(step.astype(p.dtype), *kept, *new_mom, *new_rms)
 
-      outs = jax.tree.map(leaf, updates, params, *state.mom, *state.rms)
-      outs = tree_utils.unzip(outs, 1 + n_mom + n_rms)
+      held_trees = (state.tensor_z,) if held else ()
+      outs = jax.tree.map(leaf, updates, params, *held_trees, *state.mom, *state.rms)
+      outs = tree_utils.unzip(outs, 1 + len(held_trees) + n_mom + n_rms)
+      o = 1 + len(held_trees)
       new_state = MLPState(count=optax.safe_increment(state.count),
-                           mom=tuple(outs[1:1 + n_mom]), rms=tuple(outs[1 + n_mom:]),
-                           schedule=new_schedule)
+                           mom=tuple(outs[o:o + n_mom]), rms=tuple(outs[o + n_mom:]),
+                           schedule=new_schedule, tensor_z=outs[1] if held else ())
       return outs[0], new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -610,3 +610,39 @@ def test_tensor_features_without_the_gradients_scale():
     np.testing.assert_allclose(u["a"], v["a"], rtol=1e-6)
   with pytest.raises(ValueError, match="tensor_grad_feature=False only applies"):
     MLPOptimizer(tensor_grad_feature=False)
+
+
+def test_tensor_features_initial_are_the_first_updates_held_for_the_run():
+  held = MLPOptimizer(**{**TENSOR.config(), "tensor_features_initial": True})
+  theta = held.init(jax.random.key(0))
+  assert set(theta) == set(TENSOR.init(jax.random.key(0)))  # the same meta-parameters
+  params = {"a": jax.random.normal(jax.random.key(1), (5, 4)), "n": jnp.arange(3),
+            "b": 0.1 * jax.random.normal(jax.random.key(2), (4,))}
+  grads = dict(_grads({k: params[k] for k in ("a", "b")}), n=jnp.zeros(3, jnp.int32))
+  live_tx, held_tx = TENSOR.scale_by(theta), jax.jit(held.scale_by(theta).update)
+  s_live, s_held = live_tx.init(params), held.scale_by(theta).init(params)
+  assert s_held.tensor_z["n"].shape == (0,) and s_held.tensor_z["a"].shape == (4,)
+  # The first update is the live one, and the state holds its per-tensor features.
+  u_live, s_live = live_tx.update(grads, s_live, params)
+  u_held, s_held = held_tx(grads, s_held, params)
+  for k in ("a", "b"):
+    np.testing.assert_allclose(u_held[k], u_live[k], rtol=1e-6)
+    g, p = np.asarray(grads[k], np.float64), np.asarray(params[k], np.float64)
+    ratio = lambda b, g=g: (1 - b) * g / np.sqrt((1 - 0.9) * g * g + TENSOR.rsqrt_eps)
+    rms = [np.sqrt(np.mean(x * x)) for x in (g, p, ratio(0.5), ratio(0.9))]
+    np.testing.assert_allclose(s_held.tensor_z[k], np.clip(np.log10(rms) / 3, -3, 3),
+                               rtol=1e-5)
+  # Later, parameters 100x larger leave the held features (and so, the per-parameter
+  # features being scale-free, the step) unchanged; the live features move, and the step.
+  big = {k: 100 * v if k != "n" else v for k, v in params.items()}
+  u1, _ = held_tx(grads, s_held, params)
+  u2, s2 = held_tx(grads, s_held, big)
+  np.testing.assert_array_equal(s2.tensor_z["a"], s_held.tensor_z["a"])
+  np.testing.assert_allclose(u2["a"], u1["a"], rtol=1e-4, atol=1e-12)  # float32
+  v1, _ = live_tx.update(grads, s_live, params)
+  v2, _ = live_tx.update(grads, s_live, big)
+  assert np.max(np.abs(np.asarray(v2["a"]) - np.asarray(v1["a"]))) > 1e-2 * np.max(
+      np.abs(np.asarray(v1["a"])))
+  np.testing.assert_array_equal(u1["n"], grads["n"])
+  with pytest.raises(ValueError, match="tensor_features_initial=True only applies"):
+    MLPOptimizer(tensor_features_initial=True)
