@@ -230,8 +230,8 @@ class MLPOptimizer(base.LearnedOptimizer):
       update only and hold them for the rest of the run (in :attr:`MLPState.tensor_z`). They
       still tell the network the task's scale (the initial parameters' and gradients' RMS),
       but parameters or gradients that grow during a long run can no longer feed their own
-      step size through them: the rule's per-tensor input is then constant in time, like the
-      shipped optimizer's, which stays stable far past its training horizons.
+      step size through them: the rule's per-tensor input is then constant in time. Measured
+      in ``docs/experiments.md`` (#46/#47): it did not make long runs more stable.
     schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised
@@ -564,7 +564,6 @@ class MLPOptimizer(base.LearnedOptimizer):
     tensor_index = (jnp.asarray(self._tensor_feature_index()) if self.tensor_features
                     else None)
     held = self.tensor_features_initial
-    n_z = len(self._tensor_feature_index()) if self.tensor_features else 0
 
     def init_fn(params):
       zeros = lambda p: tree_utils.zeros_state(p, jnp.float32)
@@ -576,7 +575,7 @@ class MLPOptimizer(base.LearnedOptimizer):
       tensor_z = ()
       if held:
         tensor_z = jax.tree.map(
-            lambda p: (jnp.zeros((n_z,), jnp.float32) if tree_utils.is_float(p)
+            lambda p: (jnp.zeros(tensor_index.shape, jnp.float32) if tree_utils.is_float(p)
                        else tree_utils.placeholder()), params)
       return MLPState(count=jnp.zeros([], jnp.int32),
                       mom=tuple(jax.tree.map(zeros, params) for _ in range(n_mom)),
