@@ -26,6 +26,7 @@ from typing import Any
 
 import optax
 
+from learned_opt import file_format
 from learned_opt import serialization
 
 _DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -84,11 +85,6 @@ def load_pretrained(name: str = "default"):
   return serialization.load(pretrained_path(name))
 
 
-def _is_horizon_aware(provenance: dict[str, Any]) -> bool:
-  config = provenance.get("config") or {}
-  return bool((config.get("estimator") or {}).get("horizon_aware", False))
-
-
 def pretrained_info(name: str = "default") -> PretrainedInfo:
   """What the shipped optimizer ``name`` is and how it was meta-trained.
 
@@ -109,7 +105,7 @@ def pretrained_info(name: str = "default") -> PretrainedInfo:
   lopt, _ = serialization.load(path)
   config = prov.get("config") or {}
   return PretrainedInfo(name=name, path=path, architecture=lopt.name,
-                        horizon_aware=_is_horizon_aware(prov),
+                        horizon_aware=file_format.is_horizon_aware(prov),
                         family=(config.get("task") or {}).get("family"),
                         command=prov.get("command"), provenance=prov)
 
@@ -188,7 +184,7 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
   _check_num_steps(num_steps)
   path = pretrained_path(name)
   lopt, meta_params = serialization.load(path)
-  if not _is_horizon_aware(serialization.provenance(path)):
+  if not file_format.is_horizon_aware(serialization.provenance(path)):
     num_steps = None
   elif num_steps is None and name not in _WARNED:
     _WARNED.add(name)

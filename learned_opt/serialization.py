@@ -10,39 +10,27 @@ metadata) with a JSON document::
 Loading rebuilds the optimizer with ``registry()[name].from_config(config)`` and checks the
 tensors against the structure and shapes of ``lopt.init``. Anything wrong with a file raises
 :class:`FileFormatError` (a ``ValueError``) whose message starts with the file's path.
+Reading the file itself (header, document, tensors) is :mod:`learned_opt.file_format`, which
+needs no JAX and which :mod:`learned_opt.torch` uses too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
 import safetensors.numpy
 
 from learned_opt import base
+from learned_opt import file_format
+from learned_opt.file_format import FORMAT_NAME, FORMAT_VERSION, FileFormatError
 
-FORMAT_NAME = "learned_opt"
-FORMAT_VERSION = 1
-_METADATA_KEY = "learned_opt"
-_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-
-# safetensors dtype tags -> numpy dtypes (bfloat16 through ml_dtypes, which jax provides).
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
-class FileFormatError(ValueError):
-  """A learned-optimizer file is missing, truncated, foreign or incompatible."""
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FileFormatError", "load", "provenance", "save"]
 
 
 def _flatten(tree: Any, prefix: str, out: dict[str, np.ndarray]) -> Any:
@@ -62,18 +50,6 @@ def _flatten(tree: Any, prefix: str, out: dict[str, np.ndarray]) -> Any:
     raise ValueError("meta_params must be a dict of arrays, not a bare array")
   out[prefix] = np.array(jax.device_get(tree), order="C", copy=True)
   return None
-
-
-def _unflatten(structure: Any, tensors: dict[str, np.ndarray], prefix: str, used: set[str]):
-  if isinstance(structure, dict):
-    return {k: _unflatten(v, tensors, f"{prefix}/{k}" if prefix else k, used)
-            for k, v in structure.items()}
-  if structure is not None:
-    raise ValueError(f"bad tree entry at {prefix!r}: {structure!r}")
-  if prefix not in tensors:
-    raise ValueError(f"tensor {prefix!r} is missing")
-  used.add(prefix)
-  return tensors[prefix]
 
 
 def _shape_mismatches(lopt: base.LearnedOptimizer, meta_params: Any) -> str | None:
@@ -132,7 +108,8 @@ def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any,
     except (TypeError, ValueError) as e:
       raise ValueError(f"provenance must be JSON-serialisable: {e}") from None
     document["provenance"] = provenance
-  data = safetensors.numpy.save(tensors, metadata={_METADATA_KEY: json.dumps(document)})
+  data = safetensors.numpy.save(tensors,
+                              metadata={file_format.METADATA_KEY: json.dumps(document)})
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
   try:
@@ -148,63 +125,6 @@ def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any,
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-
-
-def _read_header(path: str, data: bytes) -> dict[str, Any]:
-  def fail(msg):
-    return FileFormatError(f"{path}: {msg}")
-
-  if len(data) < 8:
-    raise fail(f"not a safetensors file (only {len(data)} bytes)")
-  (n,) = struct.unpack("<Q", data[:8])
-  if n > _MAX_HEADER_BYTES or n < 2:
-    raise fail("not a safetensors file (no valid header length; is it a pickle, JSON or "
-               "other file?)")
-  if 8 + n > len(data):
-    raise fail(f"truncated: the header needs {n} bytes but only {len(data) - 8} follow")
-  try:
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise fail(f"not a safetensors file (header is not JSON: {e})") from None
-  if not isinstance(header, dict):
-    raise fail("not a safetensors file (header is not a JSON object)")
-  body = len(data) - 8 - n
-  for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    try:
-      end = int(info["data_offsets"][1])
-    except (TypeError, KeyError, IndexError, ValueError):
-      raise fail(f"corrupt safetensors header entry for tensor {key!r}") from None
-    if end > body:
-      raise fail(f"truncated: tensor {key!r} needs {end} data bytes but the file holds {body}")
-  return header
-
-
-def _parse_document(path: str, header: dict[str, Any]) -> dict[str, Any]:
-  def fail(msg):
-    return FileFormatError(f"{path}: {msg}")
-
-  metadata = header.get("__metadata__") or {}
-  if not isinstance(metadata, dict) or _METADATA_KEY not in metadata:
-    raise fail(f"a safetensors file without {FORMAT_NAME} metadata (not saved by "
-               "learned_opt.save)")
-  try:
-    doc = json.loads(metadata[_METADATA_KEY])
-  except (TypeError, json.JSONDecodeError) as e:
-    raise fail(f"{FORMAT_NAME} metadata is not valid JSON ({e})") from None
-  if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-    raise fail(f"metadata does not declare format {FORMAT_NAME!r}")
-  version = doc.get("format_version")
-  if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-    raise fail(f"invalid format version {version!r}")
-  if version > FORMAT_VERSION:
-    raise fail(f"format version {version} is newer than this learned_opt supports "
-               f"({FORMAT_VERSION}); upgrade learned_opt")
-  for key, kind in (("name", str), ("config", dict), ("tree", dict)):
-    if not isinstance(doc.get(key), kind):
-      raise fail(f"metadata field {key!r} is missing or not a {kind.__name__}")
-  return doc
 
 
 def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
@@ -230,15 +150,7 @@ def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
   def fail(msg):
     return FileFormatError(f"{path}: {msg}")
 
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise fail("no such file") from None
-  except OSError as e:
-    raise fail(f"cannot read ({e.strerror or e})") from None
-  header = _read_header(path, data)
-  doc = _parse_document(path, header)
+  data, doc = file_format.read_document(path)
   known = base.registry()
   if doc["name"] not in known:
     raise fail(f"unknown architecture {doc['name']!r}; registered: {sorted(known)} (import the "
@@ -247,24 +159,7 @@ def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
     lopt = known[doc["name"]].from_config(doc["config"])
   except (TypeError, ValueError) as e:
     raise fail(f"config not accepted by {doc['name']}: {e}") from None
-  try:
-    views = safetensors.deserialize(data)
-  except Exception as e:  # safetensors raises its own SafetensorError type
-    raise fail(f"corrupt safetensors data ({e})") from None
-  tensors = {}
-  for key, view in views:
-    if view["dtype"] not in _DTYPES:
-      raise fail(f"tensor {key!r} has unsupported dtype {view['dtype']}")
-    array = np.frombuffer(bytes(view["data"]), dtype=_DTYPES[view["dtype"]])
-    tensors[key] = array.reshape(view["shape"])
-  used: set[str] = set()
-  try:
-    meta_np = _unflatten(doc["tree"], tensors, "", used)
-  except ValueError as e:
-    raise fail(str(e)) from None
-  extra = sorted(set(tensors) - used)
-  if extra:
-    raise fail(f"unexpected tensors not in the metadata tree: {extra}")
+  meta_np = file_format.read_meta_params(path, data, doc)
   meta_params = jax.tree.map(jnp.asarray, meta_np)
   problem = _shape_mismatches(lopt, meta_params)
   if problem:
@@ -280,10 +175,4 @@ def provenance(path: str | os.PathLike) -> dict[str, Any]:
   """
   path = os.fspath(path)
   load(path)  # full validation first
-  with open(path, "rb") as f:
-    data = f.read()
-  doc = _parse_document(path, _read_header(path, data))
-  value = doc.get("provenance", {})
-  if not isinstance(value, dict):
-    raise FileFormatError(f"{path}: metadata field 'provenance' is not an object")
-  return value
+  return file_format.provenance(path, file_format.read_document(path)[1])

@@ -525,9 +525,9 @@ def test_save_load_round_trip_is_bit_identical(name, tmp_path):
 
 def _rewrite(src, dst, edit_doc=None, edit_tensors=None):
   """Copies a saved file to ``dst`` with its JSON metadata and/or tensors edited."""
-  from learned_opt import serialization
+  from learned_opt import file_format
   data = open(src, "rb").read()
-  header = serialization._read_header(str(src), data)
+  header = file_format.read_header(str(src), data)
   doc = json.loads(header["__metadata__"]["learned_opt"])
   tensors = {k: np.array(v) for k, v in safetensors.numpy.load_file(str(src)).items()}
   if edit_doc:
