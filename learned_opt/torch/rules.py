@@ -1,0 +1,76 @@
+"""Which update rule applies an optimizer file in PyTorch, and reading the file for it.
+
+:func:`load_rule` takes a shipped optimizer's name or a path to a file written by
+:func:`learned_opt.save`, reads it with :mod:`learned_opt.file_format` (numpy and safetensors,
+no JAX) and builds the torch rule of its architecture from the file's config dict and
+tensors. A file it cannot apply (an architecture or a config option it does not know, tensors
+that do not fit) raises :class:`~learned_opt.FileFormatError` naming what is unsupported.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+from learned_opt import file_format
+from learned_opt.pretrained import pretrained_path
+from learned_opt.torch.adafactor_mlp import AdafactorMLPRule
+from learned_opt.torch.mlp import MLPRule
+
+#: Architecture name (a file's ``"name"``) -> torch rule class.
+RULES = {rule.name: rule for rule in (MLPRule, AdafactorMLPRule)}
+
+# Hand-designed baselines a file can hold: torch already has them.
+_BASELINES = {"adam": "torch.optim.Adam", "sgd_momentum": "torch.optim.SGD(momentum=...)"}
+
+
+class LoadedRule(NamedTuple):
+  """A rule read from a file.
+
+  Attributes:
+    rule: the torch update rule (:class:`~learned_opt.torch.mlp.MLPRule`, ...).
+    path: the file.
+    pretrained_name: the shipped name it was asked for, or None for a path.
+    horizon_aware: meta-trained seeing each run's length (from the file's provenance).
+  """
+
+  rule: Any
+  path: str
+  pretrained_name: str | None
+  horizon_aware: bool
+
+
+def _is_name(optimizer: str | os.PathLike) -> bool:
+  text = os.fspath(optimizer)
+  return (isinstance(text, str) and os.sep not in text and "/" not in text
+          and not text.endswith(".safetensors"))
+
+
+def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
+  """Reads a shipped optimizer (by name) or an optimizer file (by path) into a torch rule.
+
+  Args:
+    optimizer: a name of :func:`learned_opt.list_pretrained` (e.g. ``"default"``) or the path
+      of a ``.safetensors`` file written by :func:`learned_opt.save`.
+
+  Returns:
+    A :class:`LoadedRule`.
+
+  Raises:
+    ValueError: for a name that is not shipped (listing those that are).
+    FileFormatError: for a file that is missing, corrupt, or that learned_opt.torch cannot
+      apply; the message names the file and what is unsupported.
+  """
+  name = os.fspath(optimizer) if _is_name(optimizer) else None
+  path = pretrained_path(name) if name else os.fspath(optimizer)
+  data, doc = file_format.read_document(path)
+  architecture = doc["name"]
+  if architecture not in RULES:
+    hint = (f" (a hand-designed baseline: use {_BASELINES[architecture]})"
+            if architecture in _BASELINES else "")
+    raise file_format.FileFormatError(
+        f"{path}: learned_opt.torch cannot apply architecture {architecture!r}{hint}; it "
+        f"applies {sorted(RULES)}")
+  rule = RULES[architecture](path, doc["config"], file_format.read_meta_params(path, data, doc))
+  aware = file_format.is_horizon_aware(file_format.provenance(path, doc))
+  return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=aware)
