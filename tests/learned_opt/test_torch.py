@@ -1,0 +1,611 @@
+"""learned_opt.torch: an optimizer file applied in PyTorch equals its optax transform.
+
+The side-by-side runs give the optax transform and ``learned_opt.torch.LearnedOptimizer`` the
+same stream of gradients (and losses), each applying its own updates to its own copy of the
+parameters, and require every step's updates and parameters to agree to ``rtol 1e-5``
+(float32), for every shipped optimizer file and for random meta-parameters of every option a
+file can hold. They guard the torch rules against any change of the JAX ones (and back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import safetensors.numpy
+
+import learned_opt
+
+torch = pytest.importorskip(
+    "torch", reason="learned_opt.torch needs PyTorch (pip install 'learned_opt[torch]')")
+
+from learned_opt import file_format  # noqa: E402
+from learned_opt.torch import LearnedOptimizer  # noqa: E402
+from learned_opt.torch import mlp as torch_mlp  # noqa: E402
+from learned_opt.torch import optimizer as torch_optimizer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+  """Small tensors: torch's thread pool only adds synchronisation (and CI shares its cores)."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------- side-by-side runs
+
+#: Parameter shapes of the side-by-side runs: a scalar, a vector, matrices and a 4-D tensor.
+# At most ~1,000 elements per tensor: the optax transform sums each feature's squares over the
+# tensor in float32 in one sequential pass (learned_opt.features.tensor_means), whose relative
+# error grows with the tensor (about 1e-6 at 3,000 elements, 4e-6 at 40,000, 5e-4 at 1M), and
+# a feature far out in its tensor's tail carries that error into the update amplified by up to
+# sqrt(n). The torch side sums pairwise (accurate to ~1e-8); at these sizes both agree to
+# 1e-5. test_large_tensor_agrees_to_the_accuracy_of_the_optax_sums covers large tensors.
+SHAPES = {"scalar": (), "bias": (5,), "matrix": (7, 3), "conv": (2, 3, 4, 5), "wide": (24, 40)}
+
+
+def initial_params(shapes=SHAPES, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+
+
+def gradient_stream(num_steps: int, shapes=SHAPES, seed: int = 1, bad_step: int | None = None):
+  """Gradients of varied scale per tensor and over time; ``bad_step`` adds nan and ±inf entries.
+
+  Returns:
+    ``(grads, losses)``: a list of ``{name: float32 array}`` and a float32 loss per step (four
+    of them invalid: nan, negative, zero, inf) for the loss features.
+  """
+  rng = np.random.default_rng(seed)
+  scales = {k: 10.0 ** rng.uniform(-3, 1) for k in shapes}
+  grads, losses = [], []
+  for t in range(num_steps):
+    drift = 1.0 + 0.5 * np.sin(t / 7.0)
+    g = {k: (scales[k] * drift * rng.standard_normal(s)).astype(np.float32)
+         for k, s in shapes.items()}
+    if bad_step is not None and t == bad_step:
+      for k, value in zip(("matrix", "conv", "bias", "big"), (np.nan, np.inf, -np.inf, np.nan)):
+        if k in g:
+          g[k].reshape(-1)[-2] = value  # the last chunk of a chunked tensor
+    grads.append(g)
+    losses.append(np.float32(2.0 * np.exp(-t / 40.0) * (1.0 + 0.1 * rng.standard_normal())))
+  for t, bad in ((5, np.nan), (11, -1.0), (17, 0.0), (23, np.inf)):
+    if t < num_steps:
+      losses[t] = np.float32(bad)
+  return grads, losses
+
+
+def run_jax(tx: optax.GradientTransformation, params, grads, losses, dtype=jnp.float32):
+  """Runs ``tx`` over the stream; returns per-step ``(updates, params)`` as numpy dicts."""
+  params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
+  state = tx.init(params)
+
+  @jax.jit
+  def step(g, s, p, loss):
+    u, s = tx.update(g, s, p, loss=loss)
+    return u, s, optax.apply_updates(p, u)
+
+  trace = []
+  for g, loss in zip(grads, losses):
+    g = {k: jnp.asarray(v, dtype) for k, v in g.items()}
+    updates, state, params = step(g, state, params, loss)
+    trace.append(({k: np.asarray(v.astype(jnp.float32)) for k, v in updates.items()},
+                  {k: np.asarray(v.astype(jnp.float32)) for k, v in params.items()}))
+  return trace
+
+
+class StepRecorder:
+  """Wraps a torch rule to record the step it returns for each parameter (before ``lr``)."""
+
+  def __init__(self, rule):
+    self.rule, self.steps = rule, {}
+
+  def __getattr__(self, name):
+    return getattr(self.rule, name)
+
+  def update(self, grad, param, state, ctx):
+    step = self.rule.update(grad, param, state, ctx)
+    self.steps[id(param)] = step.clone()
+    return step
+
+
+def run_torch(make_optimizer, params, grads, losses, dtype=torch.float32, schedule=None):
+  """Runs a ``learned_opt.torch`` optimizer over the stream; per-step ``(updates, params)``.
+
+  Args:
+    make_optimizer: ``tensors -> optimizer`` (param groups may be built from the tensors).
+    schedule: optional ``optimizer -> lr_scheduler`` stepped after every step.
+  """
+  tensors = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in params.items()}
+  opt = make_optimizer(tensors)
+  recorder = StepRecorder(opt.rule)
+  opt.rule = recorder
+  sched = schedule(opt) if schedule else None
+  lr_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+  trace = []
+  for g, loss in zip(grads, losses):
+    opt.zero_grad()
+    for k, p in tensors.items():
+      p.grad = torch.tensor(g[k], dtype=dtype)
+    lrs = {k: lr_of[id(p)]["lr"] for k, p in tensors.items()}
+    opt.step(loss=torch.tensor(loss))
+    if sched:
+      sched.step()
+    updates = {}
+    for k, p in tensors.items():
+      u = recorder.steps[id(p)].to(dtype)
+      updates[k] = (u if lrs[k] == 1.0 else u * lrs[k]).float().numpy()
+    trace.append((updates, {k: p.detach().float().numpy().copy() for k, p in tensors.items()}))
+  opt.rule = recorder.rule
+  return trace
+
+
+def assert_traces_close(torch_trace, jax_trace, rtol=1e-5):
+  """Every step's updates and parameters agree to ``rtol``, ``nan`` exactly where JAX has one.
+
+  Entry by entry, ``|a - b| <= rtol (|b| + s)`` with ``s`` the RMS of that step's updates (or
+  parameters) over all tensors: a relative tolerance, and the same tolerance relative to the
+  step's scale for entries that cancel to nearly zero (float32 rounding of the sums in the
+  network's layers is of that order in both frameworks).
+  """
+  assert len(torch_trace) == len(jax_trace)
+  for t, ((tu, tp), (ju, jp)) in enumerate(zip(torch_trace, jax_trace)):
+    for what, a, b in (("update", tu, ju), ("param", tp, jp)):
+      finite = np.concatenate([v[np.isfinite(v)].ravel() for v in b.values()])
+      scale = float(np.sqrt(np.mean(np.square(finite.astype(np.float64)))))
+      for k in b:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol * scale,
+                                   err_msg=f"step {t}, {what} of {k!r}")
+
+
+def _perturbed(theta, seed: int, std: float = 0.1):
+  """``theta`` plus Gaussian noise on every tensor, so that zero-initialised parts (the learned
+  schedule's output layer, the Adam start's unused units) are exercised too."""
+  leaves, treedef = jax.tree.flatten(theta)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [x + std * jax.random.normal(k, x.shape, x.dtype)
+                                      for x, k in zip(leaves, keys)])
+
+
+# Random architectures: (optimizer, num_steps, lr). Together they set every config option of
+# both architectures to a value other than its default (test_archs_cover_every_option).
+ARCHS = {
+    "mlp_default": (learned_opt.MLPOptimizer(), None, 1.0),
+    "mlp_adam_start_horizon": (learned_opt.MLPOptimizer(
+        init_scheme="adam", init_decay=3.0, init_learning_rate=1e-2, exp_mult=1.0), 100, 1.0),
+    "mlp_fused_one_layer": (learned_opt.MLPOptimizer(hidden_sizes=(8,), fuse_min_size=16), 100,
+                            0.5),
+    "mlp_deep_features": (learned_opt.MLPOptimizer(
+        hidden_sizes=(8, 6, 5), momentum_decays=(0.0, 0.9), rms_decays=(0.9, 0.999),
+        time_scales=(1.0, 10.0, 100.0), norm_eps=1e-4, rsqrt_eps=1e-6, step_mult=1e-2), 250,
+        1.0),
+    "mlp_schedule": (learned_opt.MLPOptimizer(
+        hidden_sizes=(8, 8), schedule_hidden_size=4, schedule_loss_decays=(0.5, 0.9)), 100, 1.0),
+    "mlp_schedule_normalize": (learned_opt.MLPOptimizer(
+        init_scheme="adam", init_decay=2.0, schedule_hidden_size=3, schedule_normalize=True),
+        100, 1.0),
+    "mlp_tensor_features": (learned_opt.MLPOptimizer(tensor_features=True), 100, 1.0),
+    "mlp_tensor_features_held": (learned_opt.MLPOptimizer(
+        tensor_features=True, tensor_grad_feature=False, tensor_features_initial=True), None,
+        2.0),
+    "mlp_everything": (learned_opt.MLPOptimizer(
+        hidden_sizes=(6, 5), rms_decays=(0.95, 0.99), schedule_hidden_size=5,
+        schedule_normalize=True, init_scheme="adam", init_decay=1.0, tensor_features=True,
+        tensor_features_initial=True, fuse_min_size=100), 100, 0.7),
+    "adafactor_default": (learned_opt.AdafactorMLPOptimizer(), None, 1.0),
+    "adafactor_small": (learned_opt.AdafactorMLPOptimizer(
+        hidden_size=8, momentum_decays=(0.9,), factored_decays=(0.99,), time_scales=(1.0, 30.0),
+        exp_mult=0.1, step_mult=1e-2, norm_eps=1e-3), 100, 1.0),
+}
+
+
+def test_archs_cover_every_option():
+  """Every saved config option of each architecture takes a non-default value in ARCHS."""
+  for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer):
+    default = cls().config()
+    changed = {k for lopt, _, _ in ARCHS.values() if type(lopt) is cls
+               for k, v in lopt.config().items() if v != default[k]}
+    assert changed == set(default), f"{cls.name}: no ARCHS entry changes {set(default) - changed}"
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+  """Chunks of 256 elements: the 960-element tensor runs in four, the others in one."""
+  monkeypatch.setattr(torch_mlp, "CHUNK", 256)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_random_architecture_equals_optax(arch, tmp_path, small_chunks):
+  lopt, num_steps, lr = ARCHS[arch]
+  theta = _perturbed(lopt.init(jax.random.key(0)), seed=1)
+  path = tmp_path / f"{arch}.safetensors"
+  learned_opt.save(path, lopt, theta)
+  grads, losses = gradient_stream(100, bad_step=40)
+  params = initial_params()
+  jax_trace = run_jax(lopt.transform(theta, lr, num_steps=num_steps), params, grads, losses)
+  torch_trace = run_torch(lambda ps: LearnedOptimizer(ps.values(), path, num_steps=num_steps,
+                                                      lr=lr), params, grads, losses)
+  assert_traces_close(torch_trace, jax_trace)
+  # The bad gradient entries of step 40 gave nan updates there and nowhere else.
+  updates = torch_trace[40][0]
+  assert np.isnan(updates["matrix"].reshape(-1)[-2]) and np.isnan(updates["conv"].reshape(-1)[-2])
+  assert np.isfinite(updates["wide"]).all() and np.isfinite(updates["scalar"])
+  assert np.isfinite(np.delete(updates["matrix"].reshape(-1), -2)).all()
+
+
+@pytest.mark.parametrize("name", learned_opt.list_pretrained())
+@pytest.mark.parametrize("num_steps, lr", [(100, 1.0), (None, 0.5)])
+def test_shipped_optimizer_equals_optax(name, num_steps, lr, small_chunks):
+  grads, losses = gradient_stream(100)
+  params = initial_params()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", learned_opt.NoHorizonWarning)
+    tx = learned_opt.pretrained(name, lr, num_steps=num_steps)
+    jax_trace = run_jax(tx, params, grads, losses)
+    torch_trace = run_torch(lambda ps: LearnedOptimizer(ps.values(), name, num_steps=num_steps,
+                                                        lr=lr), params, grads, losses)
+  assert_traces_close(torch_trace, jax_trace)
+
+
+def test_large_tensor_agrees_to_the_accuracy_of_the_optax_sums(tmp_path, monkeypatch):
+  """A 40,000-element tensor at the default chunk size (three chunks, a nan in the last).
+
+  Against the same torch optimizer run in one chunk: to 1e-5. Against optax: to 1e-3, the
+  accuracy of the optax transform's own float32 sequential sums at this size (its two
+  formulations, ``fuse_min_size`` above and below the tensor's size, differ by as much).
+  """
+  shapes = {"big": (200, 200), "bias": (7,)}
+  lopt = learned_opt.MLPOptimizer(hidden_sizes=(8, 8), tensor_features=True)
+  theta = _perturbed(lopt.init(jax.random.key(2)), seed=3)
+  path = tmp_path / "opt.safetensors"
+  learned_opt.save(path, lopt, theta)
+  assert 2 * torch_mlp.CHUNK < 40_000
+  grads, losses = gradient_stream(30, shapes, bad_step=10)
+  params = initial_params(shapes)
+  make = lambda ps: LearnedOptimizer(ps.values(), path, num_steps=30)
+  chunked = run_torch(make, params, grads, losses)
+  assert np.isnan(chunked[10][0]["big"]).sum() == 1
+  with monkeypatch.context() as m:
+    m.setattr(torch_mlp, "CHUNK", 40_000)
+    assert_traces_close(chunked, run_torch(make, params, grads, losses))
+  jax_trace = run_jax(lopt.transform(theta, num_steps=30), params, grads, losses)
+  assert_traces_close(chunked, jax_trace, rtol=1e-3)
+
+
+def test_param_groups_follow_an_lr_scheduler_as_optax_schedules(small_chunks):
+  """Two param groups with their own lr, scheduled by LambdaLR = optax schedules on the same
+  parameters (optax.multi_transform), step for step."""
+  labels = {k: ("a" if k in ("matrix", "wide") else "b") for k in SHAPES}
+  sched_a = lambda count: 1.0 / (1.0 + 0.05 * count)
+  sched_b = lambda count: 0.3 * 0.97 ** count
+  tx = optax.multi_transform({"a": learned_opt.pretrained("default", sched_a, num_steps=100),
+                              "b": learned_opt.pretrained("default", sched_b, num_steps=100)},
+                             labels)
+  grads, losses = gradient_stream(60)
+  params = initial_params()
+  jax_trace = run_jax(tx, params, grads, losses)
+
+  def make(ps):
+    groups = [{"params": [p for k, p in ps.items() if labels[k] == "a"]},
+              {"params": [p for k, p in ps.items() if labels[k] == "b"], "lr": 0.3}]
+    return LearnedOptimizer(groups, "default", num_steps=100)
+
+  schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(
+      opt, [lambda k: 1.0 / (1.0 + 0.05 * k), lambda k: 0.97 ** k])
+  torch_trace = run_torch(make, params, grads, losses, schedule=schedule)
+  assert_traces_close(torch_trace, jax_trace)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_params_keep_dtype_with_float32_statistics(dtype, small_chunks):
+  """bf16/fp16 params: updates in the param's dtype, float32 state, and the same run as optax
+  in that dtype (to the dtype's rounding: an update may round the other way at a tie)."""
+  grads, losses = gradient_stream(30)
+  params = initial_params()
+  tx = learned_opt.pretrained("default", 0.5, num_steps=30)
+  jax_trace = run_jax(tx, params, grads, losses, dtype=getattr(jnp, dtype))
+  holder = {}
+
+  def make(ps):
+    holder["opt"] = LearnedOptimizer(ps.values(), "default", num_steps=30, lr=0.5)
+    holder["params"] = ps
+    return holder["opt"]
+
+  torch_trace = run_torch(make, params, grads, losses, dtype=getattr(torch, dtype))
+  for p in holder["params"].values():
+    assert p.dtype == getattr(torch, dtype)
+    assert {v.dtype for v in holder["opt"].state[p].values()} == {torch.float32}
+  assert_traces_close(torch_trace, jax_trace, rtol=1e-2)
+
+
+# ----------------------------------------------------------------- training a small torch model
+
+
+def _data(n=64, d=4, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, d)).astype(np.float32)
+  y = (np.sin(x @ rng.standard_normal((d, 1))) + 0.1 * x[:, :1] ** 2).astype(np.float32)
+  w1 = (rng.standard_normal((d, 16)) / np.sqrt(d)).astype(np.float32)
+  w2 = (rng.standard_normal((16, 1)) / 4.0).astype(np.float32)
+  return x, y, {"w1": w1, "b1": np.zeros(16, np.float32), "w2": w2, "b2": np.zeros(1, np.float32)}
+
+
+def _train_jax(tx, steps):
+  x, y, params = _data()
+  params = jax.tree.map(jnp.asarray, params)
+  loss_fn = lambda p: jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - y) ** 2)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    return optax.apply_updates(params, updates), state, loss
+
+  losses = []
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  return np.array(losses)
+
+
+def _train_torch(make_optimizer, steps):
+  x, y, init = _data()
+  x, y = torch.tensor(x), torch.tensor(y)
+  model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+  with torch.no_grad():
+    model[0].weight.copy_(torch.tensor(init["w1"].T))
+    model[0].bias.zero_()
+    model[2].weight.copy_(torch.tensor(init["w2"].T))
+    model[2].bias.zero_()
+  opt = make_optimizer(model.parameters())
+  losses = []
+  for _ in range(steps):
+    def closure():
+      opt.zero_grad()
+      loss = torch.mean((model(x) - y) ** 2)
+      loss.backward()
+      return loss
+    losses.append(float(opt.step(closure)))
+  return np.array(losses)
+
+
+@pytest.mark.parametrize("which", [*learned_opt.list_pretrained(), "mlp_everything",
+                                   "adafactor_small"])
+def test_small_torch_model_trains_as_the_jax_model(which, tmp_path):
+  steps = 100
+  if which in ARCHS:
+    lopt, _, _ = ARCHS[which]
+    theta = _perturbed(lopt.init(jax.random.key(0)), seed=1)
+    path = tmp_path / "opt.safetensors"
+    learned_opt.save(path, lopt, theta)
+    tx, optimizer = lopt.transform(theta, num_steps=steps), path
+  else:
+    tx, optimizer = learned_opt.pretrained(which, num_steps=steps), which
+  jax_losses = _train_jax(tx, steps)
+  torch_losses = _train_torch(lambda ps: LearnedOptimizer(ps, optimizer, num_steps=steps), steps)
+  np.testing.assert_allclose(torch_losses, jax_losses, rtol=1e-4)
+  if which in learned_opt.list_pretrained():
+    assert torch_losses[-1] < 0.7 * torch_losses[0]  # and it trains
+
+
+# ------------------------------------------------------------- torch conventions and state
+
+
+def _model_and_batches(dtype=torch.float32, seed=0):
+  gen = torch.Generator().manual_seed(seed)
+  with torch.random.fork_rng():
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+  model = model.to(dtype)
+  batches = [(torch.randn(16, 5, generator=gen).to(dtype), torch.randn(16, 2, generator=gen)
+              .to(dtype)) for _ in range(40)]
+  return model, batches
+
+
+def _train(model, opt, batches):
+  for x, y in batches:
+    opt.zero_grad()
+    loss = torch.mean((model(x) - y).float() ** 2)
+    loss.backward()
+    opt.step(loss=loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resume_from_state_dict_is_bit_identical(dtype, tmp_path):
+  lopt, _, _ = ARCHS["mlp_everything"]  # a learned schedule and held per-tensor features
+  path = tmp_path / "opt.safetensors"
+  learned_opt.save(path, lopt, _perturbed(lopt.init(jax.random.key(0)), seed=1))
+  model, batches = _model_and_batches(dtype)
+  initial = {k: v.clone() for k, v in model.state_dict().items()}
+  opt = LearnedOptimizer(model.parameters(), path, num_steps=40)
+  _train(model, opt, batches)
+  straight = model.state_dict()
+
+  model, _ = _model_and_batches(dtype)
+  model.load_state_dict(initial)
+  opt = LearnedOptimizer(model.parameters(), path, num_steps=40)
+  _train(model, opt, batches[:25])
+  buffer = io.BytesIO()
+  torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+  del model, opt
+  buffer.seek(0)
+  saved = torch.load(buffer, weights_only=True)
+  model, _ = _model_and_batches(dtype, seed=7)  # other weights until loaded
+  model.load_state_dict(saved["model"])
+  opt = LearnedOptimizer(model.parameters(), path, num_steps=40)
+  opt.load_state_dict(saved["opt"])
+  for p in model.parameters():
+    assert {v.dtype for v in opt.state[p].values()} == {torch.float32}
+  _train(model, opt, batches[25:])
+  resumed = model.state_dict()
+  for k in straight:
+    assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_params_without_grads_are_skipped_and_zero_grad_clears():
+  model, batches = _model_and_batches()
+  frozen = model[0].bias
+  frozen.requires_grad_(False)
+  before = frozen.detach().clone()
+  opt = LearnedOptimizer(model.parameters(), "default", num_steps=40)
+  twin, _ = _model_and_batches()
+  twin[0].bias.requires_grad_(False)
+  others = [p for p in twin.parameters() if p.requires_grad]
+  opt_twin = LearnedOptimizer(others, "default", num_steps=40)
+  _train(model, opt, batches[:10])
+  _train(twin, opt_twin, batches[:10])
+  assert torch.equal(frozen, before) and frozen not in opt.state
+  for a, b in zip(model.parameters(), twin.parameters()):
+    assert torch.equal(a, b)  # the skipped tensor changes nothing for the others
+  opt.zero_grad()
+  assert all(p.grad is None for p in model.parameters())
+  weights = [p.detach().clone() for p in model.parameters()]
+  opt.step()  # no gradients: nothing moves
+  assert all(torch.equal(a, b) for a, b in zip(model.parameters(), weights))
+
+
+def test_closure_loss_feeds_the_learned_schedule(tmp_path):
+  lopt, _, _ = ARCHS["mlp_schedule"]
+  path = tmp_path / "opt.safetensors"
+  learned_opt.save(path, lopt, _perturbed(lopt.init(jax.random.key(0)), seed=1))
+
+  def run(mode):
+    model, batches = _model_and_batches()
+    opt = LearnedOptimizer(model.parameters(), path)
+    for x, y in batches[:15]:
+      def closure():
+        opt.zero_grad()
+        loss = torch.mean((model(x) - y) ** 2)
+        loss.backward()
+        return loss
+      if mode == "closure":
+        returned = opt.step(closure)
+        assert returned is not None and returned.ndim == 0
+      else:
+        loss = closure()
+        opt.step(loss=loss if mode == "keyword" else None)
+    return [p.detach().clone() for p in model.parameters()]
+
+  by_closure, by_keyword, without = run("closure"), run("keyword"), run("none")
+  assert all(torch.equal(a, b) for a, b in zip(by_closure, by_keyword))
+  assert not all(torch.equal(a, b) for a, b in zip(by_closure, without))
+
+
+def test_horizon_warning_and_num_steps_as_pretrained(monkeypatch, tmp_path):
+  monkeypatch.setattr(torch_optimizer, "_WARNED", set())
+  p = [torch.zeros(3, requires_grad=True)]
+  with pytest.warns(learned_opt.NoHorizonWarning, match="num_steps"):
+    LearnedOptimizer(p, "default")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    LearnedOptimizer(p, "default")  # once per file and process
+    LearnedOptimizer(p, "diffusion", num_steps=10)
+  # A file not meta-trained horizon-aware: a shipped name ignores num_steps, a path feeds it.
+  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4,))
+  path = tmp_path / "opt.safetensors"
+  learned_opt.save(path, lopt, _perturbed(lopt.init(jax.random.key(0)), seed=1))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert LearnedOptimizer(p, path, num_steps=10).num_steps == 10
+  monkeypatch.setattr(file_format, "is_horizon_aware", lambda prov: False)
+  assert LearnedOptimizer(p, "default", num_steps=10).num_steps is None
+
+
+def test_training_never_calls_jax(monkeypatch):
+  """Reading the file and training use numpy, safetensors and torch only."""
+  def forbidden(*args, **kwargs):
+    raise AssertionError("JAX was called")
+
+  for module, name in ((jax, "jit"), (jax, "device_put"), (jax, "eval_shape"), (jax, "vmap"),
+                       (jnp, "asarray"), (jnp, "array"), (jnp, "zeros"), (jax.tree, "map"),
+                       (jax.random, "key")):
+    monkeypatch.setattr(module, name, forbidden)
+  model, batches = _model_and_batches()
+  opt = LearnedOptimizer(model.parameters(), "default", num_steps=40)
+  _train(model, opt, batches[:3])
+
+
+def test_importing_learned_opt_does_not_import_torch():
+  code = "import sys, learned_opt; assert 'torch' not in sys.modules, 'torch was imported'"
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+def _rewrite(src, dst, edit_doc=None, edit_tensors=None):
+  data = open(src, "rb").read()
+  doc = json.loads(file_format.read_header(str(src), data)["__metadata__"]["learned_opt"])
+  tensors = {k: np.array(v) for k, v in safetensors.numpy.load_file(str(src)).items()}
+  if edit_doc:
+    edit_doc(doc)
+  if edit_tensors:
+    edit_tensors(tensors)
+  safetensors.numpy.save_file(tensors, str(dst), metadata={"learned_opt": json.dumps(doc)})
+  return dst
+
+
+def test_files_it_cannot_apply_give_clear_errors(tmp_path):
+  p = [torch.zeros(3, requires_grad=True)]
+  adam = tmp_path / "adam.safetensors"
+  learned_opt.save(adam, learned_opt.Adam(), learned_opt.Adam().init(jax.random.key(0)))
+  good = learned_opt.pretrained_path("default")
+  cases = {
+      "baseline": (adam, r"cannot apply architecture 'adam'.*torch\.optim\.Adam"),
+      "unknown_architecture": (_rewrite(good, tmp_path / "a.safetensors",
+                                        lambda d: d.update(name="velo")),
+                               r"cannot apply architecture 'velo'; it applies"),
+      "unknown_option": (_rewrite(good, tmp_path / "b.safetensors",
+                                  lambda d: d["config"].update(lstm_size=8)),
+                         r"mlp: unsupported config option\(s\) \['lstm_size'\]"),
+      "missing_option": (_rewrite(good, tmp_path / "c.safetensors",
+                                  lambda d: d["config"].pop("rms_decays")),
+                         r"no 'rms_decays'"),
+      "bad_value": (_rewrite(good, tmp_path / "d.safetensors",
+                             lambda d: d["config"].update(tensor_features="yes")),
+                    r"'tensor_features' must be true or false"),
+      "shape": (_rewrite(good, tmp_path / "e.safetensors", edit_tensors=lambda t: t.update(
+          w1=np.zeros((3, 3), np.float32))), r"'w1' has shape \(3, 3\), expected \(16, 16\)"),
+      "bf16_meta_params": (_rewrite(good, tmp_path / "f.safetensors", edit_tensors=lambda t: t.update(
+          w1=t["w1"].astype(jnp.bfloat16))), r"'w1' is bfloat16; .* float32"),
+      "newer_format": (_rewrite(good, tmp_path / "g.safetensors",
+                                lambda d: d.update(format_version=2)), r"newer"),
+      "missing_file": (tmp_path / "nope.safetensors", r"no such file"),
+  }
+  for kind, (path, message) in cases.items():
+    with pytest.raises(learned_opt.FileFormatError, match=message) as info:
+      LearnedOptimizer(p, path)
+    assert str(info.value).startswith(str(path) + ": "), kind
+  with pytest.raises(ValueError, match=r"No pretrained .* 'nope'.*shipped"):
+    LearnedOptimizer(p, "nope")
+
+
+def test_bad_arguments_and_gradients_give_clear_errors():
+  p = torch.zeros(3, requires_grad=True)
+  for lr in (-1.0, "1", True):
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+      LearnedOptimizer([p], "default", num_steps=10, lr=lr)
+  for num_steps in (0, 2.5, -3):
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+      LearnedOptimizer([p], "default", num_steps=num_steps)
+  opt = LearnedOptimizer([p], "default", num_steps=10)
+  p.grad = torch.ones(3)
+  with pytest.raises(ValueError, match="loss .* must be a scalar, got shape \\(2,\\)"):
+    opt.step(loss=torch.ones(2))
+  emb = torch.nn.Embedding(4, 2, sparse=True)
+  opt = LearnedOptimizer(emb.parameters(), "default", num_steps=10)
+  emb(torch.tensor([1])).sum().backward()
+  with pytest.raises(ValueError, match="sparse gradients"):
+    opt.step()
