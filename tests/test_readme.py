@@ -45,8 +45,9 @@ def test_readme_commands_match_ci():
   run_lines = [l.strip() for l in ci.splitlines() if not l.lstrip().startswith("#")]
   assert run_lines[-1] == 'bash -c "$cmd"'
   assert "rm -rf .venv" in run_lines
-  # The command tests what the README says CI tests: the dev extras, tests/ and notebooks/.
-  assert 'pip install -e ".[dev]"' in extracted
+  # The command tests what the README says CI tests: the dev and torch extras (torch pinned to
+  # the release whose CPU build the CI machines install), tests/ and notebooks/.
+  assert 'pip install -e ".[dev,torch]" torch==2.13.0 &&' in extracted
   assert extracted.split("pytest", 1)[1].split()[-2:] == ["tests", "notebooks"]
   # The main command installs the training extras and runs a preset that exists.
   from meta_train import config  # pylint: disable=import-outside-toplevel

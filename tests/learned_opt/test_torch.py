@@ -609,3 +609,23 @@ def test_bad_arguments_and_gradients_give_clear_errors():
   emb(torch.tensor([1])).sum().backward()
   with pytest.raises(ValueError, match="sparse gradients"):
     opt.step()
+
+
+def test_readme_pytorch_example_trains():
+  """The README's PyTorch swap runs as written (given a model, batches and a loss) and trains."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "learned_opt.torch" in b]
+  assert len(blocks) == 1 and len([l for l in blocks[0].splitlines() if l.strip()]) == 5
+  model, batches = _model_and_batches()
+  with torch.no_grad():
+    model[2].weight.mul_(3.0)  # a target the initial model is far from
+  x = torch.cat([b[0] for b in batches])
+  y = torch.sin(x[:, :2])
+  batches = [(x, y)] * 500
+  loss_fn = lambda out, target: torch.mean((out - target) ** 2)
+  first = float(loss_fn(model(x), y))
+  namespace = {"model": model, "batches": batches, "loss_fn": loss_fn}
+  exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert float(loss_fn(model(x), y)) < 0.5 * first
