@@ -89,7 +89,7 @@ class MLPRule:
                      f"{list(self.momentum_decays)} and {list(self.rms_decays)}")
     self.theta = config_lib.meta_tensors(cfg, meta_params, self.expected_shapes())
     self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
-    self._buffers: dict[tuple[torch.device, int], dict[str, torch.Tensor]] = {}
+    self._buffers: dict[torch.device, dict[str, torch.Tensor]] = {}
 
   # -- shapes ---------------------------------------------------------------------------------
 
@@ -194,15 +194,23 @@ class MLPRule:
     torch.mul(mom[None], rs[:, None], out=x[o + n_rms:].view(n_rms, n_mom, -1))
 
   def _workspace(self, device: torch.device, size: int) -> dict[str, torch.Tensor]:
-    """Buffers for one chunk, kept between steps (fresh large temporaries cost page faults)."""
-    key = (device, size)
-    if key not in self._buffers:
-      empty = lambda *s: torch.empty(s, dtype=torch.float32, device=device)
-      self._buffers[key] = {
-          "x": empty(self.num_features, size), "squares": empty(self.num_features, size),
-          "tmp": empty(max(len(self.momentum_decays), len(self.rms_decays)) + 1, size),
-          **{f"h{i}": empty(h, size) for i, h in enumerate((*self.hidden_sizes, 2))}}
-    return self._buffers[key]
+    """Contiguous ``(rows, size)`` buffers for a chunk of ``size <= CHUNK`` elements.
+
+    Their memory is kept between steps (fresh large temporaries cost page faults). The
+    network's inputs ``x`` and hidden layers ``h{i}`` end with a row of ones, so that each
+    layer, its bias a last column of its weights, is one matrix product.
+    """
+    rows = {"x": self.num_features + 1, "squares": self.num_features,
+            "tmp": 1,
+            **{f"h{i}": h + 1 for i, h in enumerate(self.hidden_sizes)}, "out": 2}
+    if device not in self._buffers:
+      self._buffers[device] = {k: torch.empty((r * CHUNK,), dtype=torch.float32, device=device)
+                               for k, r in rows.items()}
+    ws = {k: self._buffers[device][k][:r * size].view(r, size) for k, r in rows.items()}
+    for k, v in ws.items():
+      if k == "x" or k.startswith("h"):
+        v[-1] = 1.0
+    return ws
 
   def update(self, grad: torch.Tensor, param: torch.Tensor, state: dict[str, torch.Tensor],
              ctx: StepContext) -> torch.Tensor:
@@ -221,18 +229,16 @@ class MLPRule:
     p = param.detach().reshape(n).to(torch.float32)
     mom, rms = state["mom"].view(n_mom, n), state["rms"].view(n_rms, n)
     chunks = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
-    size = chunks[0][1] if len(chunks) == 1 else CHUNK
-    ws = self._workspace(param.device, size)
     on_cpu = param.device.type == "cpu"
     sums = torch.zeros((n_feat,), dtype=torch.float32, device=param.device)
     clean = not on_cpu  # off the CPU, skip the (host-synchronising) all-finite test
     for a, b in chunks:
       c = b - a
-      x, sq, tmp = ws["x"][:, :c], ws["squares"][:, :c], ws["tmp"]
+      ws = self._workspace(param.device, c)
+      x, sq, tmp = ws["x"][:n_feat], ws["squares"], ws["tmp"]
       gc, mc, vc = g[a:b], mom[:, a:b], rms[:, a:b]
-      mc.mul_(theta["mom_beta"]).add_(torch.mul(theta["mom_one_minus"], gc, out=tmp[:n_mom, :c]))
-      gg = torch.mul(gc, gc, out=tmp[-1, :c])
-      vc.mul_(theta["rms_beta"]).add_(torch.mul(theta["rms_one_minus"], gg, out=tmp[:n_rms, :c]))
+      mc.mul_(theta["mom_beta"]).addcmul_(theta["mom_one_minus"], gc)
+      vc.mul_(theta["rms_beta"]).addcmul_(theta["rms_one_minus"], torch.mul(gc, gc, out=tmp[0]))
       self._features(gc, p[a:b], mc, vc, x)
       torch.mul(x, x, out=sq)
       if clean:
@@ -251,24 +257,27 @@ class MLPRule:
       if self.tensor_features_initial:  # held from this parameter's first update
         z = state.setdefault("tensor_z", z)
       bias = bias + z @ theta["wt"]
-    layers = [((w0[:n_feat] * scales[:, None]).T, bias[:, None])]
-    layers += [(theta[f"w{i}"].T, theta[f"b{i}"][:, None])
+    # Each layer's weights with its bias as a last column: (fan_out, fan_in + 1).
+    layers = [torch.cat([(w0[:n_feat] * scales[:, None]).T, bias[:, None]], dim=1)]
+    layers += [torch.cat([theta[f"w{i}"].T, theta[f"b{i}"][:, None]], dim=1)
                for i in range(1, len(self.hidden_sizes) + 1)]
     direction, magnitude = torch.empty((2, n), dtype=torch.float32, device=param.device)
     finite = torch.ones((n,), dtype=torch.bool, device=param.device) if clean else None
     for a, b in chunks:
-      c = b - a
-      x = ws["x"][:, :c]
-      if a != 0 or len(chunks) > 1:  # one chunk: x still holds its features
+      ws = self._workspace(param.device, b - a)
+      x = ws["x"][:n_feat]
+      if len(chunks) > 1:  # one chunk: x still holds its features
         self._features(g[a:b], p[a:b], mom[:, a:b], rms[:, a:b], x)
       if clean:
         finite[a:b] = torch.isfinite(x).all(dim=0)
         x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-      h = x
-      for i, (w, bias_i) in enumerate(layers):
-        h = torch.addmm(bias_i, w, h, out=ws[f"h{i}"][:, :c])
+      h = ws["x"]
+      for i, w in enumerate(layers):
         if i < len(layers) - 1:
-          h.relu_()
+          torch.mm(w, h, out=ws[f"h{i}"][:-1]).relu_()
+          h = ws[f"h{i}"]
+        else:
+          h = torch.mm(w, h, out=ws["out"])
       direction[a:b], magnitude[a:b] = h[0], h[1]
     if self.schedule_normalize:
       step = direction * torch.exp(self.exp_mult * magnitude)

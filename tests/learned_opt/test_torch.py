@@ -377,7 +377,7 @@ def _train_torch(make_optimizer, steps):
       loss = torch.mean((model(x) - y) ** 2)
       loss.backward()
       return loss
-    losses.append(float(opt.step(closure)))
+    losses.append(float(opt.step(closure).detach()))
   return np.array(losses)
 
 
