@@ -231,23 +231,29 @@ class MLPRule:
     chunks = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
     on_cpu = param.device.type == "cpu"
     sums = torch.zeros((n_feat,), dtype=torch.float32, device=param.device)
-    clean = not on_cpu  # off the CPU, skip the (host-synchronising) all-finite test
+
+    def add_squares(x, sq, clean):
+      torch.mul(x, x, out=sq)
+      if clean:  # non-finite squares count as zero
+        sq.masked_fill_(~(sq < float("inf")), 0.0)
+      sums.add_(sq.sum(dim=1))
+
+    clean = not on_cpu  # off the CPU, mask always (no host-synchronising test)
     for a, b in chunks:
-      c = b - a
-      ws = self._workspace(param.device, c)
-      x, sq, tmp = ws["x"][:n_feat], ws["squares"], ws["tmp"]
+      ws = self._workspace(param.device, b - a)
       gc, mc, vc = g[a:b], mom[:, a:b], rms[:, a:b]
       mc.mul_(theta["mom_beta"]).addcmul_(theta["mom_one_minus"], gc)
-      vc.mul_(theta["rms_beta"]).addcmul_(theta["rms_one_minus"], torch.mul(gc, gc, out=tmp[0]))
-      self._features(gc, p[a:b], mc, vc, x)
-      torch.mul(x, x, out=sq)
-      if clean:
-        sq.masked_fill_(~(sq < float("inf")), 0.0)
-      part = sq.sum(dim=1)
-      if not clean and not bool(torch.isfinite(part).all()):
-        clean = True  # a non-finite square: count it (and any later ones) as zero
-        part = sq.masked_fill_(~(sq < float("inf")), 0.0).sum(dim=1)
-      sums += part
+      vc.mul_(theta["rms_beta"]).addcmul_(theta["rms_one_minus"],
+                                          torch.mul(gc, gc, out=ws["tmp"][0]))
+      self._features(gc, p[a:b], mc, vc, ws["x"][:n_feat])
+      add_squares(ws["x"][:n_feat], ws["squares"], clean)
+    if not clean and not bool(torch.isfinite(sums).all()):
+      clean = True  # a non-finite feature (rare): sum again, masked
+      sums.zero_()
+      for a, b in chunks:
+        ws = self._workspace(param.device, b - a)
+        self._features(g[a:b], p[a:b], mom[:, a:b], rms[:, a:b], ws["x"][:n_feat])
+        add_squares(ws["x"][:n_feat], ws["squares"], clean)
     mean_squares = sums / n
     scales = torch.rsqrt(mean_squares + self.norm_eps)
     w0 = theta["w0"]
