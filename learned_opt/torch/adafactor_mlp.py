@@ -58,9 +58,9 @@ class AdafactorMLPRule:
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.hidden_size = cfg.integer("hidden_size")
     # The decays the optimizer starts from; the file's logits are what it applies.
-    self.num_momenta = len(cfg.numbers("momentum_decays"))
-    self.num_factored = len(cfg.numbers("factored_decays"))
-    self.time_scales = cfg.numbers("time_scales")
+    self.num_momenta = len(cfg.number_list("momentum_decays"))
+    self.num_factored = len(cfg.number_list("factored_decays"))
+    self.time_scales = cfg.number_list("time_scales")
     self.exp_mult = cfg.number("exp_mult")
     self.step_mult = cfg.number("step_mult")
     self.norm_eps = cfg.number("norm_eps")

@@ -62,14 +62,14 @@ class ConfigReader:
       raise self.fail(f"config {key!r} must be true or false, got {value!r}")
     return value
 
-  def numbers(self, key: str, default: Any = _MISSING) -> tuple[float, ...]:
+  def number_list(self, key: str, default: Any = _MISSING) -> tuple[float, ...]:
     value = self._take(key, default)
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
       raise self.fail(f"config {key!r} must be a list of numbers, got {value!r}")
     return tuple(float(v) for v in value)
 
-  def integers(self, key: str, default: Any = _MISSING) -> tuple[int, ...]:
+  def int_list(self, key: str, default: Any = _MISSING) -> tuple[int, ...]:
     value = self._take(key, default)
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):

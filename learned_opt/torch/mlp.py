@@ -62,10 +62,10 @@ class MLPRule:
 
   def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
     cfg = config_lib.ConfigReader(path, self.name, config)
-    self.hidden_sizes = cfg.integers("hidden_sizes")
-    self.momentum_decays = cfg.numbers("momentum_decays")
-    self.rms_decays = cfg.numbers("rms_decays")
-    self.time_scales = cfg.numbers("time_scales")
+    self.hidden_sizes = cfg.int_list("hidden_sizes")
+    self.momentum_decays = cfg.number_list("momentum_decays")
+    self.rms_decays = cfg.number_list("rms_decays")
+    self.time_scales = cfg.number_list("time_scales")
     self.exp_mult = cfg.number("exp_mult")
     self.step_mult = cfg.number("step_mult")
     self.norm_eps = cfg.number("norm_eps")
@@ -76,7 +76,7 @@ class MLPRule:
     self.tensor_features = cfg.flag("tensor_features", False)
     self.tensor_grad_feature = cfg.flag("tensor_grad_feature", True)
     self.tensor_features_initial = cfg.flag("tensor_features_initial", False)
-    self.schedule_loss_decays = (cfg.numbers("schedule_loss_decays")
+    self.schedule_loss_decays = (cfg.number_list("schedule_loss_decays")
                                  if self.schedule_hidden_size else ())
     # The step size of a normalised step; otherwise an initialisation setting.
     self.init_learning_rate = (cfg.number("init_learning_rate") if self.schedule_normalize

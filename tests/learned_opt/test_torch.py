@@ -9,7 +9,6 @@ file can hold. They guard the torch rules against any change of the JAX ones (an
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import subprocess
@@ -546,14 +545,14 @@ def test_importing_learned_opt_does_not_import_torch():
 
 
 def _rewrite(src, dst, edit_doc=None, edit_tensors=None):
-  data = open(src, "rb").read()
-  doc = json.loads(file_format.read_header(str(src), data)["__metadata__"]["learned_opt"])
-  tensors = {k: np.array(v) for k, v in safetensors.numpy.load_file(str(src)).items()}
-  if edit_doc:
-    edit_doc(doc)
-  if edit_tensors:
-    edit_tensors(tensors)
-  safetensors.numpy.save_file(tensors, str(dst), metadata={"learned_opt": json.dumps(doc)})
+  """Copies an ``mlp`` file (flat tensors) to ``dst``, its document and/or tensors edited."""
+  data, doc = file_format.read_document(src)
+  tensors = {k: np.array(v) for k, v in file_format.read_meta_params(src, data, doc).items()}
+  for edit, target in ((edit_doc, doc), (edit_tensors, tensors)):
+    if edit:
+      edit(target)
+  safetensors.numpy.save_file(tensors, str(dst),
+                              metadata={file_format.METADATA_KEY: json.dumps(doc)})
   return dst
 
 
