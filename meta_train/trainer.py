@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from meta_train import estimator as est_lib
-from meta_train import sharding as sharding_lib
+from meta_train.estimators import estimator as est_lib
+from meta_train.runtime import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
 
 _COUNT_METRICS = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
@@ -60,13 +60,13 @@ class MetaTrainer:
   """Meta-trains an estimator's learned optimizer with an optax outer optimizer.
 
   Args:
-    estimator: a :class:`~meta_train.estimator.GradientEstimator` built for the learned
+    estimator: a :class:`~meta_train.estimators.estimator.GradientEstimator` built for the learned
       optimizer and task family to meta-train (e.g. from
-      :func:`meta_train.registry.make_estimator`); the trainer uses its ``lopt``.
+      :func:`meta_train.estimators.registry.make_estimator`); the trainer uses its ``lopt``.
     outer_optimizer: optax transformation applied to the meta-gradient; default
       :func:`default_outer_optimizer`.
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
-    mesh: optional device mesh (:func:`meta_train.sharding.make_mesh`): the particles are
+    mesh: optional device mesh (:func:`meta_train.runtime.sharding.make_mesh`): the particles are
       sharded over it and the mean over particles becomes a collective.
   """
 
@@ -80,7 +80,7 @@ class MetaTrainer:
     self.steps_per_dispatch = steps_per_dispatch
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
-    # --- sharding hook (meta_train/sharding.py): particles split over `mesh` ---
+    # --- sharding hook (meta_train/runtime/sharding.py): particles split over `mesh` ---
     self.mesh, self.shardings = mesh, None
     if mesh is not None:
       self._init, self._step, self.shardings = sharding_lib.jit_trainer(self, mesh)

@@ -3,7 +3,7 @@
 A run is described by one :class:`RunConfig`, a tree of frozen dataclasses whose fields carry
 their ``--help`` text. :data:`PRESETS` names complete configs (``smoke``, ``quickstart``,
 ``default``). The estimator section's fields are named as the estimator fields they set
-(:mod:`meta_train.registry`). Parsing is generic (:mod:`meta_train.config.parsing`); checks and
+(:mod:`meta_train.estimators.registry`). Parsing is generic (:mod:`meta_train.config.parsing`); checks and
 the building of the objects a config describes are in :mod:`meta_train.config.validation`.
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any, Literal, Mapping
 
-from meta_train import registry
+from meta_train.estimators import registry
 from meta_train.config import parsing
 
 # The estimator names, from the registry (so --help, the Literal and its error follow it).
@@ -45,7 +45,7 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
-  """The meta-gradient estimator (``meta_train.registry.build_estimator``).
+  """The meta-gradient estimator (``meta_train.estimators.registry.build_estimator``).
 
   Each field is the estimator's or its ``UnrollConfig``'s field of the same name; an estimator
   reads only the fields it has (``num_particles`` for tbptt, ``num_pairs`` and ``sigma`` for
@@ -73,7 +73,7 @@ class EstimatorConfig:
                                     "log-uniform factors in [1/x, x] per run (1: none)")
   group_by_member: bool = _f(False, help="with a mixture family: one particle group per "
                                         "member family, combined with the mixture's weights "
-                                        "(meta_train/grouped.py)")
+                                        "(meta_train/estimators/grouped.py)")
   member_pairs: tuple[int, ...] | None = _f(None, help="with group_by_member: pairs (tbptt: "
                                                        "particles) of each member's group "
                                                        "(default: num_pairs each)")
@@ -184,7 +184,7 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
     # on the MLP classifiers, the quadratics and both diffusion families, one particle group per
-    # member (meta_train/grouped.py; the conv diffusion family gets fewer pairs, it costs ~20x
+    # member (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it costs ~20x
     # an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and transformer LMs
     # stay out: they are its out-of-distribution suite.
     "default": RunConfig(

@@ -29,9 +29,9 @@ import dataclasses
 from typing import Any, Sequence
 
 from meta_train import errors
-from meta_train import grouped
-from meta_train import registry
-from meta_train import sharding as sharding_lib
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
+from meta_train.runtime import sharding as sharding_lib
 from meta_train.config import parsing
 from meta_train.config import schema
 from meta_train.config.parsing import ConfigError
@@ -152,7 +152,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if v % k:
       raise ConfigError(f"run.{name}", f"must be a multiple of run.steps_per_dispatch ({k}), "
                                        f"got {v}")
-  # --- sharding hook (meta_train/sharding.py) ---
+  # --- sharding hook (meta_train/runtime/sharding.py) ---
   if run.num_devices is not None:
     _positive(cfg, "run.num_devices")
     check_devices(cfg, run.num_devices)
@@ -168,7 +168,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 def check_devices(cfg: RunConfig, num_devices: int) -> None:
   """Raises :class:`ConfigError` unless the estimator's sharded unit splits over the devices.
 
-  The unit sharded over devices (:func:`meta_train.sharding.sharding_unit`) is the antithetic
+  The unit sharded over devices (:func:`meta_train.runtime.sharding.sharding_unit`) is the antithetic
   pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both members of a
   pair stay on one device) and the particle for those with ``num_particles`` (``tbptt``).
 

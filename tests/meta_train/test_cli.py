@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from meta_train import cli
+from meta_train.runtime import cli
 from meta_train import config as C
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""Grouped estimation over a mixture's members (meta_train/grouped.py)."""
+"""Grouped estimation over a mixture's members (meta_train/estimators/grouped.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +7,12 @@ import pytest
 
 import learned_opt
 import tasks
-from meta_train import checkpoint as ckpt_lib
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
 from meta_train import errors
-from meta_train import grouped
-from meta_train import registry
-from meta_train import sharding
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
+from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 
 UNROLL = {"truncation_length": 3, "min_horizon": 6, "max_horizon": 6}

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train import antithetic
-from meta_train import estimator as est_lib
-from meta_train.pes import pes_accumulate, pes_pair_grads
-from meta_train.truncated_es import es_pair_grads
+from meta_train.estimators import antithetic
+from meta_train.estimators import estimator as est_lib
+from meta_train.estimators.pes import pes_accumulate, pes_pair_grads
+from meta_train.estimators.truncated_es import es_pair_grads
 
 
 def _close(tree, expected):
@@ -71,7 +71,7 @@ def test_combine_means_pairs_and_counts_non_finite_entries():
 
 def _tiny_estimator(name):
   import learned_opt  # pylint: disable=import-outside-toplevel
-  from meta_train import registry  # pylint: disable=import-outside-toplevel
+  from meta_train.estimators import registry  # pylint: disable=import-outside-toplevel
   from tasks.quadratic import QuadraticFamily  # pylint: disable=import-outside-toplevel
   lopt = learned_opt.SGDMomentum()
   est = registry.make_estimator(name, lopt, QuadraticFamily(dim=2), num_pairs=3, sigma=0.1,

@@ -17,10 +17,10 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train import checkpoint as ckpt_lib
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
-from meta_train import run as run_lib
-from meta_train.metrics_log import MetricsFile
+from meta_train.runtime import run as run_lib
+from meta_train.runtime.metrics_log import MetricsFile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -17,9 +17,9 @@ from jax.sharding import AxisType, PartitionSpec
 
 import learned_opt
 from meta_train import config as config_lib
-from meta_train import run as run_lib
-from meta_train import sharding
-from meta_train.registry import make_estimator
+from meta_train.runtime import run as run_lib
+from meta_train.runtime import sharding
+from meta_train.estimators.registry import make_estimator
 from meta_train.trainer import MetaTrainer
 import tasks
 
@@ -120,7 +120,8 @@ _SCRIPT = r"""
 import io, json, os, shutil, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax
-from meta_train import config as config_lib, run as run_lib
+from meta_train import config as config_lib
+from meta_train.runtime import run as run_lib
 assert jax.device_count() == 8, jax.devices()
 root = sys.argv[1]
 base = ["estimator.num_pairs=8", "run.progress=off", "wandb.mode=disabled"]
@@ -143,8 +144,8 @@ for name, extra in {"pairs": ["estimator.num_pairs=6"],
 res["errors"] = errors
 # Per-device work of one compiled step (tiny problem): the particles are really split.
 import learned_opt, tasks
-from meta_train import sharding
-from meta_train.registry import make_estimator
+from meta_train.runtime import sharding
+from meta_train.estimators.registry import make_estimator
 from meta_train.trainer import MetaTrainer
 flops = {}
 for name in ("pes", "full_es", "tbptt"):

@@ -14,7 +14,7 @@ trace of the per-particle covariance divided by the number of independent partic
 ``nonfinite_loss``, ``nonfinite_grad``, ``nonfinite`` and ``inner_steps``.
 
 Every field is checked by the constructor (:class:`meta_train.errors.FieldError` names it), so
-an estimator that exists is usable. The estimators by name: :mod:`meta_train.registry`.
+an estimator that exists is usable. The estimators by name: :mod:`meta_train.estimators.registry`.
 """
 
 from __future__ import annotations

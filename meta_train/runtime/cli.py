@@ -20,7 +20,7 @@ import sys
 from typing import Sequence
 
 from meta_train import config as config_lib
-from meta_train import distributed as dist_lib
+from meta_train.runtime import distributed as dist_lib
 
 EXIT_CONFIG_ERROR = 2
 
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(config_lib.to_json(cfg))
     return 0
   run_dir = args.run_dir or os.path.join("runs", args.preset)
-  from meta_train import run as run_lib  # pylint: disable=import-outside-toplevel
+  from meta_train.runtime import run as run_lib  # pylint: disable=import-outside-toplevel
   try:
     with dist_lib.exit_on_peer_failure(  # distributed hook: no hang on a dead peer
         run_dir, passthrough=(config_lib.ConfigError, run_lib.RunDirError)):

@@ -32,12 +32,12 @@ from typing import Any, NamedTuple, TextIO
 import jax
 import optax
 
-from meta_train import checkpoint as ckpt_lib
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
-from meta_train import distributed as dist_lib
-from meta_train import metrics_log as log_lib
-from meta_train import progress as progress_lib
-from meta_train import sharding as sharding_lib
+from meta_train.runtime import distributed as dist_lib
+from meta_train.runtime import metrics_log as log_lib
+from meta_train.runtime import progress as progress_lib
+from meta_train.runtime import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -80,7 +80,7 @@ def build_outer_optimizer(cfg: config_lib.RunConfig) -> optax.GradientTransforma
 def build_trainer(cfg: config_lib.RunConfig, mesh=None):
   """``(trainer, lopt, family)`` for a validated config (builds objects, compiles nothing).
 
-  ``mesh`` (:func:`meta_train.sharding.make_mesh`) shards the particles over devices.
+  ``mesh`` (:func:`meta_train.runtime.sharding.make_mesh`) shards the particles over devices.
   """
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   lopt = config_lib.build_optimizer(cfg)
@@ -214,7 +214,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   stdout = sys.stdout if stdout is None else stdout
   cfg = config_lib.validate(cfg)
   run_dir = os.path.abspath(os.fspath(run_dir))
-  # --- distributed hook (meta_train/sharding.py, meta_train/distributed.py) ---
+  # --- distributed hook (meta_train/runtime/sharding.py, meta_train/runtime/distributed.py) ---
   writer = dist_lib.is_writer()  # only process 0 writes the run directory
   try:
     mesh = sharding_lib.make_mesh(cfg.run.num_devices)

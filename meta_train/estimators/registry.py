@@ -5,7 +5,7 @@ Everything that lists estimators reads :data:`ESTIMATORS`: the run config's
 :func:`make_estimator` and :func:`build_estimator`.
 
 An estimator's settings are its :class:`~meta_train.unroll.UnrollConfig` fields plus its own
-fields (:meth:`~meta_train.estimator.Estimator.own_fields`), under the same names everywhere:
+fields (:meth:`~meta_train.estimators.estimator.Estimator.own_fields`), under the same names everywhere:
 ``make_estimator``'s keywords, the estimator's attributes and the run config's ``estimator.*``
 fields. Example::
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meta_train import estimator as est_lib
+from meta_train.estimators import estimator as est_lib
 from meta_train import unroll as unroll_lib
-from meta_train.full_es import FullES
-from meta_train.pes import PES
-from meta_train.tbptt import TBPTT
-from meta_train.truncated_es import TruncatedES
+from meta_train.estimators.full_es import FullES
+from meta_train.estimators.pes import PES
+from meta_train.estimators.tbptt import TBPTT
+from meta_train.estimators.truncated_es import TruncatedES
 
 ESTIMATORS: dict[str, type[est_lib.Estimator]] = {
     cls.name: cls for cls in (TBPTT, TruncatedES, PES, FullES)}

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from meta_train import antithetic
+from meta_train.estimators import antithetic
 from meta_train import unroll as unroll_lib
 
 
@@ -50,7 +50,7 @@ class TruncatedESState(NamedTuple):
 class TruncatedES(antithetic.AntitheticEstimator):
   """Antithetic ES on truncated unrolls.
 
-  Fields: those of :class:`~meta_train.antithetic.AntitheticEstimator`.
+  Fields: those of :class:`~meta_train.estimators.antithetic.AntitheticEstimator`.
   """
 
   name: ClassVar[str] = "es"

@@ -20,7 +20,7 @@ after the sum the noisiest family would set the direction. Clipped per group, ea
 moves θ by at most ``w_i c`` per step, however noisy (the per-task gradient normalisation of
 multi-task learning; the objective is no longer exactly the mixture's while a clip is active).
 
-The estimators of the groups are ordinary ones (:mod:`meta_train.registry`) and keep their own
+The estimators of the groups are ordinary ones (:mod:`meta_train.estimators.registry`) and keep their own
 states; this estimator's state is their tuple, its metrics their weighted combination plus each
 group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true`` with a
 ``mixture`` task family (:func:`meta_train.config.build_estimator`).
@@ -44,7 +44,7 @@ import optax
 
 import tasks
 from meta_train import errors
-from meta_train import registry
+from meta_train.estimators import registry
 from meta_train import unroll as unroll_lib
 
 # Counts combined by summing over groups (the others are weighted means).
@@ -151,14 +151,14 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
   """Estimator ``name`` built once per member of the mixture ``family``, grouped.
 
   Args:
-    name: a key of :data:`meta_train.registry.ESTIMATORS` with a ``num_pairs`` (or
+    name: a key of :data:`meta_train.estimators.registry.ESTIMATORS` with a ``num_pairs`` (or
       ``num_particles``) field.
     lopt: the learned optimizer.
     family: a :class:`tasks.MixtureFamily` (its members and weights are used).
     member_pairs: pairs (particles for ``tbptt``) of each member's group, in member order;
       ``None``: every group takes ``fields``' count (or the estimator's default).
     group_clip: clip each group's estimate to this global norm before the sum (0: no clip).
-    **fields: the estimator's settings (:func:`meta_train.registry.make_estimator`).
+    **fields: the estimator's settings (:func:`meta_train.estimators.registry.make_estimator`).
 
   Raises:
     meta_train.errors.FieldError: ``family`` is not a mixture, or ``member_pairs`` does not
