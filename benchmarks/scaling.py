@@ -51,9 +51,9 @@ def _measure(family_name, devices, pairs, seconds, windows):
   import jax  # pylint: disable=import-outside-toplevel
   import learned_opt  # pylint: disable=import-outside-toplevel
   import tasks  # pylint: disable=import-outside-toplevel
+  from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   from meta_train.estimators import registry  # pylint: disable=import-outside-toplevel
   from meta_train.runtime import sharding  # pylint: disable=import-outside-toplevel
-  from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(len(devices), devices=devices)
   est = registry.make_estimator("pes", learned_opt.MLPOptimizer(), tasks.get(family_name),

@@ -26,12 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from meta_train import unroll as unroll_lib
 from meta_train.estimators import estimator as est_lib
 from meta_train.runtime import sharding as sharding_lib
-from meta_train import unroll as unroll_lib
-
-_COUNT_METRICS = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
-
 
 def default_outer_optimizer() -> optax.GradientTransformation:
   """``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))``."""
@@ -132,8 +129,7 @@ class MetaTrainer:
 
     Returns:
       ``(state, metrics)``: metrics are scalar arrays averaged over the dispatch, except the
-      counts ``inner_steps``, ``nonfinite``, ``nonfinite_loss``, ``nonfinite_grad``, which are
-      summed over it.
+      counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`), which are summed over it.
     """
     return self._step(state)
 
@@ -142,7 +138,7 @@ class MetaTrainer:
                                   length=self.steps_per_dispatch)
     out = {}
     for name, values in metrics.items():
-      if name in _COUNT_METRICS:
+      if name in est_lib.COUNT_METRICS:
         out[name] = jnp.sum(values)
       else:
         out[name] = jnp.mean(values.astype(jnp.float32))

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from meta_train import errors
+from meta_train import unroll as unroll_lib
 from meta_train.estimators import estimator as est_lib
 from meta_train.runtime import sharding as sharding_lib
-from meta_train import unroll as unroll_lib
 
 
 def stack_pair(pos: Any, neg: Any) -> Any:

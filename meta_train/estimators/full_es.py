@@ -21,9 +21,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from meta_train.estimators import antithetic
 from meta_train import errors
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
 from meta_train.estimators.truncated_es import es_pair_grads
 
 

@@ -44,11 +44,9 @@ import optax
 
 import tasks
 from meta_train import errors
-from meta_train.estimators import registry
 from meta_train import unroll as unroll_lib
-
-# Counts combined by summing over groups (the others are weighted means).
-_COUNTS = ("nonfinite_loss", "nonfinite_grad", "nonfinite", "inner_steps")
+from meta_train.estimators import estimator as est_lib
+from meta_train.estimators import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +124,7 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
                     names: Sequence[str]) -> dict[str, jax.Array]:
   """The groups' metrics as one estimator's.
 
-  Counts (:data:`_COUNTS`) are summed; ``meta_loss`` is the weighted mean
+  Counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`) are summed; ``meta_loss`` is the weighted mean
   ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are independent); every
   other metric is the weighted mean. Each group's own meta-loss is kept as
   ``meta_loss/<name>``.
@@ -134,7 +132,7 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
   out = {}
   for key in per_group[0]:
     values = [m[key] for m in per_group]
-    if key in _COUNTS:
+    if key in est_lib.COUNT_METRICS:
       out[key] = sum(values[1:], values[0])
     elif key == "grad_variance":
       out[key] = sum(w * w * v for w, v in zip(weights, values)).astype(jnp.float32)
@@ -146,7 +144,8 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
 
 
 def grouped_estimator(name: str, lopt: Any, family: Any,
-                      member_pairs: Sequence[int] | None = None, group_clip: float = 0.0,
+                      member_pairs: Sequence[int] | None = None,
+                      group_clip: float = GroupedEstimator.group_clip,
                       **fields: Any) -> GroupedEstimator:
   """Estimator ``name`` built once per member of the mixture ``family``, grouped.
 
@@ -169,7 +168,7 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
                             f"grouping by member needs a mixture family (tasks.mixture_of), "
                             f"got {getattr(family, 'name', family)!r}")
   members = family.families
-  count_field = "num_pairs" if "num_pairs" in registry.estimator_fields(name) else "num_particles"
+  count_field = registry.count_field(name)
   if member_pairs is not None:
     member_pairs = tuple(member_pairs)
     if len(member_pairs) != len(members) or not all(

@@ -23,8 +23,8 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from meta_train.estimators import antithetic
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
 
 
 def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses: jax.Array,

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meta_train.estimators import estimator as est_lib
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import estimator as est_lib
 from meta_train.estimators.full_es import FullES
 from meta_train.estimators.pes import PES
 from meta_train.estimators.tbptt import TBPTT
@@ -46,6 +46,38 @@ def estimator_class(name: str) -> type[est_lib.Estimator]:
 def estimator_fields(name: str) -> tuple[str, ...]:
   """The settings estimator ``name`` takes: the unroll's fields, then its own."""
   return UNROLL_FIELDS + estimator_class(name).own_fields()
+
+
+def count_field(name: str) -> str:
+  """The field counting estimator ``name``'s inner trainings: ``num_pairs`` or ``num_particles``.
+
+  The antithetic estimators count pairs (two inner trainings each), ``tbptt`` particles.
+  """
+  return "num_pairs" if "num_pairs" in estimator_fields(name) else "num_particles"
+
+
+def estimators_with(field: str) -> tuple[str, ...]:
+  """The names of the estimators that take setting ``field``, in registry order."""
+  return tuple(n for n in ESTIMATORS if field in estimator_fields(n))
+
+
+def field_default(field: str) -> Any:
+  """The default of estimator setting ``field``, read from the class that declares it.
+
+  The unroll's fields are :class:`~meta_train.unroll.UnrollConfig`'s; the others are declared
+  once by an estimator class (``num_pairs`` and ``sigma`` by
+  :class:`~meta_train.estimators.antithetic.AntitheticEstimator`, ``num_particles`` by
+  :class:`~meta_train.estimators.tbptt.TBPTT`) and inherited, so there is one default.
+
+  Raises:
+    ValueError: no estimator has ``field``.
+  """
+  defaults = {f.default for cls in (unroll_lib.UnrollConfig, *ESTIMATORS.values())
+              for f in dataclasses.fields(cls)
+              if f.name == field and f.default is not dataclasses.MISSING}
+  if len(defaults) != 1:
+    raise ValueError(f"estimator field {field!r} has {len(defaults)} defaults: {defaults}")
+  return defaults.pop()
 
 
 def make_estimator(name: str, lopt: Any, family: Any, **fields: Any) -> est_lib.Estimator:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from meta_train.estimators import antithetic
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
 
 
 def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: float) -> Any:

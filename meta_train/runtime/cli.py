@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def resolve_args(args: argparse.Namespace) -> config_lib.RunConfig:
-  """The validated config described by parsed command-line arguments."""
+def resolve_args(args: argparse.Namespace) -> config_lib.Built:
+  """The validated config described by parsed command-line arguments, with its objects built.
+
+  The learned optimizer, task family and estimator are built here, once; the run uses them.
+  """
   overrides = list(args.overrides) + list(args.sets)
   if args.wandb is not None:
     overrides.append(f"wandb.mode={args.wandb}")
-  return config_lib.resolve(args.preset, overrides)
+  return config_lib.build(config_lib.apply_overrides(config_lib.preset(args.preset), overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,11 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   except dist_lib.DistributedError as e:
     parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
   try:
-    cfg = resolve_args(args)
+    built = resolve_args(args)
   except config_lib.ConfigError as e:
     parser.exit(EXIT_CONFIG_ERROR, f"meta-train: config error: {e}\n")
   if args.print_config:
-    sys.stdout.write(config_lib.to_json(cfg))
+    sys.stdout.write(config_lib.to_json(built.cfg))
     return 0
   run_dir = args.run_dir or os.path.join("runs", args.preset)
   from meta_train.runtime import run as run_lib  # pylint: disable=import-outside-toplevel
@@ -102,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with dist_lib.exit_on_peer_failure(  # distributed hook: no hang on a dead peer
         run_dir, passthrough=(config_lib.ConfigError, run_lib.RunDirError)):
       command = shlex.join(["meta-train", *(sys.argv[1:] if argv is None else argv)])
-      run_lib.run(cfg, run_dir, command=command)
+      run_lib.run(built, run_dir, command=command)
   except (config_lib.ConfigError, run_lib.RunDirError) as e:
     parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
   except KeyboardInterrupt:

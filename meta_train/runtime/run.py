@@ -32,8 +32,9 @@ from typing import Any, NamedTuple, TextIO
 import jax
 import optax
 
-from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
+from meta_train.estimators import estimator as est_lib
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train.runtime import distributed as dist_lib
 from meta_train.runtime import metrics_log as log_lib
 from meta_train.runtime import progress as progress_lib
@@ -77,18 +78,20 @@ def build_outer_optimizer(cfg: config_lib.RunConfig) -> optax.GradientTransforma
   return opt
 
 
-def build_trainer(cfg: config_lib.RunConfig, mesh=None):
-  """``(trainer, lopt, family)`` for a validated config (builds objects, compiles nothing).
+def build_trainer(cfg: config_lib.RunConfig | config_lib.Built, mesh=None):
+  """``(trainer, lopt, family)`` for a config (compiles nothing).
 
-  ``mesh`` (:func:`meta_train.runtime.sharding.make_mesh`) shards the particles over devices.
+  Args:
+    cfg: a config (validated and built here by :func:`meta_train.config.build`), or what
+      ``build`` returned (its objects are used, nothing is built again).
+    mesh: a device mesh (:func:`meta_train.runtime.sharding.make_mesh`) to shard the
+      particles over.
   """
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-  lopt = config_lib.build_optimizer(cfg)
-  family = config_lib.build_family(cfg)
-  estimator = config_lib.build_estimator(cfg, lopt, family)
-  trainer = trainer_lib.MetaTrainer(estimator, outer_optimizer=build_outer_optimizer(cfg),
-                                    steps_per_dispatch=cfg.run.steps_per_dispatch, mesh=mesh)
-  return trainer, lopt, family
+  built = cfg if isinstance(cfg, config_lib.Built) else config_lib.build(cfg)
+  trainer = trainer_lib.MetaTrainer(built.estimator, outer_optimizer=build_outer_optimizer(
+      built.cfg), steps_per_dispatch=built.cfg.run.steps_per_dispatch, mesh=mesh)
+  return trainer, built.lopt, built.family
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -183,7 +186,7 @@ class _Interval:
   def record(self, step: int, elapsed: float) -> dict[str, Any]:
     rec: dict[str, Any] = {"step": step, "wall_time": time.time(), "elapsed_s": elapsed}
     for k, v in self.sums.items():
-      if k in ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad"):
+      if k in est_lib.COUNT_METRICS:
         rec[k] = v  # totals over the interval
       else:
         rec[k] = v / self.count
@@ -194,12 +197,14 @@ class _Interval:
     return rec
 
 
-def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
+def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike, *,
         stdout: TextIO | None = None, command: str | None = None) -> RunResult:
   """Meta-trains as ``cfg`` says, in ``run_dir``, resuming from its newest intact checkpoint.
 
   Args:
-    cfg: the run's config (validated here, before anything is compiled).
+    cfg: the run's config (validated here, before anything is compiled), or what
+      :func:`meta_train.config.build` returned for it (then nothing is validated or built
+      again: ``meta-train`` validates once, before joining the run).
     run_dir: the run directory (created if missing).
     stdout: where plain log lines and messages go (default ``sys.stdout``).
     command: the command line that started the run, recorded in the exported optimizer's
@@ -212,7 +217,8 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
     ConfigError: invalid config. RunDirError: incompatible run directory.
   """
   stdout = sys.stdout if stdout is None else stdout
-  cfg = config_lib.validate(cfg)
+  built = cfg if isinstance(cfg, config_lib.Built) else config_lib.build(cfg)
+  cfg = built.cfg
   run_dir = os.path.abspath(os.fspath(run_dir))
   # --- distributed hook (meta_train/runtime/sharding.py, meta_train/runtime/distributed.py) ---
   writer = dist_lib.is_writer()  # only process 0 writes the run directory
@@ -223,7 +229,7 @@ def run(cfg: config_lib.RunConfig, run_dir: str | os.PathLike, *,
   config_lib.check_devices(cfg, mesh.size)  # before anything is compiled
   # --- end distributed hook ---
   prepare_run_dir(cfg, run_dir, write=writer)
-  trainer, lopt, family = build_trainer(cfg, mesh)
+  trainer, lopt, family = build_trainer(built, mesh)
   total, k = cfg.run.num_outer_steps, cfg.run.steps_per_dispatch
 
   key = jax.random.key(cfg.run.seed)
@@ -332,7 +338,7 @@ def load_final_state(run_dir: str, cfg: config_lib.RunConfig | None = None):
   if cfg is None:
     with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as f:
       cfg = config_lib.from_json(f.read())
-  trainer, _, _ = build_trainer(config_lib.validate(cfg))
+  trainer, _, _ = build_trainer(cfg)
   template = jax.eval_shape(trainer.init, jax.random.key(cfg.run.seed))
   ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, CHECKPOINT_DIR),
                                max_to_keep=cfg.run.max_to_keep)

@@ -7,11 +7,11 @@ import pytest
 
 import learned_opt
 import tasks
-from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
 from meta_train import errors
 from meta_train.estimators import grouped
 from meta_train.estimators import registry
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 

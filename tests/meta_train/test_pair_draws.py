@@ -4,9 +4,9 @@ import jax
 import numpy as np
 
 import learned_opt
+from meta_train import unroll as unroll_lib
 from meta_train.estimators import antithetic
 from meta_train.estimators import registry
-from meta_train import unroll as unroll_lib
 from tasks.quadratic import QuadraticFamily
 
 FAMILY = QuadraticFamily(dim=3)

@@ -17,8 +17,8 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train import config as config_lib
+from meta_train.runtime import checkpoint as ckpt_lib
 from meta_train.runtime import run as run_lib
 from meta_train.runtime.metrics_log import MetricsFile
 

@@ -17,9 +17,9 @@ from jax.sharding import AxisType, PartitionSpec
 
 import learned_opt
 from meta_train import config as config_lib
+from meta_train.estimators.registry import make_estimator
 from meta_train.runtime import run as run_lib
 from meta_train.runtime import sharding
-from meta_train.estimators.registry import make_estimator
 from meta_train.trainer import MetaTrainer
 import tasks
 
@@ -144,8 +144,8 @@ for name, extra in {"pairs": ["estimator.num_pairs=6"],
 res["errors"] = errors
 # Per-device work of one compiled step (tiny problem): the particles are really split.
 import learned_opt, tasks
-from meta_train.runtime import sharding
 from meta_train.estimators.registry import make_estimator
+from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 flops = {}
 for name in ("pes", "full_es", "tbptt"):

@@ -7,14 +7,14 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train.estimators import registry
 from meta_train.errors import FieldError
+from meta_train.estimators import registry
 from meta_train.estimators.full_es import FullES
 from meta_train.estimators.pes import PES
 from meta_train.estimators.registry import make_estimator
 from meta_train.estimators.tbptt import TBPTT
-from meta_train.trainer import MetaTrainer, MetaTrainerState
 from meta_train.estimators.truncated_es import TruncatedES
+from meta_train.trainer import MetaTrainer, MetaTrainerState
 from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticFamily
 
