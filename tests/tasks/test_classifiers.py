@@ -185,21 +185,14 @@ def test_normalizer_is_loss_over_log_num_classes():
                                 [10.0, 10.0, 10.0, 0.0])
 
 
-def test_adam_trains_digits_mlp_to_high_valid_accuracy():
+def test_adam_trains_digits_mlp_to_high_valid_accuracy(train_loop):
   family = tasks.get("digits_mlp")
   task = _task(family, init_scale=1.0, activation=1)
   opt = optax.adam(family.suggested_lr)
 
   @jax.jit
   def train(key):
-    params = task.init(key)
-    def step(carry, k):
-      p, s = carry
-      g = jax.grad(task.loss)(p, k, task.sample_batch(k, "train"))
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
-                                  jax.random.split(key, 150))
+    params, _ = train_loop(task, task.init(key), opt, key, 150)
     d = family.data
     return classifiers.ClassifierTask.accuracy(task, params, {"x": d.valid_x[0],
                                                              "y": d.valid_y[0]})

@@ -94,7 +94,7 @@ def test_member_batches_and_params_follow_their_families(family):
     np.testing.assert_array_equal(a, b)
 
 
-def test_adam_under_vmap_trains_only_the_selected_members(family):
+def test_adam_under_vmap_trains_only_the_selected_members(family, train_loop):
   tps = jax.vmap(family.sample)(jax.random.split(jax.random.key(0), 2))
   tps = {"index": jnp.array([0, 1], jnp.int32), "params": tps["params"]}
   opt = optax.adam(family.suggested_lr)
@@ -105,12 +105,7 @@ def test_adam_under_vmap_trains_only_the_selected_members(family):
     task = family.task(tp)
     p0 = task.init(key)
     eval_batch = task.sample_batch(key, "valid")
-    def step(carry, k):
-      p, s = carry
-      g = jax.grad(task.loss)(p, k, task.sample_batch(k, "train"))
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), jax.random.split(key, 10))
+    p, _ = train_loop(task, p0, opt, key, 10)
     return p0, p, task.loss(p0, key, eval_batch), task.loss(p, key, eval_batch)
 
   p0, p, loss0, loss1 = train(tps, jax.random.split(jax.random.key(1), 2))
