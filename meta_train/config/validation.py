@@ -75,7 +75,10 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
   ``optimizer.kwargs.NAME=value`` / ``task.kwargs.NAME=value`` set one constructor argument,
   typed by the architecture's / family's dataclass field. Changing ``optimizer.name`` (or
   ``task.family``) drops the preset's kwargs of the old one (unless a whole
-  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply.
+  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply. Likewise
+  changing ``estimator.name`` puts the old estimator's own settings back to their defaults,
+  and giving ``estimator.member_pairs`` the count it replaces (unless given too, and then
+  refused by :func:`check_estimator_fields`).
 
   Raises:
     ConfigError: unknown field or unparsable value, naming the field path.
@@ -95,10 +98,9 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
       cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, kwargs={})})
   for path, text in entries:
     cfg = parsing.set_field(cfg, path, text, entry_type=_kwargs_entry_type)
-  if cfg.estimator.name != old.estimator.name and "estimator" not in whole:
-    given = {path.split(".", 1)[1] for path, _ in plain if path.startswith("estimator.")}
-    cfg = dataclasses.replace(cfg, estimator=_drop_foreign_fields(cfg.estimator, given))
-  return cfg
+  given = {path.split(".", 1)[1] for path, _ in plain if path.startswith("estimator.")}
+  return dataclasses.replace(cfg, estimator=_drop_ignored_fields(cfg.estimator, old.estimator,
+                                                                 given))
 
 
 def _foreign_fields(spec: schema.EstimatorConfig) -> list[str]:
@@ -108,14 +110,18 @@ def _foreign_fields(spec: schema.EstimatorConfig) -> list[str]:
   return [f.name for f in dataclasses.fields(spec) if f.name in every - takes]
 
 
-def _drop_foreign_fields(spec: schema.EstimatorConfig, keep: set[str]) -> schema.EstimatorConfig:
-  """``spec`` with the fields its estimator does not take back at their defaults (but ``keep``).
+def _drop_ignored_fields(spec: schema.EstimatorConfig, before: schema.EstimatorConfig,
+                         given: set[str]) -> schema.EstimatorConfig:
+  """``spec`` with the preset's settings its overrides made ignored back at their defaults.
 
-  Changing ``estimator.name`` drops the preset's settings of the old estimator (as changing
-  ``optimizer.name`` drops its kwargs); fields given on the command line stay, to be refused.
+  Changing ``estimator.name`` drops the old estimator's own settings (as changing
+  ``optimizer.name`` drops its kwargs), and giving ``estimator.member_pairs`` drops the count
+  it replaces; fields in ``given`` (set on the command line) stay, to be refused.
   """
-  return dataclasses.replace(spec, **{f: registry.field_default(f) for f in _foreign_fields(spec)
-                                      if f not in keep})
+  drop = set(_foreign_fields(spec)) if spec.name != before.name else set()
+  if spec.member_pairs is not None and before.member_pairs is None:
+    drop.add(registry.count_field(spec.name))
+  return dataclasses.replace(spec, **{f: registry.field_default(f) for f in drop - given})
 
 
 def check_estimator_fields(spec: schema.EstimatorConfig) -> None:

@@ -1,5 +1,6 @@
 """The estimators' per-pair gradients and their combination, on inputs worked out by hand."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,9 +13,8 @@ from meta_train.estimators.truncated_es import es_pair_grads
 
 
 def _close(tree, expected):
-  assert set(tree) == set(expected)
-  for k, v in expected.items():
-    np.testing.assert_allclose(np.asarray(tree[k]), np.asarray(v, np.float32), rtol=1e-6)
+  chex.assert_trees_all_close(tree, {k: np.asarray(v, np.float32) for k, v in expected.items()},
+                              rtol=1e-6)
 
 
 def test_es_pair_grads():

@@ -1,5 +1,6 @@
 """The outer trainer and the estimator registry: API, determinism, resume, learning, NaN safety."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +23,7 @@ FAMILY = QuadraticFamily(dim=4, noise_scale=(0.0, 0.05))
 LOPT = learned_opt.SGDMomentum(initial_learning_rate=0.01, initial_momentum=0.0)
 
 
-def _assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+_assert_trees_equal = chex.assert_trees_all_equal
 
 
 @pytest.fixture(scope="module")

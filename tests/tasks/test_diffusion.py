@@ -68,8 +68,13 @@ def test_restricted_family_samples_only_allowed_names():
 
 
 def test_families_are_registered():
-  assert isinstance(tasks.get("diffusion_toy2d"), diffusion.Toy2DFamily)
-  assert isinstance(tasks.get("diffusion_digits"), diffusion.DigitsFamily)
+  """The registry's diffusion families are the default ones, under the names they carry."""
+  for name, cls in (("diffusion_toy2d", diffusion.Toy2DFamily),
+                    ("diffusion_digits", diffusion.DigitsFamily)):
+    assert name in tasks.family_names()
+    family = tasks.get(name)
+    assert family == cls() and type(family) is cls and family.name == name
+  assert tasks.get("diffusion_toy2d") != diffusion.Toy2DFamily(datasets=("two_moons",))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of the mixture family: member selection, exact delegation, zero gradients elsewhere."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,8 +70,7 @@ def test_loss_normalizer_and_grad_delegate_to_selected_member(family, index):
 
   loss, grads, norm, norm_nan, member_loss, member_grad, member_norm = run(tp)
   np.testing.assert_allclose(loss, member_loss, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(grads[index]), jax.tree.leaves(member_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(grads[index], member_grad, rtol=1e-5, atol=1e-7)
   for g in jax.tree.leaves(grads[1 - index]):  # Unselected member: exactly zero gradient.
     np.testing.assert_array_equal(g, 0.0)
   np.testing.assert_allclose(norm, member_norm, rtol=1e-6)
@@ -89,9 +89,7 @@ def test_member_batches_and_params_follow_their_families(family):
               tuple(m.sample_batch(k, "valid") for m, k in zip(members, keys)))
     return mixed, direct
   mixed, direct = both(jax.random.key(2))
-  assert jax.tree.structure(mixed) == jax.tree.structure(direct)
-  for a, b in zip(jax.tree.leaves(mixed), jax.tree.leaves(direct)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(mixed, direct)
 
 
 def test_adam_under_vmap_trains_only_the_selected_members(family, train_loop):
