@@ -188,8 +188,9 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
     # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits. The recipe
-    # is docs/experiments.md's best (#13): an Adam-like start with an initial decay, horizon-
-    # aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
+    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13): an Adam-like
+    # start with an initial decay, horizon-aware unrolls, the held-out (valid) meta-loss and a
+    # cosine outer schedule.
     "quickstart": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
                                           "init_decay": 3.0}),
