@@ -3,8 +3,9 @@
 A run is described by one :class:`RunConfig`, a tree of frozen dataclasses whose fields carry
 their ``--help`` text. :data:`PRESETS` names complete configs (``smoke``, ``quickstart``,
 ``default``). The estimator section's fields are named as the estimator fields they set
-(:mod:`meta_train.estimators.registry`). Parsing is generic (:mod:`meta_train.config.parsing`); checks and
-the building of the objects a config describes are in :mod:`meta_train.config.validation`.
+(:mod:`meta_train.estimators.registry`), with their defaults. Parsing is generic
+(:mod:`meta_train.config.parsing`); checks and the building of the objects a config describes
+are in :mod:`meta_train.config.validation`.
 """
 
 from __future__ import annotations
@@ -205,9 +206,9 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
     # on the MLP classifiers, the quadratics and both diffusion families, one particle group per
-    # member (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it costs ~20x
-    # an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and transformer LMs
-    # stay out: they are its out-of-distribution suite.
+    # member (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it
+    # costs ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
+    # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
                                           "init_decay": 3.0, "exp_mult": 1.0}),

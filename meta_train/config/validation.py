@@ -250,9 +250,10 @@ def build(cfg: RunConfig) -> Built:
 def check_devices(cfg: RunConfig, num_devices: int) -> None:
   """Raises :class:`ConfigError` unless the estimator's sharded unit splits over the devices.
 
-  The unit sharded over devices (:func:`meta_train.runtime.sharding.sharding_unit`) is the antithetic
-  pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both members of a
-  pair stay on one device) and the particle for those with ``num_particles`` (``tbptt``).
+  The unit sharded over devices (:func:`meta_train.runtime.sharding.sharding_unit`) is the
+  antithetic pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both
+  members of a pair stay on one device) and the particle for those with ``num_particles``
+  (``tbptt``).
 
   Raises:
     ConfigError: naming ``estimator.num_pairs`` or ``estimator.num_particles``.

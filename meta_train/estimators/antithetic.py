@@ -9,7 +9,8 @@ the perturbation, the paired unroll (both members of a pair see the same tasks a
 once per pair) and the combination of the per-pair gradients ``g_i``. A subclass supplies only
 where its pairs start (:meth:`AntitheticEstimator.pair_particles`) and its per-pair gradient
 with the next state (:meth:`AntitheticEstimator.pair_update`), which calls a pure function:
-:func:`meta_train.estimators.truncated_es.es_pair_grads`, :func:`meta_train.estimators.pes.pes_pair_grads`.
+:func:`meta_train.estimators.truncated_es.es_pair_grads`,
+:func:`meta_train.estimators.pes.pes_pair_grads`.
 
 References:
   Salimans et al., "Evolution strategies as a scalable alternative to reinforcement learning",

@@ -20,10 +20,10 @@ after the sum the noisiest family would set the direction. Clipped per group, ea
 moves θ by at most ``w_i c`` per step, however noisy (the per-task gradient normalisation of
 multi-task learning; the objective is no longer exactly the mixture's while a clip is active).
 
-The estimators of the groups are ordinary ones (:mod:`meta_train.estimators.registry`) and keep their own
-states; this estimator's state is their tuple, its metrics their weighted combination plus each
-group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true`` with a
-``mixture`` task family (:func:`meta_train.config.build_estimator`).
+The estimators of the groups are ordinary ones (:mod:`meta_train.estimators.registry`) and keep
+their own states; this estimator's state is their tuple, its metrics their weighted combination
+plus each group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true``
+with a ``mixture`` task family (:func:`meta_train.config.build_estimator`).
 
 Example::
 
@@ -124,10 +124,10 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
                     names: Sequence[str]) -> dict[str, jax.Array]:
   """The groups' metrics as one estimator's.
 
-  Counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`) are summed; ``meta_loss`` is the weighted mean
-  ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are independent); every
-  other metric is the weighted mean. Each group's own meta-loss is kept as
-  ``meta_loss/<name>``.
+  Counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`) are summed; ``meta_loss`` is
+  the weighted mean ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are
+  independent); every other metric is the weighted mean. Each group's own meta-loss is kept
+  as ``meta_loss/<name>``.
   """
   out = {}
   for key in per_group[0]:

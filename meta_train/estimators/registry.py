@@ -5,9 +5,9 @@ Everything that lists estimators reads :data:`ESTIMATORS`: the run config's
 :func:`make_estimator` and :func:`build_estimator`.
 
 An estimator's settings are its :class:`~meta_train.unroll.UnrollConfig` fields plus its own
-fields (:meth:`~meta_train.estimators.estimator.Estimator.own_fields`), under the same names everywhere:
-``make_estimator``'s keywords, the estimator's attributes and the run config's ``estimator.*``
-fields. Example::
+fields (:meth:`~meta_train.estimators.estimator.Estimator.own_fields`), under the same names
+everywhere: ``make_estimator``'s keywords, the estimator's attributes and the run config's
+``estimator.*`` fields. Example::
 
   est = make_estimator("pes", lopt, family, num_pairs=4, truncation_length=10,
                        min_horizon=50, max_horizon=50)

@@ -95,8 +95,8 @@ def particle_counts(estimator: Any) -> tuple[int, ...]:
   row per pair, or one per ``θ±ε`` member), ``(num_particles,)`` for one with
   ``num_particles``.
 
-  A :class:`~meta_train.estimators.grouped.GroupedEstimator` (one with ``groups``) has the union of its
-  groups' counts.
+  A :class:`~meta_train.estimators.grouped.GroupedEstimator` (one with ``groups``) has the union
+  of its groups' counts.
 
   Raises:
     ValueError: the estimator has neither field.
