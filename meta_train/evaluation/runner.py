@@ -159,7 +159,7 @@ def _samples(problem, tx, lr: float, n: int, num_samples: int = 256) -> dict[str
   for name, opt in (("learned", tx), ("adam", optax.adam(lr))):
     params = curves_lib.trained_params(problem.family, opt, tp, key, n)
     out[name] = np.asarray(tasks.diffusion.sample(task, params, jax.random.key(1), num_samples))
-  out["data"] = np.asarray(task.heldout(jax.random.key(2), num_samples))
+  out["data"] = np.asarray(task.heldout(jax.random.key(2), num_samples, "test"))
   out["adam_learning_rate"] = np.array(lr)
   return out
 

@@ -224,10 +224,10 @@ def _is_diffusion(family) -> bool:
 
 
 def energy_distance_metric(task, params, key, num_samples: int = 256):
-  """Energy distance between the trained model's samples and held-out data."""
+  """Energy distance between the trained model's samples and the test split's data."""
   k_sample, k_ref = jax.random.split(key)
   x = tasks.diffusion.sample(task, params, k_sample, num_samples)
-  return tasks.diffusion.energy_distance(x, task.heldout(k_ref, num_samples))
+  return tasks.diffusion.energy_distance(x, task.heldout(k_ref, num_samples, "test"))
 
 
 def problems(family, family_name: str, config) -> list[baselines_lib.Problem]:
