@@ -42,56 +42,99 @@ def report_files(root: str = ROOT, pattern: str = DEFAULT_GLOB) -> list[str]:
   return sorted(f for f in files if not f.startswith(EXPERIMENTS_DIR + os.sep))
 
 
+def _runs(rs: Sequence[dict[str, Any]], key: str) -> np.ndarray | None:
+  """The per-run ``[tasks, seeds]`` arrays of ``key`` joined along tasks (None if absent)."""
+  if not all(key in r for r in rs):
+    return None
+  return np.concatenate([np.asarray(r[key], np.float64).reshape(r["num_tasks"], -1)
+                         for r in rs], axis=0)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  with np.errstate(divide="ignore", invalid="ignore"):
+    r = a / b
+  return np.where(np.isnan(r), np.inf, r)  # both sides diverged: not a tie
+
+
 def pooled_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One dict per (optimizer, suite, baseline) with the families' runs pooled."""
+  """One dict per (optimizer, suite, baseline) with the families' runs pooled; a calibration
+  row (a tuned baseline scored itself) follows the learned optimizer whose draws it shares."""
   groups: dict[tuple, list[dict]] = {}
   for r in results:
-    groups.setdefault((r["optimizer"], r["suite"], r["baseline"]), []).append(r)
+    owner = r.get("reference", r["optimizer"])
+    groups.setdefault((owner, r["suite"], r["optimizer"], r["baseline"]), []).append(r)
   rows = []
-  for (opt, suite, baseline), rs in groups.items():
-    learned = np.concatenate([np.ravel(r["final_loss_learned"]) for r in rs])
-    base = np.concatenate([np.ravel(r["final_loss_baseline"]) for r in rs])
-    speed = np.concatenate([np.ravel(r["speedup_per_run"]) for r in rs])
-    wins = (learned < base).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      ratio = learned / base
-    rows.append({
-        "optimizer": opt, "suite": suite, "baseline": baseline,
-        "families": sorted({r["family"] for r in rs}),
-        "num_steps": sorted({r["num_steps"] for r in rs}),
-        "runs": int(len(wins)),
-        "win_fraction": float(wins.mean()),
-        "win_fraction_ci": measures.bootstrap_ci(wins, np.mean, 2000, 0),
-        "speedup_median": float(np.median(speed)),
-        "speedup_median_ci": measures.bootstrap_ci(speed, np.median, 2000, 0),
-        "speedup_cap": max(r.get("speedup_cap", 4.0) for r in rs),
-        "final_loss_ratio_median": float(np.median(ratio)),
-        "diverged_runs": int(sum(r["diverged_runs"] for r in rs)),
-    })
-  rows.sort(key=lambda r: (r["optimizer"], SUITE_ORDER.get(r["suite"], 9), r["baseline"]))
+  for (owner, suite, opt, baseline), rs in groups.items():
+    row = {"optimizer": opt, "owner": owner, "suite": suite, "baseline": baseline,
+           "role": rs[0].get("role", "learned"),
+           "families": sorted({r["family"] for r in rs}),
+           "num_steps": sorted({r["num_steps"] for r in rs}),
+           "diverged_runs": int(sum(r["diverged_runs"] for r in rs))}
+    for tag in ("", "_test"):
+      mine, theirs = (_runs(rs, f"final_loss{tag}_learned"),
+                      _runs(rs, f"final_loss{tag}_baseline"))
+      if mine is None or theirs is None:
+        row[f"win_fraction{tag}"] = None
+        continue
+      wins = (mine < theirs).astype(np.float64)
+      row[f"win_fraction{tag}"] = float(wins.mean())
+      row[f"win_fraction{tag}_ci"] = measures.bootstrap_ci(wins, np.mean, 2000, 0)
+      row[f"final_loss_ratio{tag}_median"] = float(np.median(_ratio(mine, theirs)))
+    for name, cap_key in (("speedup", "speedup_cap"), ("steps_to_reach", "steps_to_reach_cap")):
+      sp = _runs(rs, f"{name}_per_run")
+      if sp is None:
+        continue
+      row[f"{name}_median"] = float(np.median(sp))
+      row[f"{name}_median_ci"] = measures.bootstrap_ci(sp, np.median, 2000, 0)
+      row[f"{name}_cap"] = max(r.get(cap_key, 4.0) for r in rs)
+      row[f"{name}_unreached_runs"] = int(sum(r.get(f"{name}_unreached_runs", 0) for r in rs))
+    row["runs"] = int(sum(r["num_runs"] for r in rs))
+    rows.append(row)
+  rows.sort(key=lambda r: (r["owner"], SUITE_ORDER.get(r["suite"], 9), r["role"] != "learned",
+                           r["optimizer"], r["baseline"]))
   return rows
 
 
+def _cell(row: dict[str, Any], name: str) -> str:
+  if row.get(f"{name}_median") is None:
+    return "–"
+  censored = row.get(f"{name}_unreached_runs", 0) > 0
+  sp = lambda x: report.format_speedup(x, row[f"{name}_cap"], censored)
+  return f"{sp(row[f'{name}_median'])} {report.format_ci(row[f'{name}_median_ci'], sp)}"
+
+
+def _wins(row: dict[str, Any], tag: str) -> str:
+  pct = lambda x: f"{100 * x:.0f}%"
+  if row.get(f"win_fraction{tag}") is None:
+    return "–"
+  return f"{pct(row[f'win_fraction{tag}'])} {report.format_ci(row[f'win_fraction{tag}_ci'], pct)}"
+
+
 def table(files: Sequence[str], root: str = ROOT) -> str:
-  """The generated README section (markers included)."""
+  """The generated README section (markers included) from committed ``eval.json`` files."""
   results = []
   for f in files:
     with open(os.path.join(root, f), encoding="utf-8") as fh:
       results.extend(json.load(fh)["results"])
-  pct = lambda x: f"{100 * x:.0f}%"
+  return table_from_results(results, files)
+
+
+def table_from_results(results: Sequence[dict[str, Any]], files: Sequence[str]) -> str:
+  """The generated README section for ``results`` (read from ``files``)."""
   lines = [BEGIN, "",
-           "| optimizer | suite | vs | families | steps | runs | wins [95% CI] | "
-           "speed-up median [95% CI] | final-loss ratio | diverged |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| optimizer | suite | vs | families | steps | runs | train-loss wins [95% CI] | "
+           "test-loss wins [95% CI] | speed-up median [95% CI] | steps-to-reach vs cosine "
+           "[95% CI] | train-loss ratio | diverged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in pooled_rows(results):
-    sp = lambda x, cap=r["speedup_cap"]: report.format_speedup(x, cap)
     fams = ", ".join(f"`{f}`" for f in r["families"])
+    name = f"`{r['optimizer']}`" if r["role"] == "learned" else f"↳ {r['optimizer']}"
+    ratio = r.get("final_loss_ratio_median")
     lines.append(
-        f"| `{r['optimizer']}` | {r['suite']} | tuned `{r['baseline']}` | {fams} | "
-        f"{'/'.join(map(str, r['num_steps']))} | {r['runs']} | "
-        f"{pct(r['win_fraction'])} {report.format_ci(r['win_fraction_ci'], pct)} | "
-        f"{sp(r['speedup_median'])} {report.format_ci(r['speedup_median_ci'], sp)} | "
-        f"{r['final_loss_ratio_median']:.3g} | {r['diverged_runs']}/{r['runs']} |")
+        f"| {name} | {r['suite']} | tuned `{r['baseline']}` | {fams} | "
+        f"{'/'.join(map(str, r['num_steps']))} | {r['runs']} | {_wins(r, '')} | "
+        f"{_wins(r, '_test')} | {_cell(r, 'speedup')} | {_cell(r, 'steps_to_reach')} | "
+        f"{'–' if ratio is None else f'{ratio:.3g}'} | {r['diverged_runs']}/{r['runs']} |")
   lines += ["", "Generated from " + ", ".join(f"`{f}`" for f in files) + ".", "", END]
   return "\n".join(lines) + "\n"
 

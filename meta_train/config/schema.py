@@ -164,7 +164,7 @@ RESUMABLE_FIELDS = frozenset({
     "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
     "eval.num_tasks", "eval.num_seeds", "eval.num_steps", "eval.learning_rates",
     "eval.max_learning_rate", "eval.min_learning_rate", "eval.warmup_fraction", "eval.seed",
-    "eval.smoothing_window", "eval.bootstrap_samples",
+    "eval.smoothing_window", "eval.bootstrap_samples", "eval.draws", "eval.eval_points",
     "run.num_devices",  # sharding hook: a run may resume on another device count
 })
 

@@ -94,8 +94,8 @@ def test_batches_are_drawn_from_the_right_split_inside_jit():
   np.testing.assert_array_equal(vb["x"][:, 0] - 100, vb["y"])
   assert not np.array_equal(sample(jax.random.key(1), "train")["y"], tb["y"])
   with pytest.raises(ValueError, match="split"):
-    task.sample_batch(jax.random.key(0), "test")
-  # A single mapping serves both splits; batch_size=None gives the whole split.
+    task.sample_batch(jax.random.key(0), "holdout")
+  # A single mapping serves every split; batch_size=None gives the whole split.
   full = tasks.from_function(lambda k: jnp.zeros(()), lambda p, b: p, train)
   np.testing.assert_array_equal(full.sample_batch(jax.random.key(0), "valid")["y"], train["y"])
 
@@ -120,7 +120,8 @@ def test_stochastic_loss_and_normalizer():
     ({}, TypeError, "non-empty mapping"),
     (np.zeros((5, 2)), TypeError, "mapping"),
     (({"x": np.zeros(3)}, {"z": np.zeros(3)}), ValueError, "same keys"),
-    (({"x": np.zeros(3)}, {"x": np.zeros((2, 1))}, {}), TypeError, "pair"),
+    (({"x": np.zeros(3)}, {"x": np.zeros((2, 1))}, {}), TypeError, r"data\[2\] \(test\)"),
+    (({"x": np.zeros(3)},) * 4, TypeError, "pair or a .* triple, got 4 items"),
     (({"x": np.zeros(3)}, {"x": np.zeros(2), "y": np.zeros(3)}), ValueError, "leading"),
 ])
 def test_bad_data_gives_clear_errors(data, error, match):

@@ -368,8 +368,8 @@ def test_denoising_error_of_the_wiener_filter_is_one():
 
 
 def test_digits_data_and_family():
-  train, valid = data.digits()
-  assert train.shape == (1500, 64) and valid.shape == (297, 64)
+  train, valid, test = data.digits()
+  assert train.shape == (1500, 64) and valid.shape == (148, 64) and test.shape == (149, 64)
   assert train.min() == -1.0 and train.max() == 1.0
   assert not (train[:, None, :] == valid[None, :5, :]).all(-1).any()  # split is disjoint
   for denoiser in ("conv", "mlp"):
