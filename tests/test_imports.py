@@ -10,17 +10,12 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("learned_opt", "tasks", "meta_train")
 # A package may import only the packages listed for it (and itself): learned_opt and tasks
 # import neither each other nor meta_train.
 ALLOWED = {"learned_opt": set(), "tasks": set(), "meta_train": {"learned_opt", "tasks"}}
-
-# A cycle being broken elsewhere: meta-eval's CLI lazily imports wandb_log, which imports the
-# CLI back for `slug` (the fix moves `slug` into meta_train/evaluation/report.py).
-KNOWN_CYCLES = [frozenset({"meta_train.evaluation.cli", "meta_train.evaluation.wandb_log"})]
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -124,12 +119,5 @@ def test_imports_flow_one_way():
 
 
 def test_no_import_cycle_between_modules():
-  unexpected = [sorted(c) for c in cycles(graph()) if c not in KNOWN_CYCLES]
-  assert not unexpected, f"import cycles: {unexpected}"
-
-
-@pytest.mark.xfail(strict=True, reason="known cycle, being broken: `slug` moves to report.py; "
-                                       "when this passes, empty KNOWN_CYCLES")
-@pytest.mark.parametrize("cycle", KNOWN_CYCLES, ids=lambda c: " <-> ".join(sorted(c)))
-def test_known_cycle_is_gone(cycle):
-  assert cycle not in cycles(graph())
+  found = [sorted(c) for c in cycles(graph())]
+  assert not found, f"import cycles: {found}"

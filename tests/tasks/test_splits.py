@@ -17,8 +17,8 @@ import pytest
 
 import learned_opt
 import tasks
-from meta_train import grouped
-from meta_train import registry
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
 from meta_train.trainer import MetaTrainer
 from tasks import datasets
 from tasks import language_model as lm
