@@ -49,7 +49,9 @@ class EvalConfig:
     eval_points: losses are recorded at about this many evenly spaced steps of ``num_steps``
       (every :attr:`every` steps, a divisor of ``num_steps``), on fixed evaluation sets.
     smoothing_window: trailing moving average over recorded points before comparing (1: none;
-      the fixed evaluation sets carry no minibatch noise).
+      the fixed evaluation sets carry no minibatch noise). ``None``, which configs written
+      before the fixed evaluation sets hold (it meant ``num_steps // 20`` steps of per-step
+      minibatch losses), reads as 1.
     bootstrap_samples: resamples of the tasks for the 95 % intervals.
   """
 
@@ -65,13 +67,16 @@ class EvalConfig:
   seed: int = _f(0, help="root seed of the held-out task and seed draws")
   draws: str = _f("dev", help="held-out stream: dev (recipe work) or report (committed reports)")
   eval_points: int = _f(25, help="recorded points per run of num_steps steps")
-  smoothing_window: int = _f(1, help="moving-average window over recorded points (1: none)")
+  smoothing_window: int | None = _f(1, help="moving-average window over recorded points "
+                                             "(1: none)")
   bootstrap_samples: int = _f(2000, help="bootstrap resamples (of tasks) for the 95% intervals")
 
   def __post_init__(self):
     for name in ("num_tasks", "num_seeds", "num_steps", "bootstrap_samples", "eval_points",
                  "smoothing_window"):
       value = getattr(self, name)
+      if name == "smoothing_window" and value is None:
+        continue
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"EvalConfig.{name} must be a positive int, got {value!r}")
     lrs = self.learning_rates
@@ -92,7 +97,7 @@ class EvalConfig:
   @property
   def window(self) -> int:
     """The moving-average window over recorded points."""
-    return self.smoothing_window
+    return 1 if self.smoothing_window is None else self.smoothing_window
 
   @property
   def every(self) -> int:

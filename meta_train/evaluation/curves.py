@@ -14,8 +14,9 @@ its longer grid run.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -35,37 +36,6 @@ def draw(family: task_base.TaskFamily, key: jax.Array, num_tasks: int, num_seeds
   k_tasks, k_runs = jax.random.split(key)
   task_params = jax.vmap(family.sample)(jax.random.split(k_tasks, num_tasks))
   return task_params, jax.random.split(k_runs, (num_tasks, num_seeds))
-
-
-def constant_adam(lr: jax.Array) -> optax.GradientTransformation:
-  """``optax.adam`` at (traced) learning rate ``lr``."""
-  return optax.adam(lr)
-
-
-def cosine_adam(num_steps: int, warmup_fraction: float) -> TransformFactory:
-  """Adam with linear warm-up over ``warmup_fraction`` of ``num_steps``, then cosine decay to 0.
-
-  .. math::
-    \\eta_t = \\eta \\cdot \\begin{cases} (t + 1) / W & t < W \\\\
-      \\tfrac12 \\big(1 + \\cos(\\pi \\tfrac{t - W}{N - W})\\big) & t \\ge W \\end{cases}
-
-  (the first update already has a non-zero rate).
-  """
-  warmup = max(1, int(math.ceil(warmup_fraction * num_steps))) if warmup_fraction > 0 else 0
-  decay = max(1, num_steps - warmup)
-
-  def factor(count):
-    count = jnp.asarray(count, jnp.float32)
-    ramp = (count + 1.0) / max(warmup, 1)
-    frac = jnp.clip((count - warmup) / decay, 0.0, 1.0)
-    cos = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.where(count < warmup, ramp, cos)
-
-  def make(lr):
-    return optax.chain(optax.scale_by_adam(),
-                       optax.scale_by_schedule(lambda c: -lr * factor(c)))
-
-  return make
 
 
 def _run_keys(key):
@@ -193,7 +163,6 @@ def seconds_per_step(family: task_base.TaskFamily, tx: optax.GradientTransformat
                      repeats: int = 3) -> float:
   """Wall-clock seconds of one training step (model forward and backward included) of the
   first task, inside one jitted loop; the best of ``repeats`` timings after compiling."""
-  import time  # pylint: disable=import-outside-toplevel
   tp = jax.tree.map(lambda x: x[0], task_params)
   run = jax.jit(lambda tp, k: jax.tree.leaves(
       trained_params_fn(family.task(tp), tx, k, num_steps)))
