@@ -202,9 +202,11 @@ def run_grid(problem: Problem, baseline: Baseline, num_steps: int, learning_rate
 
 
 def tuned_grid(problem: Problem, baseline: Baseline, num_steps: int, tune_step: int, config,
-               cache) -> tuple[GridRuns, dict[str, np.ndarray]]:
-  """Runs the grid, extended at its edges until every task's best rate is interior for every
-  measured split.
+               cache, learning_rates=None) -> tuple[GridRuns, dict[str, np.ndarray]]:
+  """Runs the grid, extended at its edges until every task's best train-loss rate is interior.
+
+  The test loss is tuned over the same grid (its best rate may sit at an edge: a test loss
+  that training only worsens would otherwise chase the grid down to ``min_learning_rate``).
 
   Args:
     problem: family and draws.
@@ -214,25 +216,34 @@ def tuned_grid(problem: Problem, baseline: Baseline, num_steps: int, tune_step: 
       inside constant Adam's longer runs).
     config: the :class:`~meta_train.evaluation.config.EvalConfig`.
     cache: a :class:`~meta_train.evaluation.cache.CurveCache`.
+    learning_rates: the starting grid (default: the config's, times ``grid_scale``).
 
   Returns:
     ``(runs, best)``: the grid's runs and ``{split: [tasks]}`` best-rate indices.
   """
   scale = baseline.grid_scale
   lo, hi = config.min_learning_rate * scale, config.max_learning_rate * scale
-  lrs = sorted(float(f"{x * scale:.6g}") for x in config.learning_rates)
+  if learning_rates is None:
+    learning_rates = [x * scale for x in config.learning_rates]
+  lrs = sorted({float(f"{x:.6g}") for x in learning_rates})
   point = tune_step // config.every
   while True:
     runs = run_grid(problem, baseline, num_steps, lrs, cache, config)
     best = {split: measures.tune(measures.final_loss(c, config.window, point))
             for split, c in runs.curves.items()}
-    edge_hi = any(np.any(b == len(lrs) - 1) for b in best.values())
-    edge_lo = any(np.any(b == 0) for b in best.values())
     extra = []
-    if edge_hi and lrs[-1] < hi:
+    if np.any(best["train"] == len(lrs) - 1) and lrs[-1] < hi:
       extra.append(min(half_decade(lrs[-1], 1), hi))
-    if edge_lo and lrs[0] > lo:
+    if np.any(best["train"] == 0) and lrs[0] > lo:
       extra.append(max(half_decade(lrs[0], -1), lo))
     if not extra:
       return runs, best
     lrs = sorted(lrs + extra)
+
+
+def neighbourhood(best: np.ndarray, grid: np.ndarray) -> list[float]:
+  """The rates of ``grid`` at the ``best`` indices and their neighbours in the grid (a longer
+  run's grid: its best rate sits near the shorter run's)."""
+  grid = np.asarray(grid, np.float64)
+  idx = {j for i in np.asarray(best).ravel() for j in (i - 1, i, i + 1) if 0 <= j < len(grid)}
+  return sorted(float(grid[j]) for j in idx)

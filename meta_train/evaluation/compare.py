@@ -104,6 +104,8 @@ def group_runs(learned: dict[str, np.ndarray], learned_metric: np.ndarray | None
       runs, best = baselines_lib.tuned_grid(problem, b, n, n, config, cache)
     subjects[name] = _tuned(runs, best, config)
     lrs[name] = runs.learning_rates
+    if name == "adam_cosine":
+      cos_best = best
   for subject, data in subjects.items():
     means[subject] = {}
     for split in SPLITS:
@@ -122,7 +124,8 @@ def group_runs(learned: dict[str, np.ndarray], learned_metric: np.ndarray | None
   if "adam_cosine" in subjects:
     speed, reached = cosine_steps_to_reach(
         table[f"{LEARNED}/train/final"], subjects["adam_cosine"]["train"]["curves"],
-        means["steps"], problem, config, cache, cosine_factors)
+        cos_best["train"], lrs["adam_cosine"], means["steps"], problem, config, cache,
+        cosine_factors)
     table["adam_cosine/train/steps_to_reach"] = speed
     table["adam_cosine/train/steps_to_reach_reached"] = reached
   if problem.final_metric is not None and learned_metric is not None:
@@ -136,20 +139,24 @@ def group_runs(learned: dict[str, np.ndarray], learned_metric: np.ndarray | None
   return table, means
 
 
-def cosine_steps_to_reach(targets: np.ndarray, first_curve: np.ndarray, steps: np.ndarray,
-                          problem, config, cache, factors: Sequence[float]):
+def cosine_steps_to_reach(targets: np.ndarray, first_curve: np.ndarray, best: np.ndarray,
+                          rates: np.ndarray, steps: np.ndarray, problem, config, cache,
+                          factors: Sequence[float]):
   """``adam_cosine``'s own steps-to-reach of ``targets`` (``[tasks, seeds]`` train losses):
-  longer tuned runs only while some target is not yet reached."""
+  longer tuned runs only while some target is not yet reached, each tuned over the 1x run's
+  best rates (indices ``best`` into its grid ``rates``) and their neighbours in that grid,
+  extended at an edge."""
   cos = baselines_lib.get("adam_cosine")
   n = config.num_steps
   cap = max(factors)
   length_finals = {1.0: measures.final_loss(first_curve, config.window)}
   unreached = ~(measures.clean(first_curve) <= targets[..., None]).any(axis=-1)
+  grid = baselines_lib.neighbourhood(best, rates)
   for f in sorted(factors):
     if f <= 1.0 or not unreached.any():
       continue
     length = config.length(f)
-    runs, best = baselines_lib.tuned_grid(problem, cos, length, length, config, cache)
+    runs, best = baselines_lib.tuned_grid(problem, cos, length, length, config, cache, grid)
     final = measures.pick(measures.final_loss(runs.curves["train"], config.window),
                           best["train"])
     length_finals[length / n] = final

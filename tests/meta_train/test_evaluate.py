@@ -241,6 +241,13 @@ def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path):
   np.testing.assert_array_equal(best2["test"], best["test"])
 
 
+def test_longer_cosine_runs_are_tuned_around_the_1x_best_rates():
+  grid = np.array([1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+  assert B.neighbourhood(np.array([0]), grid) == [1e-4, 3e-4]
+  assert B.neighbourhood(np.array([2, 2]), grid) == [3e-4, 1e-3, 3e-3]
+  assert B.neighbourhood(np.array([1, 4]), grid) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+
+
 def test_sgd_is_tuned_on_a_grid_ten_times_higher(tmp_path):
   problem = _quadratic_problem()
   cfg = ev.EvalConfig(num_tasks=2, num_seeds=2, num_steps=8, learning_rates=(1e-3, 1e-2),
