@@ -33,7 +33,7 @@ import jax
 
 import learned_opt
 import tasks
-from meta_train.registry import make_estimator
+from meta_train.estimators.registry import make_estimator
 from meta_train.trainer import MetaTrainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling, also under -m

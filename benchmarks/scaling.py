@@ -2,8 +2,9 @@
 
 For each family (the digits MLP classifier family and a diffusion family) and each device count
 ``D`` the benchmark meta-trains with PES, ``pairs_per_device * D`` antithetic pairs sharded over
-a ``D``-device mesh (:mod:`meta_train.sharding`), and reports the steady-state inner steps per
-second, in total and per device, and the ratio of both to the 1-device run of the same session.
+a ``D``-device mesh (:mod:`meta_train.runtime.sharding`), and reports the steady-state inner
+steps per second, in total and per device, and the ratio of both to the 1-device run of the
+same session.
 
 * CPU (default): ``D`` in 1, 2, 4, 8 forced host devices
   (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, set here before jax is imported).
@@ -51,9 +52,9 @@ def _measure(family_name, devices, pairs, seconds, windows):
   import jax  # pylint: disable=import-outside-toplevel
   import learned_opt  # pylint: disable=import-outside-toplevel
   import tasks  # pylint: disable=import-outside-toplevel
-  from meta_train import registry  # pylint: disable=import-outside-toplevel
-  from meta_train import sharding  # pylint: disable=import-outside-toplevel
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  from meta_train.estimators import registry  # pylint: disable=import-outside-toplevel
+  from meta_train.runtime import sharding  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(len(devices), devices=devices)
   est = registry.make_estimator("pes", learned_opt.MLPOptimizer(), tasks.get(family_name),

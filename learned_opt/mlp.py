@@ -231,7 +231,7 @@ class MLPOptimizer(base.LearnedOptimizer):
       still tell the network the task's scale (the initial parameters' and gradients' RMS),
       but parameters or gradients that grow during a long run can no longer feed their own
       step size through them: the rule's per-tensor input is then constant in time. Measured
-      in ``docs/experiments.md`` (#46/#47): it did not make long runs more stable.
+      in ``reports/experiments/LOG.md`` (#46/#47): it did not make long runs more stable.
     schedule_normalize: with a learned schedule, divide each tensor's rule output by its RMS
       over the tensor so that the schedule alone sets the step size (Celo2-style):
       ``u = λ exp(s) ũ`` with ``λ`` = :attr:`init_learning_rate` and ``ũ`` the normalised

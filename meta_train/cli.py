@@ -1,114 +1,14 @@
-"""The ``meta-train`` command: meta-train a learned optimizer from a preset plus overrides.
+"""The ``meta-train`` console script's address (``meta-train = meta_train.cli:main``).
 
-Usage::
-
-  meta-train --preset smoke --run-dir runs/smoke
-  meta-train --preset quickstart --run-dir runs/qs estimator.num_pairs=8 --set outer.lr=3e-3
-  meta-train --preset default --run-dir runs/default --wandb online
-
-Every config field can be overridden as ``field.path=value`` (positional or ``--set``);
-``meta-train --help`` lists them all with their defaults. Re-running with the same
-``--run-dir`` resumes from the newest intact checkpoint.
+The command itself lives in :mod:`meta_train.runtime.cli`; this module keeps the entry point
+and ``python -m meta_train.cli`` stable.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-import shlex
 import sys
-from typing import Sequence
 
-from meta_train import config as config_lib
-from meta_train import distributed as dist_lib
+from meta_train.runtime.cli import build_parser, main, resolve_args
 
-EXIT_CONFIG_ERROR = 2
-
-
-def _fields_help() -> str:
-  rows = config_lib.fields_table()
-  width = max(len(f"{p} ({t})") for p, t, _, _ in rows)
-  lines = ["config fields (override with field.path=value; defaults of RunConfig()):"]
-  section = None
-  for path, tname, value, text in rows:
-    head = path.split(".")[0]
-    if head != section:
-      section = head
-      lines.append(f"  [{head}]")
-    shown = repr(value) if not isinstance(value, str) else value
-    lines.append(f"    {f'{path} ({tname})':<{width}}  = {shown}   {text}")
-  lines.append("")
-  lines.append("  optimizer.kwargs.NAME / task.kwargs.NAME set one field of the architecture's /")
-  lines.append("  family's dataclass (typed by it), e.g. optimizer.kwargs.hidden_size=8.")
-  lines.append("")
-  lines.append("presets (values that differ from the defaults above):")
-  base = config_lib.RunConfig()
-  for name, cfg in config_lib.PRESETS.items():
-    diffs = ", ".join(f"{p}={b}" for p, _, b in config_lib.diff(base, cfg))
-    lines.append(f"  {name}: {diffs}")
-  return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-  """The argparse parser of ``meta-train`` (help generated from the config dataclasses)."""
-  parser = argparse.ArgumentParser(
-      prog="meta-train",
-      description="Meta-train a learned optimizer (JAX). Resumes when --run-dir holds a run.",
-      epilog=_fields_help(),
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
-                      help="named starting config (default: %(default)s)")
-  parser.add_argument("--run-dir", default=None,
-                      help="run directory (default: runs/<preset>); resumed if it holds a run")
-  parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override one config field (repeatable)")
-  parser.add_argument("--wandb", choices=("offline", "online", "disabled"), default=None,
-                      help="wandb mode (same as wandb.mode=...; default: the config's, offline)")
-  parser.add_argument("--print-config", action="store_true",
-                      help="print the resolved config as JSON and exit (nothing is compiled)")
-  parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
-                      help="config overrides, e.g. estimator.num_pairs=4")
-  dist_lib.add_arguments(parser)  # distributed hook: --coordinator, --num-processes, ...
-  return parser
-
-
-def resolve_args(args: argparse.Namespace) -> config_lib.RunConfig:
-  """The validated config described by parsed command-line arguments."""
-  overrides = list(args.overrides) + list(args.sets)
-  if args.wandb is not None:
-    overrides.append(f"wandb.mode={args.wandb}")
-  return config_lib.resolve(args.preset, overrides)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point of the ``meta-train`` console script; returns the exit status."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  try:  # distributed hook: join a multi-process run before JAX touches a device
-    if not args.print_config:
-      dist_lib.join_from_args(args)
-  except dist_lib.DistributedError as e:
-    parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
-  try:
-    cfg = resolve_args(args)
-  except config_lib.ConfigError as e:
-    parser.exit(EXIT_CONFIG_ERROR, f"meta-train: config error: {e}\n")
-  if args.print_config:
-    sys.stdout.write(config_lib.to_json(cfg))
-    return 0
-  run_dir = args.run_dir or os.path.join("runs", args.preset)
-  from meta_train import run as run_lib  # pylint: disable=import-outside-toplevel
-  try:
-    with dist_lib.exit_on_peer_failure(  # distributed hook: no hang on a dead peer
-        run_dir, passthrough=(config_lib.ConfigError, run_lib.RunDirError)):
-      command = shlex.join(["meta-train", *(sys.argv[1:] if argv is None else argv)])
-      run_lib.run(cfg, run_dir, command=command)
-  except (config_lib.ConfigError, run_lib.RunDirError) as e:
-    parser.exit(EXIT_CONFIG_ERROR, f"meta-train: error: {e}\n")
-  except KeyboardInterrupt:
-    return 130
-  return 0
-
+__all__ = ["build_parser", "main", "resolve_args"]
 
 if __name__ == "__main__":
   sys.exit(main())

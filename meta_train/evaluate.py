@@ -23,47 +23,53 @@ from meta_train.evaluation import figures
 from meta_train.evaluation import measures
 from meta_train.evaluation import report
 from meta_train.evaluation import suites
-from meta_train.evaluation.baselines import GridRuns, Problem, half_decade, run_grid, tuned_grid
+from meta_train.evaluation.baselines import (REGISTRY, Baseline, GridRuns, Problem, half_decade,
+                                             run_grid, tuned_grid, warmup_cosine)
 from meta_train.evaluation.cache import CurveCache, default_dir
-from meta_train.evaluation.compare import Comparison, against_adam, against_cosine, aggregate
+from meta_train.evaluation.compare import calibration_entries, group_runs, learned_entries
 from meta_train.evaluation.config import (BASELINES, COSINE_LENGTH_FACTORS,
-                                          DEFAULT_LEARNING_RATES, MAX_SPEEDUP, SUITES,
+                                          DEFAULT_LEARNING_RATES, DRAWS, MAX_SPEEDUP, SUITES,
                                           EvalConfig)
-from meta_train.evaluation.curves import (constant_adam, cosine_adam, draw, learned_curves,
-                                          training_curves)
+from meta_train.evaluation.curves import draw, final_metrics, learned_curves, training_curves
 from meta_train.evaluation.measures import (bootstrap_ci, diverged, final_loss, first_reach,
-                                            interquartile_mean, lower_envelope, smooth,
-                                            speedup_by_length, speedup_constant)
+                                            interquartile_mean, reach_step, seed_mean_envelope,
+                                            smooth, speedup_by_length, speedup_envelope)
 from meta_train.evaluation.runner import FamilyResult, evaluate_family, evaluate_suite
 from meta_train.evaluation.suites import EvalError, Optimizer, load_optimizer, plan
 
 
 def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[float],
-              max_speedup: float = MAX_SPEEDUP,
-              smoothing_window: int | None = None) -> dict[str, Any]:
-  """Win fraction and steps-to-reach speed-up of given curves against constant-rate Adam.
+              max_speedup: float = MAX_SPEEDUP, smoothing_window: int = 1,
+              steps: np.ndarray | None = None) -> dict[str, Any]:
+  """Win fraction and VeLO speed-up of given curves against constant-rate Adam.
 
-  Each curve is smoothed over time (trailing moving average), then read at its last step, per
-  (task, seed) run; Adam is tuned per task (lowest mean final loss over seeds).
+  Each curve is smoothed (trailing moving average over points) and read at its last point
+  ``N``, per (task, seed) run; Adam is tuned per task (lowest mean final loss over seeds); the
+  speed-up is read on the seed-mean envelope of Adam's grid (:func:`seed_mean_envelope`).
 
   Args:
-    learned: ``[tasks, seeds, steps + 1]`` learned optimizer's valid losses.
-    adam: ``[lrs, tasks, seeds, >= steps + 1]`` Adam's (longer runs give speed-ups above 1).
+    learned: ``[tasks, seeds, points]`` the learned optimizer's losses.
+    adam: ``[lrs, tasks, seeds, >= points]`` Adam's (longer runs give speed-ups above 1).
     learning_rates: Adam's grid (``adam``'s first axis).
     max_speedup: cap when the envelope never reaches the learned optimizer's final loss.
-    smoothing_window: moving-average window (default ``max(1, steps // 20)``).
+    smoothing_window: moving-average window in points.
+    steps: the step of each of Adam's points (default: point ``i`` is step ``i``).
 
   Returns:
     A JSON-serialisable dict.
   """
   learned = np.asarray(learned, np.float64)
   adam = np.asarray(adam, np.float64)
-  n = learned.shape[-1] - 1
-  window = max(1, n // 20) if smoothing_window is None else int(smoothing_window)
+  p = learned.shape[-1] - 1
+  steps = np.arange(adam.shape[-1]) if steps is None else np.asarray(steps)
+  n = int(steps[p])
+  window = int(smoothing_window)
   final_learned = final_loss(learned, window)
-  best = measures.tune(final_loss(adam, window, n))
-  tuned_final = measures.pick(final_loss(adam, window, n), best)
-  speedups = speedup_constant(final_learned, lower_envelope(adam, window), n, max_speedup)
+  finals = final_loss(adam, window, p)
+  best = measures.tune(finals)
+  tuned_final = measures.pick(finals, best)
+  speedups, reached = speedup_envelope(final_learned, seed_mean_envelope(adam, window), steps,
+                                       n, max_speedup)
   return {
       "num_steps": n,
       "smoothing_window": window,
@@ -73,6 +79,7 @@ def summarize(learned: np.ndarray, adam: np.ndarray, learning_rates: Sequence[fl
       "final_loss_adam_tuned": tuned_final.tolist(),
       "win_fraction": float(np.mean(final_learned < tuned_final)),
       "speedup_per_run": speedups.tolist(),
+      "speedup_reached": reached.tolist(),
       "speedup_median": float(np.median(speedups)),
       "speedup_iqm": interquartile_mean(speedups),
       "diverged_runs": int(diverged(learned).sum()),
@@ -111,8 +118,10 @@ def evaluate_and_report(lopt, meta_params, family, out_dir: str,
   paths = report.write(out_dir, result.entries, meta, [fig])
   summary: dict[str, Any] = {}
   for e in result.entries:
-    for k in ("win_fraction", "speedup_median", "speedup_iqm", "final_loss_ratio_median",
-              "diverged_runs"):
+    if e.get("role") != "learned":
+      continue
+    for k in ("win_fraction", "win_fraction_test", "speedup_median", "speedup_iqm",
+              "final_loss_ratio_median", "diverged_runs"):
       summary[f"{e['baseline']}/{k}"] = e[k]
   summary["files"] = {"json": paths["json"], "md": paths["md"], "png": fig}
   return summary
@@ -124,12 +133,13 @@ def _asdict(config) -> dict[str, Any]:
 
 
 __all__ = [
-    "BASELINES", "COSINE_LENGTH_FACTORS", "DEFAULT_LEARNING_RATES", "MAX_SPEEDUP", "SUITES",
-    "Comparison", "CurveCache", "EvalConfig", "EvalError", "FamilyResult", "GridRuns",
-    "Optimizer", "Problem", "against_adam", "against_cosine", "aggregate", "bootstrap_ci",
-    "cache_lib", "constant_adam", "cosine_adam", "default_dir", "diverged", "draw",
-    "evaluate_and_report", "evaluate_family", "evaluate_suite", "figures", "final_loss",
-    "first_reach", "half_decade", "interquartile_mean", "learned_curves", "load_optimizer",
-    "lower_envelope", "measures", "plan", "report", "run_grid", "smooth", "speedup_by_length",
-    "speedup_constant", "suites", "summarize", "training_curves", "tuned_grid",
+    "BASELINES", "COSINE_LENGTH_FACTORS", "DEFAULT_LEARNING_RATES", "DRAWS", "MAX_SPEEDUP",
+    "REGISTRY", "SUITES", "Baseline", "CurveCache", "EvalConfig", "EvalError", "FamilyResult",
+    "GridRuns", "Optimizer", "Problem", "bootstrap_ci", "cache_lib", "calibration_entries",
+    "default_dir", "diverged", "draw", "evaluate_and_report", "evaluate_family",
+    "evaluate_suite", "figures", "final_loss", "final_metrics", "first_reach", "group_runs",
+    "half_decade", "interquartile_mean", "learned_curves", "learned_entries", "load_optimizer",
+    "measures", "plan", "reach_step", "report", "run_grid", "seed_mean_envelope", "smooth",
+    "speedup_by_length", "speedup_envelope", "suites", "summarize", "training_curves",
+    "tuned_grid", "warmup_cosine",
 ]

@@ -1,91 +1,10 @@
-"""The estimators by name: one registry keyed by each estimator class's own ``name``.
+"""Deprecated: moved to :mod:`meta_train.estimators.registry`; this alias will be removed."""
 
-Everything that lists estimators reads :data:`ESTIMATORS`: the run config's
-``estimator.name`` choices (and so ``meta-train --help`` and the error for an unknown name),
-:func:`make_estimator` and :func:`build_estimator`.
+import importlib
+import sys
+import warnings
 
-An estimator's settings are its :class:`~meta_train.unroll.UnrollConfig` fields plus its own
-fields (:meth:`~meta_train.estimator.Estimator.own_fields`), under the same names everywhere:
-``make_estimator``'s keywords, the estimator's attributes and the run config's ``estimator.*``
-fields. Example::
-
-  est = make_estimator("pes", lopt, family, num_pairs=4, truncation_length=10,
-                       min_horizon=50, max_horizon=50)
-  est.num_pairs, est.unroll.truncation_length  # 4, 10
-"""
-
-from __future__ import annotations
-
-import dataclasses
-from typing import Any
-
-from meta_train import estimator as est_lib
-from meta_train import unroll as unroll_lib
-from meta_train.full_es import FullES
-from meta_train.pes import PES
-from meta_train.tbptt import TBPTT
-from meta_train.truncated_es import TruncatedES
-
-ESTIMATORS: dict[str, type[est_lib.Estimator]] = {
-    cls.name: cls for cls in (TBPTT, TruncatedES, PES, FullES)}
-
-UNROLL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(unroll_lib.UnrollConfig))
-
-
-def estimator_class(name: str) -> type[est_lib.Estimator]:
-  """The estimator class registered as ``name``.
-
-  Raises:
-    ValueError: unknown name, listing the known ones.
-  """
-  if name not in ESTIMATORS:
-    raise ValueError(f"unknown estimator {name!r}; known estimators: {', '.join(ESTIMATORS)}")
-  return ESTIMATORS[name]
-
-
-def estimator_fields(name: str) -> tuple[str, ...]:
-  """The settings estimator ``name`` takes: the unroll's fields, then its own."""
-  return UNROLL_FIELDS + estimator_class(name).own_fields()
-
-
-def make_estimator(name: str, lopt: Any, family: Any, **fields: Any) -> est_lib.Estimator:
-  """Builds estimator ``name`` for ``lopt`` and ``family``.
-
-  Args:
-    name: a key of :data:`ESTIMATORS`: ``"tbptt"`` (truncated backprop), ``"es"`` (antithetic
-      truncated ES), ``"pes"`` (persistent ES) or ``"full_es"`` (antithetic ES over the whole
-      horizon).
-    lopt: the learned optimizer.
-    family: the task family.
-    **fields: settings from :func:`estimator_fields`: ``truncation_length``, ``min_horizon``,
-      ``max_horizon``, ``meta_loss``, ``stagger`` (see
-      :class:`~meta_train.unroll.UnrollConfig`) and the estimator's own (``num_particles`` for
-      tbptt; ``num_pairs`` and ``sigma`` for the antithetic ones). Missing ones take the
-      classes' defaults.
-
-  Returns:
-    The estimator, checked by its constructor.
-
-  Raises:
-    ValueError: unknown name or field. meta_train.errors.FieldError: invalid value (a
-      ``ValueError`` naming the field).
-  """
-  cls = estimator_class(name)
-  own = cls.own_fields()
-  unknown = sorted(set(fields) - set(UNROLL_FIELDS) - set(own))
-  if unknown:
-    raise ValueError(f"estimator {name!r} has no field {unknown[0]!r}; its fields: "
-                     f"{', '.join(UNROLL_FIELDS + own)}")
-  unroll = unroll_lib.UnrollConfig(**{k: v for k, v in fields.items() if k in UNROLL_FIELDS})
-  return cls(lopt, family, unroll, **{k: v for k, v in fields.items() if k in own})
-
-
-def build_estimator(spec: Any, lopt: Any, family: Any) -> est_lib.Estimator:
-  """:func:`make_estimator` from a spec: an object with ``name`` and every field it uses.
-
-  ``spec`` is typically the run config's ``estimator`` section
-  (:class:`meta_train.config.EstimatorConfig`); only the fields estimator ``spec.name`` takes
-  are read.
-  """
-  return make_estimator(spec.name, lopt, family,
-                        **{f: getattr(spec, f) for f in estimator_fields(spec.name)})
+warnings.warn("meta_train.registry moved to meta_train.estimators.registry; import it from there",
+              DeprecationWarning, stacklevel=2)
+# The old name is the new module itself, so attributes and monkeypatches agree.
+sys.modules[__name__] = importlib.import_module("meta_train.estimators.registry")

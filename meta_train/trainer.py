@@ -26,12 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from meta_train import estimator as est_lib
-from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
-
-_COUNT_METRICS = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
-
+from meta_train.estimators import estimator as est_lib
+from meta_train.runtime import sharding as sharding_lib
 
 def default_outer_optimizer() -> optax.GradientTransformation:
   """``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))``."""
@@ -60,13 +57,13 @@ class MetaTrainer:
   """Meta-trains an estimator's learned optimizer with an optax outer optimizer.
 
   Args:
-    estimator: a :class:`~meta_train.estimator.GradientEstimator` built for the learned
+    estimator: a :class:`~meta_train.estimators.estimator.GradientEstimator` built for the learned
       optimizer and task family to meta-train (e.g. from
-      :func:`meta_train.registry.make_estimator`); the trainer uses its ``lopt``.
+      :func:`meta_train.estimators.registry.make_estimator`); the trainer uses its ``lopt``.
     outer_optimizer: optax transformation applied to the meta-gradient; default
       :func:`default_outer_optimizer`.
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
-    mesh: optional device mesh (:func:`meta_train.sharding.make_mesh`): the particles are
+    mesh: optional device mesh (:func:`meta_train.runtime.sharding.make_mesh`): the particles are
       sharded over it and the mean over particles becomes a collective.
   """
 
@@ -80,7 +77,7 @@ class MetaTrainer:
     self.steps_per_dispatch = steps_per_dispatch
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
-    # --- sharding hook (meta_train/sharding.py): particles split over `mesh` ---
+    # --- sharding hook (meta_train/runtime/sharding.py): particles split over `mesh` ---
     self.mesh, self.shardings = mesh, None
     if mesh is not None:
       self._init, self._step, self.shardings = sharding_lib.jit_trainer(self, mesh)
@@ -132,8 +129,7 @@ class MetaTrainer:
 
     Returns:
       ``(state, metrics)``: metrics are scalar arrays averaged over the dispatch, except the
-      counts ``inner_steps``, ``nonfinite``, ``nonfinite_loss``, ``nonfinite_grad``, which are
-      summed over it.
+      counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`), which are summed over it.
     """
     return self._step(state)
 
@@ -142,7 +138,7 @@ class MetaTrainer:
                                   length=self.steps_per_dispatch)
     out = {}
     for name, values in metrics.items():
-      if name in _COUNT_METRICS:
+      if name in est_lib.COUNT_METRICS:
         out[name] = jnp.sum(values)
       else:
         out[name] = jnp.mean(values.astype(jnp.float32))

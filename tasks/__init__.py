@@ -3,8 +3,8 @@
 `tasks.families()` is the registry of built-in families; `tasks.get(name)` builds one.
 """
 
-from tasks.base import (SPLITS, Task, TaskFamily, clip_to_ceiling, families, family_names, get,
-                        register_family)
+from tasks.base import (EVAL_SIZE, SPLITS, Task, TaskFamily, clip_to_ceiling, families,
+                        family_names, get, register_family)
 from tasks.base import UnknownFamilyError
 from tasks.quadratic import QuadraticFamily, QuadraticTask
 from tasks import text
@@ -29,6 +29,7 @@ __all__ = [
     "as_family",
     "TransformerLMTask",
     "LanguageModelFamily",
+    "EVAL_SIZE",
     "SPLITS",
     "QuadraticFamily",
     "QuadraticTask",

@@ -7,10 +7,14 @@
   meta-trained on.
 
 The ``data`` argument is the same everywhere: a mapping ``{name: array}`` whose arrays share
-their leading (example) dimension, e.g. ``{"x": x, "y": y}``, or a pair ``(train, valid)`` of
-such mappings. With a single mapping, both splits draw from it. The arrays are moved to the
-device once; each ``sample_batch(key, split)`` draws ``batch_size`` examples uniformly with
-replacement inside jit (``batch_size=None`` returns the whole split, i.e. full-batch training).
+their leading (example) dimension, e.g. ``{"x": x, "y": y}``, a pair ``(train, valid)`` or a
+triple ``(train, valid, test)`` of such mappings. With a single mapping, all three splits
+(``"train"``, ``"valid"``, ``"test"``) draw from it; with a pair, ``"test"`` draws from the valid
+data (so a test loss is then a second valid loss; pass a triple for a held-out test set). The
+arrays are moved to the device once; each ``sample_batch(key, split)`` draws ``batch_size``
+examples uniformly with replacement inside jit (``batch_size=None`` returns the whole split,
+i.e. full-batch training), and ``eval_batch(split)`` is the split's first ``min(1024, n)``
+rows.
 The model adapters call the model on ``batch[input_key]`` (default ``"x"``) and hand the output
 to ``loss_fn(outputs, batch)``.
 
@@ -58,30 +62,37 @@ def _check_data(data: Data, what: str) -> dict[str, jax.Array]:
   return arrays
 
 
-def split_data(data: Data | tuple[Data, Data]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """Validates ``data`` and returns ``(train, valid)`` dicts of device arrays.
+Splits = tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]
+
+
+def split_data(data: Data | tuple[Data, ...]) -> Splits:
+  """Validates ``data`` and returns ``(train, valid, test)`` dicts of device arrays.
 
   Args:
-    data: a mapping ``{name: array}`` (both splits draw from it) or a pair ``(train, valid)``.
+    data: a mapping ``{name: array}`` (every split draws from it), a pair ``(train, valid)``
+      (test draws from valid) or a triple ``(train, valid, test)``.
 
   Returns:
-    ``(train, valid)``, each a dict of ``jax.Array`` with a shared leading dimension.
+    ``(train, valid, test)``, each a dict of ``jax.Array`` with a shared leading dimension.
 
   Raises:
-    TypeError: ``data`` is neither a mapping nor a pair of mappings.
-    ValueError: arrays with mismatched leading dimensions, scalars, no examples, or train and
-      valid with different keys.
+    TypeError: ``data`` is neither a mapping nor a pair or triple of mappings.
+    ValueError: arrays with mismatched leading dimensions, scalars, no examples, or splits
+      with different keys.
   """
   if isinstance(data, (tuple, list)):
-    if len(data) != 2:
-      raise TypeError(f"data must be a mapping or a (train, valid) pair, got {len(data)} items")
-    train, valid = _check_data(data[0], "data[0] (train)"), _check_data(data[1], "data[1] (valid)")
-    if set(train) != set(valid):
-      raise ValueError(f"train and valid data must have the same keys, got {sorted(train)} and "
-                       f"{sorted(valid)}")
-    return train, valid
+    if len(data) not in (2, 3):
+      raise TypeError(f"data must be a mapping, a (train, valid) pair or a (train, valid, test) "
+                      f"triple, got {len(data)} items")
+    splits = tuple(_check_data(d, f"data[{i}] ({name})")
+                   for i, (d, name) in enumerate(zip(data, base.SPLITS)))
+    for name, split in zip(base.SPLITS[1:], splits[1:]):
+      if set(split) != set(splits[0]):
+        raise ValueError(f"train and {name} data must have the same keys, got "
+                         f"{sorted(splits[0])} and {sorted(split)}")
+    return splits if len(splits) == 3 else (splits[0], splits[1], splits[1])
   train = _check_data(data, "data")
-  return train, train
+  return train, train, train
 
 
 def _sample(arrays: dict[str, jax.Array], key: jax.Array, batch_size: int | None):
@@ -103,6 +114,7 @@ class FunctionTask(base.Task):
     batch_size: examples per batch, or ``None`` for the whole split.
     normalizer_fn: optional ``loss -> scalar``; the result is clipped to ``[0, ceiling]`` with
       non-finite values mapped to ``ceiling``. Default: the identity.
+    test: the ``"test"`` split's dict of arrays, or ``None`` to draw test batches from ``valid``.
   """
 
   init_fn: Callable[[jax.Array], Any]
@@ -113,6 +125,7 @@ class FunctionTask(base.Task):
   normalizer_fn: Callable[[jax.Array], jax.Array] | None = None
   name: str = "function"
   ceiling: float = base.DEFAULT_CEILING
+  test: dict[str, jax.Array] | None = None
 
   def init(self, key):
     return self.init_fn(key)
@@ -120,9 +133,19 @@ class FunctionTask(base.Task):
   def loss(self, params, key, batch):
     return jnp.asarray(self.loss_fn(params, key, batch))
 
-  def sample_batch(self, key, split="train"):
+  def split(self, split: str) -> dict[str, jax.Array]:
+    """The arrays of ``split`` (``"test"`` falls back to ``valid`` when ``test`` is ``None``)."""
     base.check_split(split)
-    return _sample(self.train if split == "train" else self.valid, key, self.batch_size)
+    if split == "test" and self.test is not None:
+      return self.test
+    return self.train if split == "train" else self.valid
+
+  def sample_batch(self, key, split="train"):
+    return _sample(self.split(split), key, self.batch_size)
+
+  def eval_batch(self, split):
+    """The first ``min(EVAL_SIZE, n)`` rows of ``split`` (the whole split when it is smaller)."""
+    return {k: a[:base.EVAL_SIZE] for k, a in self.split(split).items()}
 
   def normalizer(self, loss):
     value = loss if self.normalizer_fn is None else self.normalizer_fn(loss)
@@ -137,7 +160,7 @@ def _check_batch_size(batch_size):
 def from_function(
     init: Callable[[jax.Array], Any],
     loss: Callable[..., jax.Array],
-    data: Data | tuple[Data, Data],
+    data: Data | tuple[Data, ...],
     *,
     batch_size: int | None = None,
     loss_takes_key: bool = False,
@@ -151,7 +174,8 @@ def from_function(
     init: ``init(key) -> params`` (any pytree of arrays).
     loss: ``loss(params, batch) -> scalar``, or ``loss(params, key, batch)`` when
       ``loss_takes_key`` (for stochastic losses). ``batch`` has ``data``'s keys.
-    data: ``{name: array}`` with a shared leading dimension, or a ``(train, valid)`` pair.
+    data: ``{name: array}`` with a shared leading dimension, a ``(train, valid)`` pair (test
+      draws from valid) or a ``(train, valid, test)`` triple.
     batch_size: examples drawn (with replacement) per batch; ``None`` uses the whole split.
     loss_takes_key: whether ``loss`` takes a PRNG key as its second argument.
     name: the task's name.
@@ -172,9 +196,9 @@ def from_function(
   _check_batch_size(batch_size)
   if not callable(init) or not callable(loss):
     raise TypeError("from_function needs callables `init(key)` and `loss(params, batch)`")
-  train, valid = split_data(data)
+  train, valid, test = split_data(data)
   loss_fn = loss if loss_takes_key else (lambda params, key, batch: loss(params, batch))
-  return FunctionTask(init_fn=init, loss_fn=loss_fn, train=train, valid=valid,
+  return FunctionTask(init_fn=init, loss_fn=loss_fn, train=train, valid=valid, test=test,
                       batch_size=batch_size, normalizer_fn=normalizer, name=name, ceiling=ceiling)
 
 
@@ -249,7 +273,7 @@ def from_flax(
     module: Any,
     example_input: Any,
     loss_fn: Callable[[Any, Mapping[str, jax.Array]], jax.Array],
-    data: Data | tuple[Data, Data],
+    data: Data | tuple[Data, ...],
     *,
     batch_size: int | None = None,
     input_key: str = "x",
@@ -276,8 +300,9 @@ def from_flax(
     module: a linen module, an nnx module, or a factory ``rngs -> nnx.Module``.
     example_input: an input batch for linen's ``init`` (only its shape matters).
     loss_fn: ``loss_fn(outputs, batch) -> scalar``, e.g. cross-entropy against ``batch["y"]``.
-    data: ``{name: array}`` with a shared leading dimension, or a ``(train, valid)`` pair; the
-      model is called on ``batch[input_key]``.
+    data: ``{name: array}`` with a shared leading dimension, a ``(train, valid)`` pair (test
+      draws from valid) or a ``(train, valid, test)`` triple; the model is called on
+      ``batch[input_key]``.
     batch_size: examples drawn (with replacement) per batch; ``None`` uses the whole split.
     input_key: the entry of the batch fed to the model.
     name, normalizer, ceiling: as in :func:`from_function`.
@@ -298,7 +323,7 @@ def from_flax(
     task = tasks.from_flax(LinenMLP(), x[:1], mse, {"x": x, "y": y})          # linen
   """
   _check_batch_size(batch_size)
-  train, valid = split_data(data)
+  train, valid, test = split_data(data)
   if input_key not in train:
     raise KeyError(f"input_key {input_key!r} is not in data (keys: {sorted(train)})")
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -310,7 +335,7 @@ def from_flax(
   else:
     raise TypeError(f"from_flax expects a flax linen Module, an nnx Module or a factory "
                     f"`rngs -> nnx.Module`, got {type(module).__name__}")
-  return FunctionTask(init_fn=init, loss_fn=loss, train=train, valid=valid,
+  return FunctionTask(init_fn=init, loss_fn=loss, train=train, valid=valid, test=test,
                       batch_size=batch_size, normalizer_fn=normalizer, name=name, ceiling=ceiling)
 
 
@@ -323,7 +348,7 @@ def from_haiku(
     transformed: Any,
     example_input: Any,
     loss_fn: Callable[[Any, Mapping[str, jax.Array]], jax.Array],
-    data: Data | tuple[Data, Data],
+    data: Data | tuple[Data, ...],
     *,
     batch_size: int | None = None,
     input_key: str = "x",
@@ -344,7 +369,8 @@ def from_haiku(
     transformed: an ``hk.Transformed`` pair of pure functions.
     example_input: an input batch for ``init`` (only its shape matters).
     loss_fn: ``loss_fn(outputs, batch) -> scalar``.
-    data: ``{name: array}`` with a shared leading dimension, or a ``(train, valid)`` pair.
+    data: ``{name: array}`` with a shared leading dimension, a ``(train, valid)`` pair (test
+      draws from valid) or a ``(train, valid, test)`` triple.
     batch_size: examples drawn (with replacement) per batch; ``None`` uses the whole split.
     input_key: the entry of the batch fed to the model.
     name, normalizer, ceiling: as in :func:`from_function`.
@@ -372,7 +398,7 @@ def from_haiku(
     raise TypeError(f"from_haiku expects an hk.Transformed (from hk.transform), got "
                     f"{type(transformed).__name__}")
   _check_batch_size(batch_size)
-  train, valid = split_data(data)
+  train, valid, test = split_data(data)
   if input_key not in train:
     raise KeyError(f"input_key {input_key!r} is not in data (keys: {sorted(train)})")
   takes_rng = "rng" in inspect.signature(transformed.apply).parameters
@@ -385,7 +411,7 @@ def from_haiku(
     outputs = transformed.apply(params, key, x) if takes_rng else transformed.apply(params, x)
     return loss_fn(outputs, batch)
 
-  return FunctionTask(init_fn=init, loss_fn=loss, train=train, valid=valid,
+  return FunctionTask(init_fn=init, loss_fn=loss, train=train, valid=valid, test=test,
                       batch_size=batch_size, normalizer_fn=normalizer, name=name, ceiling=ceiling)
 
 

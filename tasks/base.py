@@ -3,9 +3,13 @@
 Contract (docs/architecture.md, "Tasks and task families"):
 
 * ``Task.init(key) -> params``, ``Task.loss(params, key, batch) -> scalar``,
-  ``Task.sample_batch(key, split) -> batch`` with ``split`` in ``("train", "valid")``,
+  ``Task.sample_batch(key, split) -> batch`` with ``split`` in :data:`SPLITS`
+  ``("train", "valid", "test")``, ``Task.eval_batch(split) -> batch`` (a fixed, clean batch of
+  at least :data:`EVAL_SIZE` examples, or the whole split when it is smaller),
   ``Task.normalizer(loss) -> scalar`` and ``Task.name``. All pure and jittable; data lives in
   device memory and batches are drawn inside jit.
+* Splits: meta-training reads ``"train"`` (inner steps, ``meta_loss="train"``) and ``"valid"``
+  (``meta_loss="valid"``); ``"test"`` is disjoint from both and is read only by evaluation.
 * ``TaskFamily.sample(key) -> task_params`` returns an array pytree whose structure and shapes
   never depend on the key, and ``TaskFamily.task(task_params) -> Task`` closes over them, so
   ``jax.vmap`` over task_params runs N tasks as one program::
@@ -28,7 +32,10 @@ Params = Any
 Batch = Any
 TaskParams = Any
 
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid", "test")
+
+#: Examples in an :meth:`Task.eval_batch` (or the whole split when it holds fewer).
+EVAL_SIZE = 1024
 
 DEFAULT_CEILING = 10.0
 
@@ -69,7 +76,18 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def sample_batch(self, key: jax.Array, split: str = "train") -> Batch:
-    """Draws a batch from ``split`` (``"train"`` or ``"valid"``, a static string) inside jit."""
+    """Draws a batch from ``split`` (one of :data:`SPLITS`, a static string) inside jit."""
+
+  def eval_batch(self, split: str) -> Batch:
+    """A fixed batch of ``split`` for measuring a loss: deterministic, key-free and clean.
+
+    Built-in tasks return at least :data:`EVAL_SIZE` examples (or the whole split when it holds
+    fewer) without label noise, token noise or augmentation, with shapes fixed per family, so
+    ``task.loss(params, key, task.eval_batch(split))`` is jittable and vmappable over
+    ``task_params``. This default, for users' own subclasses, is
+    ``self.sample_batch(jax.random.key(0), split)``: one ordinary batch from a fixed key.
+    """
+    return self.sample_batch(jax.random.key(0), split)
 
   def normalizer(self, loss: jax.Array) -> jax.Array:
     """Maps a loss onto a scale shared across tasks of a family; NaN/inf map to ``ceiling``.

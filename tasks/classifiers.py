@@ -13,8 +13,11 @@ N tasks are one ``vmap``):
 * ``init_scale``: multiplies the ``1/sqrt(fan_in)`` normal initialisation (log-uniform);
 * ``activation``: index into the family's ``activations``, applied with ``lax.switch``;
 * ``label_noise``: ρ, the fraction of training labels flipped to another class, drawn per batch
-  (``"valid"`` batches are clean, held-out examples);
+  (``"valid"`` and ``"test"`` batches are clean, held-out examples, see :mod:`tasks.datasets`);
 * ``dataset``: index into the stacked same-shape datasets (e.g. four Gaussian mixtures).
+
+:meth:`ClassifierTask.eval_batch` is the first ``min(1024, n)`` examples of a split (in the
+dataset's fixed order, for the task's dataset), with clean labels.
 
 The normaliser divides the cross-entropy by ``log C`` (the loss of a uniform prediction), so
 tasks with different numbers of classes share a scale, and clips it into ``[0, ceiling]``.
@@ -86,6 +89,17 @@ class ClassifierTask(base.Task):
       shift = jax.random.randint(k_shift, y.shape, 1, c)
       y = jnp.where(flip, (y + shift) % c, y)
     return {"x": x, "y": y}
+
+  def eval_batch(self, split):
+    """The first ``min(EVAL_SIZE, n)`` examples of ``split`` of this task's dataset, clean labels.
+
+    Sizes with the default datasets: digits 1,024 / 148 / 149 (train / valid / test),
+    gaussian_mixture 1,024 / 512 / 1,024, mnist1d 1,024 / 1,000 / 1,024.
+    """
+    base.check_split(split)
+    xs, ys = self.family.data.split(split)
+    n = min(base.EVAL_SIZE, xs.shape[1])
+    return {"x": xs[self.dataset_index, :n], "y": ys[self.dataset_index, :n]}
 
   def logits(self, params, x):
     """Class scores ``f_θ(x)`` for a batch ``x``, shape ``(B, num_classes)``."""

@@ -9,8 +9,15 @@ size ``num_datasets``: several same-shaped datasets (e.g. several Gaussian mixtu
 picked per task by an integer inside ``jit``/``vmap``.
 
 Shapes (``M = num_datasets``): ``train_x (M, N_train, *feature_shape)`` float32,
-``train_y (M, N_train)`` int32, and the same for ``valid_*``. Features are standardised with
-the training split's mean and standard deviation. Image-like data are channel-last
+``train_y (M, N_train)`` int32, and the same for ``valid_*`` and ``test_*``. Features are
+standardised with the training split's mean and standard deviation.
+
+Splits (:data:`tasks.base.SPLITS`): ``"train"`` and ``"valid"`` are what meta-training reads;
+``"test"`` is disjoint from both and read only by evaluation. ``"digits"`` holds out the last
+297 images of a seeded shuffle: the first 148 are ``"valid"``, the last 149 ``"test"``. The
+generated datasets draw ``"test"`` from a second, independently seeded stream (the same class
+templates / mixture means), so their train and valid examples are those of the single-stream
+generator. Image-like data are channel-last
 (``digits``: ``(8, 8, 1)``; ``mnist1d``: ``(40, 1)``) so both MLPs (which flatten) and conv nets
 can read them.
 
@@ -29,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tasks import base
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
@@ -36,7 +45,8 @@ class Dataset:
 
   Attributes:
     name: the dataset's registry name.
-    train_x, train_y, valid_x, valid_y: the arrays, with a leading dataset-index axis.
+    train_x, train_y, valid_x, valid_y, test_x, test_y: the arrays, with a leading
+      dataset-index axis.
     num_classes: number of classes (labels are ``0 .. num_classes - 1``).
   """
 
@@ -45,6 +55,8 @@ class Dataset:
   train_y: jax.Array
   valid_x: jax.Array
   valid_y: jax.Array
+  test_x: jax.Array
+  test_y: jax.Array
   num_classes: int
 
   @property
@@ -58,35 +70,45 @@ class Dataset:
     return tuple(self.train_x.shape[2:])
 
   def split(self, split: str) -> tuple[jax.Array, jax.Array]:
-    """The ``(x, y)`` arrays of ``"train"`` or ``"valid"``."""
-    if split == "train":
-      return self.train_x, self.train_y
-    if split == "valid":
-      return self.valid_x, self.valid_y
-    raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+    """The ``(x, y)`` arrays of ``split`` (``"train"``, ``"valid"`` or ``"test"``)."""
+    base.check_split(split)
+    return getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
 
 
-def _finish(name: str, xs_train, ys_train, xs_valid, ys_valid, num_classes: int) -> Dataset:
-  """Standardises with train statistics (per dataset) and moves the arrays to the device."""
+def _finish(name: str, train, valid, test, num_classes: int) -> Dataset:
+  """Standardises with train statistics (per dataset) and moves the arrays to the device.
+
+  Args:
+    name: the dataset's name.
+    train, valid, test: ``(x, y)`` numpy pairs with a leading dataset-index axis.
+    num_classes: number of classes.
+  """
+  xs_train = train[0]
   axes = tuple(range(1, xs_train.ndim))
   mean = xs_train.mean(axis=axes, keepdims=True)
   std = xs_train.std(axis=axes, keepdims=True) + 1e-6
-  return Dataset(
-      name=name,
-      train_x=jnp.asarray((xs_train - mean) / std, jnp.float32),
-      train_y=jnp.asarray(ys_train, jnp.int32),
-      valid_x=jnp.asarray((xs_valid - mean) / std, jnp.float32),
-      valid_y=jnp.asarray(ys_valid, jnp.int32),
-      num_classes=num_classes,
-  )
+  arrays = {}
+  for split, (x, y) in zip(base.SPLITS, (train, valid, test)):
+    arrays[f"{split}_x"] = jnp.asarray((x - mean) / std, jnp.float32)
+    arrays[f"{split}_y"] = jnp.asarray(y, jnp.int32)
+  return Dataset(name=name, num_classes=num_classes, **arrays)
+
+
+def _test_rng(seed: int) -> np.random.Generator:
+  """The generator of a dataset's ``"test"`` examples: independent of the ``seed`` stream."""
+  return np.random.default_rng([seed, 1])
 
 
 @functools.lru_cache(maxsize=None)
-def digits(num_valid: int = 297, seed: int = 0) -> Dataset:
+def digits(num_valid: int = 148, num_test: int = 149, seed: int = 0) -> Dataset:
   """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), shape ``(8, 8, 1)``.
 
+  After a seeded shuffle the last ``num_valid + num_test`` images are held out: first the
+  ``"valid"`` images, then the ``"test"`` ones; the rest are ``"train"``.
+
   Args:
-    num_valid: images held out for the ``"valid"`` split (after a seeded shuffle).
+    num_valid: images of the ``"valid"`` split.
+    num_test: images of the ``"test"`` split.
     seed: seed of the shuffle.
 
   Returns:
@@ -97,18 +119,20 @@ def digits(num_valid: int = 297, seed: int = 0) -> Dataset:
   bunch = load_digits()
   x = np.asarray(bunch.images, np.float64).reshape(-1, 8, 8, 1) / 16.0
   y = np.asarray(bunch.target, np.int64)
-  if not 0 < num_valid < len(y):
-    raise ValueError(f"digits: num_valid must be in (0, {len(y)}), got {num_valid}")
+  if num_valid <= 0 or num_test <= 0 or num_valid + num_test >= len(y):
+    raise ValueError(f"digits: num_valid and num_test must be positive with a sum below "
+                     f"{len(y)}, got {num_valid} and {num_test}")
   perm = np.random.default_rng(seed).permutation(len(y))
   x, y = x[perm], y[perm]
-  n = len(y) - num_valid
-  return _finish("digits", x[None, :n], y[None, :n], x[None, n:], y[None, n:], 10)
+  n, m = len(y) - num_valid - num_test, len(y) - num_test
+  parts = [(x[None, a:b], y[None, a:b]) for a, b in ((0, n), (n, m), (m, len(y)))]
+  return _finish("digits", *parts, 10)
 
 
 @functools.lru_cache(maxsize=None)
 def gaussian_mixture(num_classes: int = 5, dim: int = 16, components_per_class: int = 3,
                      num_datasets: int = 4, num_train: int = 2048, num_valid: int = 512,
-                     separation: float = 0.6, seed: int = 0) -> Dataset:
+                     num_test: int = 1024, separation: float = 0.6, seed: int = 0) -> Dataset:
   """Classes that are each a mixture of isotropic Gaussians (not linearly separable).
 
   .. math::
@@ -120,7 +144,8 @@ def gaussian_mixture(num_classes: int = 5, dim: int = 16, components_per_class: 
     dim: feature dimension.
     components_per_class: J, Gaussians per class.
     num_datasets: how many independent mixtures (same shapes) to stack; tasks pick one by index.
-    num_train, num_valid: examples per split and per dataset.
+    num_train, num_valid, num_test: examples per split and per dataset; train and valid come
+      from the ``seed`` stream, test from an independent one (with the same means).
     separation: s, the scale of the component means relative to the unit noise.
     seed: seed of the generator.
 
@@ -130,18 +155,22 @@ def gaussian_mixture(num_classes: int = 5, dim: int = 16, components_per_class: 
   for arg, value in [("num_classes", num_classes), ("dim", dim),
                      ("components_per_class", components_per_class),
                      ("num_datasets", num_datasets), ("num_train", num_train),
-                     ("num_valid", num_valid)]:
+                     ("num_valid", num_valid), ("num_test", num_test)]:
     if value <= 0:
       raise ValueError(f"gaussian_mixture: {arg} must be positive, got {value}")
   rng = np.random.default_rng(seed)
-  n = num_train + num_valid
   means = separation * rng.standard_normal((num_datasets, num_classes, components_per_class, dim))
-  y = rng.integers(0, num_classes, (num_datasets, n))
-  comp = rng.integers(0, components_per_class, (num_datasets, n))
-  idx = np.arange(num_datasets)[:, None]
-  x = means[idx, y, comp] + rng.standard_normal((num_datasets, n, dim))
-  return _finish("gaussian_mixture", x[:, :num_train], y[:, :num_train], x[:, num_train:],
-                 y[:, num_train:], num_classes)
+
+  def examples(rng, n):
+    y = rng.integers(0, num_classes, (num_datasets, n))
+    comp = rng.integers(0, components_per_class, (num_datasets, n))
+    idx = np.arange(num_datasets)[:, None]
+    return means[idx, y, comp] + rng.standard_normal((num_datasets, n, dim)), y
+
+  x, y = examples(rng, num_train + num_valid)
+  test = examples(_test_rng(seed), num_test)
+  return _finish("gaussian_mixture", (x[:, :num_train], y[:, :num_train]),
+                 (x[:, num_train:], y[:, num_train:]), test, num_classes)
 
 
 def _mnist1d_templates(num_classes: int, num_points: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,8 +195,8 @@ def _interp(templates: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def mnist1d(num_classes: int = 10, length: int = 40, num_train: int = 4000, num_valid: int = 1000,
-            template_points: int = 12, noise: float = 0.15, correlated_noise: float = 0.15,
-            seed: int = 0) -> Dataset:
+            num_test: int = 1024, template_points: int = 12, noise: float = 0.15,
+            correlated_noise: float = 0.15, seed: int = 0) -> Dataset:
   """An mnist1d-style dataset of 1-D signals, shape ``(length, 1)``.
 
   Each example takes its class template (a smooth curve of ``template_points`` values), places
@@ -178,7 +207,8 @@ def mnist1d(num_classes: int = 10, length: int = 40, num_train: int = 4000, num_
   Args:
     num_classes: number of classes (one template each).
     length: number of points of each signal.
-    num_train, num_valid: examples per split.
+    num_train, num_valid, num_test: examples per split; train and valid come from the ``seed``
+      stream, test from an independent one (with the same templates).
     template_points: resolution of the templates.
     noise, correlated_noise: standard deviations of the white and correlated noise.
     seed: seed of the templates and of the examples.
@@ -186,11 +216,21 @@ def mnist1d(num_classes: int = 10, length: int = 40, num_train: int = 4000, num_
   Returns:
     A :class:`Dataset` with ``num_datasets == 1``; arXiv 2011.14439 describes the original.
   """
-  if min(num_classes, length, num_train, num_valid, template_points) <= 1:
+  if min(num_classes, length, num_train, num_valid, num_test, template_points) <= 1:
     raise ValueError("mnist1d: sizes must be > 1")
   rng = np.random.default_rng(seed)
   templates = _mnist1d_templates(num_classes, template_points, rng)
-  n = num_train + num_valid
+  x, y = _mnist1d_examples(templates, length, num_train + num_valid, noise, correlated_noise, rng)
+  test = _mnist1d_examples(templates, length, num_test, noise, correlated_noise, _test_rng(seed))
+  return _finish("mnist1d", (x[None, :num_train], y[None, :num_train]),
+                 (x[None, num_train:], y[None, num_train:]), (test[0][None], test[1][None]),
+                 num_classes)
+
+
+def _mnist1d_examples(templates: np.ndarray, length: int, n: int, noise: float,
+                      correlated_noise: float, rng: np.random.Generator):
+  """``n`` mnist1d signals ``(n, length, 1)`` and their labels ``(n,)`` drawn from ``rng``."""
+  num_classes, template_points = templates.shape
   y = rng.integers(0, num_classes, n)
   shift = rng.uniform(-0.25, 0.25, (n, 1))
   stretch = rng.uniform(0.7, 1.3, (n, 1))
@@ -204,9 +244,7 @@ def mnist1d(num_classes: int = 10, length: int = 40, num_train: int = 4000, num_
   white = rng.standard_normal((n, length + 4))
   corr = np.stack([np.convolve(w, box, mode="valid") for w in white])
   x = signal + correlated_noise * corr + noise * rng.standard_normal((n, length))
-  x = x[..., None]
-  return _finish("mnist1d", x[None, :num_train], y[None, :num_train], x[None, num_train:],
-                 y[None, num_train:], num_classes)
+  return x[..., None], y
 
 
 _LOADERS: dict[str, Callable[[], Dataset]] = {

@@ -12,8 +12,11 @@ Xiong et al. 2020, arXiv 2002.04745) written with ``jax.numpy``; for inputs ``x_
 
 with causal multi-head self-attention and learned (``P`` a parameter) or sinusoidal positions.
 The corpus (:mod:`tasks.text`) lives in device memory; training batches are windows of
-``seq_len + 1`` characters at random offsets in the first ``1 - valid_fraction`` of the text,
-``"valid"`` batches come from the held-out tail. Sampled per task (shape-preserving, so tasks
+``seq_len + 1`` characters at random offsets in the first ``1 - valid_fraction`` of the text;
+the held-out tail is split in two halves, ``"valid"`` (the first) and ``"test"`` (the second),
+and their batches are windows inside their half. :meth:`TransformerLMTask.eval_batch` is a fixed
+set of clean windows spread evenly over a split (at least 64 windows and 1,024 predicted
+characters). Sampled per task (shape-preserving, so tasks
 ``vmap``): the initialisation scale and a token-noise rate (the fraction of *input* characters
 of training batches replaced by uniformly random ones; targets stay clean). Width and depth are
 separate families: ``lm_transformer_tiny`` (1 layer, width 32) and ``lm_transformer_small``
@@ -46,14 +49,33 @@ POSITIONS = ("learned", "sinusoidal")
 
 
 @functools.lru_cache(maxsize=None)
-def corpus_splits(valid_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """The bundled corpus as ``(train, valid)`` ``uint8`` token arrays; valid is the tail."""
+def corpus_splits(valid_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The bundled corpus as ``(train, valid, test)`` ``uint8`` token arrays.
+
+  The last ``round(N · valid_fraction)`` characters are held out: their first half (rounded
+  down) is ``valid``, the rest ``test``; everything before them is ``train``.
+  """
   ids = text.corpus_ids().astype(np.uint8)
-  n_valid = int(round(len(ids) * valid_fraction))
-  train, valid = ids[:len(ids) - n_valid], ids[len(ids) - n_valid:]
-  train.setflags(write=False)
-  valid.setflags(write=False)
-  return train, valid
+  n_heldout = int(round(len(ids) * valid_fraction))
+  start, middle = len(ids) - n_heldout, len(ids) - n_heldout + n_heldout // 2
+  splits = ids[:start], ids[start:middle], ids[middle:]
+  for split in splits:
+    split.setflags(write=False)
+  return splits
+
+
+#: Windows of a language-model :meth:`~TransformerLMTask.eval_batch` (at least; see there).
+EVAL_WINDOWS = 64
+
+
+def eval_offsets(split_length: int, seq_len: int) -> np.ndarray:
+  """Start offsets of the eval windows of ``seq_len + 1`` characters, evenly spread over a split.
+
+  ``W = max(EVAL_WINDOWS, ceil(EVAL_SIZE / seq_len))`` windows (so at least ``EVAL_SIZE``
+  predicted characters), the first at 0 and the last ending at the split's end.
+  """
+  num_windows = max(EVAL_WINDOWS, -(-base.EVAL_SIZE // seq_len))
+  return np.floor(np.linspace(0, split_length - seq_len - 1, num_windows)).astype(np.int64)
 
 
 def sinusoidal_positions(seq_len: int, width: int) -> jax.Array:
@@ -181,8 +203,7 @@ class TransformerLMTask(base.Task):
   def sample_batch(self, key, split="train"):
     base.check_split(split)
     f = self.family
-    train, valid = corpus_splits(f.valid_fraction)
-    data = jnp.asarray(train if split == "train" else valid)
+    data = jnp.asarray(corpus_splits(f.valid_fraction)[base.SPLITS.index(split)])
     # One uniform draw per window: its offset, then a (noise?, random token) pair per input.
     u = jax.random.uniform(key, (f.batch_size, 1 + 2 * f.seq_len), jnp.float32)
     num_offsets = data.shape[0] - f.seq_len
@@ -196,6 +217,19 @@ class TransformerLMTask(base.Task):
                                   text.VOCAB_SIZE - 1)
       inputs = jnp.where(noisy, random_tokens, inputs)
     return {"inputs": inputs, "targets": targets}
+
+  def eval_batch(self, split):
+    """Clean windows at the :func:`eval_offsets` of ``split``: int32 ``(W, seq_len)`` arrays.
+
+    With the default families ``W = 64``: 2,048 predicted characters for
+    ``lm_transformer_tiny``, 4,096 for ``lm_transformer_small``.
+    """
+    base.check_split(split)
+    f = self.family
+    data = corpus_splits(f.valid_fraction)[base.SPLITS.index(split)]
+    offsets = eval_offsets(len(data), f.seq_len)
+    windows = data[offsets[:, None] + np.arange(f.seq_len + 1)].astype(np.int32)
+    return {"inputs": jnp.asarray(windows[:, :-1]), "targets": jnp.asarray(windows[:, 1:])}
 
   def loss(self, params, key, batch):
     del key
@@ -222,7 +256,8 @@ class LanguageModelFamily(base.TaskFamily):
     positions: ``"learned"`` or ``"sinusoidal"``.
     readout_scale: the output layer's init is ``readout_scale`` times a fan-in init, so the
       initial loss is close to ``log(vocab_size)``.
-    valid_fraction: fraction of the corpus held out (its tail) as the ``"valid"`` split.
+    valid_fraction: fraction of the corpus held out (its tail): the first half is the
+      ``"valid"`` split, the second the ``"test"`` split.
     init_scale: range ``(lo, hi)``; multiplier on every weight's init, log-uniform per task.
     token_noise: range ``(lo, hi)``; fraction of training inputs replaced, uniform per task.
   """
@@ -262,10 +297,10 @@ class LanguageModelFamily(base.TaskFamily):
     if not 0 <= self.token_noise[0] <= self.token_noise[1] <= 1:
       raise ValueError(f"LanguageModelFamily.token_noise must be 0 <= lo <= hi <= 1, "
                        f"got {self.token_noise}")
-    n_valid = len(text.corpus_ids()) * self.valid_fraction
-    if self.seq_len + 1 >= n_valid:
-      raise ValueError(f"seq_len {self.seq_len} is too long for the valid split "
-                       f"({int(n_valid)} characters)")
+    shortest = min(len(split) for split in corpus_splits(self.valid_fraction))
+    if self.seq_len + 1 >= shortest:
+      raise ValueError(f"seq_len {self.seq_len} is too long for the valid and test splits "
+                       f"({shortest} characters for valid_fraction={self.valid_fraction})")
 
   def sample(self, key):
     k_scale, k_noise = jax.random.split(key)

@@ -6,8 +6,8 @@
 
 ``task_params = {"index": i, "params": (tp_1, ..., tp_K)}`` holds the sampled parameters of
 *every* member family, so its structure is fixed and N mixed tasks are one ``vmap``. The task's
-``init`` returns the tuple ``(θ_1, ..., θ_K)`` of every member's parameters, ``sample_batch`` the
-tuple of every member's batches, and ``loss`` / ``normalizer`` pick member ``i`` with
+``init`` returns the tuple ``(θ_1, ..., θ_K)`` of every member's parameters, ``sample_batch`` and
+``eval_batch`` the tuple of every member's batches (of the same split), and ``loss`` / ``normalizer`` pick member ``i`` with
 ``lax.switch``.
 
 Trade-off of this fixed structure (chosen because it works unchanged under ``vmap``, ``scan``
@@ -52,6 +52,11 @@ class MixtureTask(base.Task):
     base.check_split(split)
     keys = jax.random.split(key, len(self.tasks))
     return tuple(t.sample_batch(k, split) for t, k in zip(self.tasks, keys))
+
+  def eval_batch(self, split):
+    """The tuple of every member's :meth:`~tasks.base.Task.eval_batch` of ``split``."""
+    base.check_split(split)
+    return tuple(t.eval_batch(split) for t in self.tasks)
 
   def loss(self, params, key, batch):
     keys = jax.random.split(key, len(self.tasks))

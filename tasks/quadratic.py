@@ -5,8 +5,8 @@
   \\qquad A = Q\\,\\mathrm{diag}(\\lambda)\\,Q^\\top,\\ \\xi \\sim \\mathcal N(0, I)
 
 The noise term has mean zero, so the expected loss is the pure quadratic, its minimiser is
-``x*`` and the gradient is ``A (x - x*) + σ ξ``. ``"valid"`` batches have ``ξ = 0`` (the exact
-loss). The dimension is fixed per family; eigenvalues (log-uniform over ``condition`` range),
+``x*`` and the gradient is ``A (x - x*) + σ ξ``. ``"valid"`` and ``"test"`` batches have
+``ξ = 0`` (the exact loss), and so does every :meth:`QuadraticTask.eval_batch`. The dimension is fixed per family; eigenvalues (log-uniform over ``condition`` range),
 rotation, optimum, initial scale and noise scale are sampled per task. The Hessian is built once
 per task in :meth:`QuadraticFamily.sample` (it is part of ``task_params``), so an inner step costs
 one matrix-vector product.
@@ -70,9 +70,14 @@ class QuadraticTask(base.Task):
   def sample_batch(self, key, split="train"):
     base.check_split(split)
     d = self.optimum.shape[-1]
-    if split == "valid":
+    if split != "train":
       return {"xi": jnp.zeros((d,))}
     return {"xi": jax.random.normal(key, (d,))}
+
+  def eval_batch(self, split):
+    """The ``ξ = 0`` batch (the exact loss) for every split."""
+    base.check_split(split)
+    return {"xi": jnp.zeros(self.optimum.shape[-1:])}
 
   def loss(self, params, key, batch):
     del key

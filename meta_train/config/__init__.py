@@ -21,13 +21,15 @@ from meta_train.config.schema import (PRESETS, RESUMABLE_FIELDS, EstimatorConfig
                                       RunSettings, TaskConfig, WandbConfig, fields_table,
                                       from_dict, from_json, incompatible_fields, preset, to_dict,
                                       to_json)
-from meta_train.config.validation import (apply_overrides, build_estimator, build_family,
-                                          build_optimizer, check_devices, resolve, validate)
+from meta_train.config.validation import (Built, apply_overrides, build, build_estimator,
+                                          build_family, build_optimizer, check_devices,
+                                          check_estimator_fields, resolve, validate)
 
 __all__ = [
-    "PRESETS", "RESUMABLE_FIELDS", "ConfigError", "EstimatorConfig", "EstimatorName",
+    "PRESETS", "RESUMABLE_FIELDS", "Built", "ConfigError", "EstimatorConfig", "EstimatorName",
     "EvalConfig", "OptimizerConfig", "OuterConfig", "RunConfig", "RunSettings", "TaskConfig",
-    "WandbConfig", "apply_overrides", "build_estimator", "build_family", "build_optimizer",
-    "check_devices", "diff", "fields_table", "from_dict", "from_json", "get_field",
-    "incompatible_fields", "preset", "resolve", "to_dict", "to_json", "type_name", "validate",
+    "WandbConfig", "apply_overrides", "build", "build_estimator", "build_family",
+    "build_optimizer", "check_devices", "check_estimator_fields", "diff", "fields_table",
+    "from_dict", "from_json", "get_field", "incompatible_fields", "preset", "resolve",
+    "to_dict", "to_json", "type_name", "validate",
 ]

@@ -3,8 +3,9 @@
 A run is described by one :class:`RunConfig`, a tree of frozen dataclasses whose fields carry
 their ``--help`` text. :data:`PRESETS` names complete configs (``smoke``, ``quickstart``,
 ``default``). The estimator section's fields are named as the estimator fields they set
-(:mod:`meta_train.registry`). Parsing is generic (:mod:`meta_train.config.parsing`); checks and
-the building of the objects a config describes are in :mod:`meta_train.config.validation`.
+(:mod:`meta_train.estimators.registry`), with their defaults. Parsing is generic
+(:mod:`meta_train.config.parsing`); checks and the building of the objects a config describes
+are in :mod:`meta_train.config.validation`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import dataclasses
 import json
 from typing import Any, Literal, Mapping
 
-from meta_train import registry
 from meta_train.config import parsing
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
 
 # The estimator names, from the registry (so --help, the Literal and its error follow it).
 EstimatorName = Literal[tuple(registry.ESTIMATORS)]  # type: ignore[valid-type]
@@ -25,6 +27,15 @@ def _f(default=dataclasses.MISSING, *, help: str, factory=None):  # pylint: disa
   if factory is not None:
     return dataclasses.field(default_factory=factory, metadata={"help": help})
   return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _est(field: str, *, help: str):  # pylint: disable=redefined-builtin
+  """An ``estimator.*`` field: its default is the estimator's own (one source of defaults),
+  its help names the estimators that take it when not all do."""
+  takers = registry.estimators_with(field)
+  if len(takers) < len(registry.ESTIMATORS):
+    help = f"{help} ({', '.join(takers)})"
+  return _f(registry.field_default(field), help=help)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,40 +56,50 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
-  """The meta-gradient estimator (``meta_train.registry.build_estimator``).
+  """The meta-gradient estimator (``meta_train.estimators.registry.build_estimator``).
 
-  Each field is the estimator's or its ``UnrollConfig``'s field of the same name; an estimator
-  reads only the fields it has (``num_particles`` for tbptt, ``num_pairs`` and ``sigma`` for
-  the antithetic ones).
+  Each field is the estimator's or its ``UnrollConfig``'s field of the same name, with the
+  default the class declares (:func:`meta_train.estimators.registry.field_default`). A field
+  the chosen estimator does not take (``num_particles`` for the antithetic ones, ``num_pairs``
+  and ``sigma`` for tbptt) must keep its default: setting it is refused by
+  :func:`meta_train.config.validate`.
   """
 
   name: EstimatorName = _f("pes", help="; ".join(
       f"{n}: {c.__doc__.splitlines()[0].rstrip('.')}" for n, c in registry.ESTIMATORS.items()))
-  num_pairs: int = _f(4, help="antithetic pairs per estimate, 2 * num_pairs inner trainings "
-                              "(es, pes, full_es)")
-  num_particles: int = _f(8, help="inner trainings per estimate (tbptt)")
-  sigma: float = _f(0.01, help="std of the meta-parameter perturbation (es, pes, full_es)")
-  truncation_length: int = _f(20, help="inner steps per truncated unroll (not full_es)")
-  min_horizon: int = _f(100, help="shortest inner training before its task is reset; "
-                                  "horizons are log-uniform in [min_horizon, max_horizon]")
-  max_horizon: int = _f(100, help="longest inner training (= min_horizon: a fixed horizon)")
-  stagger: bool = _f(True, help="start particles at random points of their first inner run")
-  meta_loss: Literal["train", "valid"] = _f(
-      "train", help="mean normalised loss on train batches, or on a held-out valid batch")
-  log_meta_loss: bool = _f(False, help="meta-loss is the mean of log(normalised loss + 1e-8) "
-                                       "(weighs the end of a run as much as its start)")
-  horizon_aware: bool = _f(False, help="pass each inner run's horizon to the optimizer as "
-                                       "num_steps (evaluate it with num_steps too)")
-  param_scale: float = _f(1.0, help="task augmentation: parameter tensors rescaled by "
-                                    "log-uniform factors in [1/x, x] per run (1: none)")
+  num_pairs: int = _est("num_pairs", help="antithetic pairs per estimate, 2 * num_pairs inner "
+                                            "trainings")
+  num_particles: int = _est("num_particles", help="inner trainings per estimate")
+  sigma: float = _est("sigma", help="std of the meta-parameter perturbation")
+  truncation_length: int = _est("truncation_length", help="inner steps per truncated unroll "
+                                                          "(full_es: one unroll of the horizon)")
+  min_horizon: int = _est("min_horizon", help="shortest inner training before its task is "
+                                              "reset; horizons are log-uniform in "
+                                              "[min_horizon, max_horizon]")
+  max_horizon: int = _est("max_horizon", help="longest inner training (= min_horizon: a fixed "
+                                              "horizon)")
+  stagger: bool = _est("stagger", help="start particles at random points of their first inner "
+                                       "run (not full_es)")
+  meta_loss: Literal["train", "valid"] = _est(
+      "meta_loss", help="mean normalised loss on train batches, or on a held-out valid batch")
+  log_meta_loss: bool = _est("log_meta_loss", help="meta-loss is the mean of log(normalised "
+                                                   "loss + 1e-8) (weighs the end of a run as "
+                                                   "much as its start)")
+  horizon_aware: bool = _est("horizon_aware", help="pass each inner run's horizon to the "
+                                                   "optimizer as num_steps (evaluate it with "
+                                                   "num_steps too)")
+  param_scale: float = _est("param_scale", help="task augmentation: parameter tensors rescaled "
+                                                "by log-uniform factors in [1/x, x] per run "
+                                                "(1: none)")
   group_by_member: bool = _f(False, help="with a mixture family: one particle group per "
                                         "member family, combined with the mixture's weights "
-                                        "(meta_train/grouped.py)")
+                                        "(meta_train/estimators/grouped.py)")
   member_pairs: tuple[int, ...] | None = _f(None, help="with group_by_member: pairs (tbptt: "
                                                        "particles) of each member's group "
                                                        "(default: num_pairs each)")
-  group_clip: float = _f(0.0, help="with group_by_member: clip each group's meta-gradient to "
-                                  "this global norm before the weighted sum (0: no clip)")
+  group_clip: float = _f(grouped.GroupedEstimator.group_clip,
+                         help="with group_by_member: clip each group's meta-gradient to this "
+                              "global norm before the weighted sum (0: no clip)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +164,7 @@ RESUMABLE_FIELDS = frozenset({
     "run.progress", "wandb.mode", "wandb.project", "wandb.entity", "wandb.name", "eval.enabled",
     "eval.num_tasks", "eval.num_seeds", "eval.num_steps", "eval.learning_rates",
     "eval.max_learning_rate", "eval.min_learning_rate", "eval.warmup_fraction", "eval.seed",
-    "eval.smoothing_window", "eval.bootstrap_samples",
+    "eval.smoothing_window", "eval.bootstrap_samples", "eval.draws", "eval.eval_points",
     "run.num_devices",  # sharding hook: a run may resume on another device count
 })
 
@@ -168,8 +189,9 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
     # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits. The recipe
-    # is docs/experiments.md's best (#13): an Adam-like start with an initial decay, horizon-
-    # aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
+    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13): an Adam-like
+    # start with an initial decay, horizon-aware unrolls, the held-out (valid) meta-loss and a
+    # cosine outer schedule.
     "quickstart": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
                                           "init_decay": 3.0}),
@@ -184,14 +206,14 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
     # on the MLP classifiers, the quadratics and both diffusion families, one particle group per
-    # member (meta_train/grouped.py; the conv diffusion family gets fewer pairs, it costs ~20x
-    # an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and transformer LMs
-    # stay out: they are its out-of-distribution suite.
+    # member (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it
+    # costs ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
+    # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
                                           "init_decay": 3.0, "exp_mult": 1.0}),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
-        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
+        estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=500, sigma=0.01, meta_loss="valid",
                                   horizon_aware=True, group_by_member=True,
                                   member_pairs=(4, 4, 4, 4, 4, 2)),
@@ -207,7 +229,7 @@ PRESETS: dict[str, RunConfig] = {
         optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
                                           "init_decay": 3.0}),
         task=TaskConfig("mixture", {"members": DIFFUSION_MEMBERS}),
-        estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=100,
+        estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=300, sigma=0.01, meta_loss="valid",
                                   horizon_aware=True, group_by_member=True,
                                   member_pairs=(8, 2)),

@@ -6,13 +6,16 @@ anything is compiled; each check lives in one place:
 * types of every field: :func:`meta_train.config.parsing.from_dict` on the config's dict;
 * ``optimizer.kwargs`` / ``task.kwargs``: against the architecture's / family's dataclass
   fields, then by building the learned optimizer and the task family;
-* the estimator section: by building the estimator (:func:`build_estimator`); the estimator
-  and its ``UnrollConfig`` check their own fields and the error is re-raised naming
-  ``estimator.<field>``;
+* the estimator section: a field the chosen estimator does not take must keep its default
+  (:func:`check_estimator_fields`); then by building the estimator (:func:`build_estimator`):
+  the estimator and its ``UnrollConfig`` check their own fields and the error is re-raised
+  naming ``estimator.<field>``;
 * the outer optimizer, run cadences and evaluation sizes: here;
 * ``run.num_devices``: that the estimator's pairs (or particles) split over the devices
   (:func:`check_devices`, also called by the run with the mesh's real size).
 
+:func:`build` validates a config and builds the learned optimizer, the task family and the
+estimator once (:class:`Built`); a run uses those objects, so nothing is built twice.
 :func:`apply_overrides` applies ``field.path=value`` strings (entries of ``optimizer.kwargs`` /
 ``task.kwargs`` typed by the target class), and :func:`resolve` is preset + overrides +
 validation.
@@ -26,16 +29,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from meta_train import errors
-from meta_train import grouped
-from meta_train import registry
-from meta_train import sharding as sharding_lib
 from meta_train.config import parsing
 from meta_train.config import schema
 from meta_train.config.parsing import ConfigError
 from meta_train.config.schema import RunConfig
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
+from meta_train.runtime import sharding as sharding_lib
 
 _KWARGS_SECTIONS = ("optimizer", "task")
 
@@ -72,7 +75,10 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
   ``optimizer.kwargs.NAME=value`` / ``task.kwargs.NAME=value`` set one constructor argument,
   typed by the architecture's / family's dataclass field. Changing ``optimizer.name`` (or
   ``task.family``) drops the preset's kwargs of the old one (unless a whole
-  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply.
+  ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply. Likewise
+  changing ``estimator.name`` puts the old estimator's own settings back to their defaults,
+  and giving ``estimator.member_pairs`` the count it replaces (unless given too, and then
+  refused by :func:`check_estimator_fields`).
 
   Raises:
     ConfigError: unknown field or unparsable value, naming the field path.
@@ -92,7 +98,60 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
       cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, kwargs={})})
   for path, text in entries:
     cfg = parsing.set_field(cfg, path, text, entry_type=_kwargs_entry_type)
-  return cfg
+  given = {path.split(".", 1)[1] for path, _ in plain if path.startswith("estimator.")}
+  return dataclasses.replace(cfg, estimator=_drop_ignored_fields(cfg.estimator, old.estimator,
+                                                                 given))
+
+
+def _foreign_fields(spec: schema.EstimatorConfig) -> list[str]:
+  """The estimator-setting fields of ``spec`` that estimator ``spec.name`` does not take."""
+  takes = set(registry.estimator_fields(spec.name))
+  every = {f for name in registry.ESTIMATORS for f in registry.estimator_fields(name)}
+  return [f.name for f in dataclasses.fields(spec) if f.name in every - takes]
+
+
+def _drop_ignored_fields(spec: schema.EstimatorConfig, before: schema.EstimatorConfig,
+                         given: set[str]) -> schema.EstimatorConfig:
+  """``spec`` with the preset's settings its overrides made ignored back at their defaults.
+
+  Changing ``estimator.name`` drops the old estimator's own settings (as changing
+  ``optimizer.name`` drops its kwargs), and giving ``estimator.member_pairs`` drops the count
+  it replaces; fields in ``given`` (set on the command line) stay, to be refused.
+  """
+  drop = set(_foreign_fields(spec)) if spec.name != before.name else set()
+  if spec.member_pairs is not None and before.member_pairs is None:
+    drop.add(registry.count_field(spec.name))
+  return dataclasses.replace(spec, **{f: registry.field_default(f) for f in drop - given})
+
+
+def check_estimator_fields(spec: schema.EstimatorConfig) -> None:
+  """Refuses a setting the chosen estimator would ignore.
+
+  A field of the estimator section that estimator ``spec.name`` does not take (``num_pairs``
+  or ``sigma`` for tbptt, ``num_particles`` for the antithetic ones) must keep its default, and
+  with ``member_pairs`` given the count field (``num_pairs`` / ``num_particles``) must too: each
+  group's count is read from ``member_pairs``.
+
+  Raises:
+    ConfigError: naming the ignored field and the one that applies.
+  """
+  count = registry.count_field(spec.name)
+  for field in _foreign_fields(spec):
+    if getattr(spec, field) == registry.field_default(field):
+      continue
+    if field in ("num_pairs", "num_particles"):
+      hint = f"its count of inner trainings is estimator.{count}"
+    else:
+      hint = ("it takes " + ", ".join(f"estimator.{f}" for f in registry.estimator_fields(spec.name)
+                                      if f not in registry.UNROLL_FIELDS)
+              + " besides the unroll's fields")
+    raise ConfigError(f"estimator.{field}", f"does not apply to estimator {spec.name!r}, which "
+                                            f"would ignore it ({hint}); remove it")
+  if (spec.group_by_member and spec.member_pairs is not None
+      and getattr(spec, count) != registry.field_default(count)):
+    raise ConfigError(f"estimator.{count}", f"is ignored when estimator.member_pairs is given "
+                                            f"(each group's count is there); remove it or set "
+                                            f"estimator.member_pairs=none")
 
 
 def _check_kwargs(cfg: RunConfig, section: str) -> dict[str, Any]:
@@ -112,11 +171,33 @@ def _positive(cfg: RunConfig, *paths: str, allow_zero: bool = False) -> None:
       raise ConfigError(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
 
+class Built(NamedTuple):
+  """A validated config and the objects it describes (:func:`build`), each built once."""
+
+  cfg: RunConfig
+  lopt: Any  # the learned optimizer
+  family: Any  # the task family
+  estimator: Any  # the meta-gradient estimator, for lopt and family
+
+
 def validate(cfg: RunConfig) -> RunConfig:
   """Checks every field and every cross-field constraint; returns the normalised config.
 
-  Runs before anything is compiled. Builds (without running) the learned optimizer and the task
-  family so their constructors' own checks run too.
+  Runs before anything is compiled (:func:`build`, keeping only the config).
+
+  Raises:
+    ConfigError: naming the first offending field.
+  """
+  return build(cfg).cfg
+
+
+def build(cfg: RunConfig) -> Built:
+  """Validates ``cfg`` and builds its learned optimizer, task family and estimator, once each.
+
+  Runs before anything is compiled; the constructors' own checks are part of the validation.
+
+  Returns:
+    The normalised config with the three objects (nothing is built again by a run given them).
 
   Raises:
     ConfigError: naming the first offending field.
@@ -137,7 +218,8 @@ def validate(cfg: RunConfig) -> RunConfig:
       cfg,
       optimizer=dataclasses.replace(cfg.optimizer, kwargs=_check_kwargs(cfg, "optimizer")),
       task=dataclasses.replace(cfg.task, kwargs=_check_kwargs(cfg, "task")))
-  build_estimator(cfg, build_optimizer(cfg), build_family(cfg))
+  lopt, family = build_optimizer(cfg), build_family(cfg)
+  estimator = build_estimator(cfg, lopt, family)
 
   _positive(cfg, "outer.lr")
   _positive(cfg, "outer.clip", "outer.warmup_steps", allow_zero=True)
@@ -152,7 +234,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if v % k:
       raise ConfigError(f"run.{name}", f"must be a multiple of run.steps_per_dispatch ({k}), "
                                        f"got {v}")
-  # --- sharding hook (meta_train/sharding.py) ---
+  # --- sharding hook (meta_train/runtime/sharding.py) ---
   if run.num_devices is not None:
     _positive(cfg, "run.num_devices")
     check_devices(cfg, run.num_devices)
@@ -162,21 +244,21 @@ def validate(cfg: RunConfig) -> RunConfig:
                                             f"({run.num_outer_steps}), got "
                                             f"{cfg.outer.warmup_steps}")
   _positive(cfg, "eval.num_tasks", "eval.num_seeds", "eval.num_steps")
-  return cfg
+  return Built(cfg, lopt, family, estimator)
 
 
 def check_devices(cfg: RunConfig, num_devices: int) -> None:
   """Raises :class:`ConfigError` unless the estimator's sharded unit splits over the devices.
 
-  The unit sharded over devices (:func:`meta_train.sharding.sharding_unit`) is the antithetic
-  pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both members of a
-  pair stay on one device) and the particle for those with ``num_particles`` (``tbptt``).
+  The unit sharded over devices (:func:`meta_train.runtime.sharding.sharding_unit`) is the
+  antithetic pair for the estimators with ``num_pairs`` (``es``, ``pes``, ``full_es``: both
+  members of a pair stay on one device) and the particle for those with ``num_particles``
+  (``tbptt``).
 
   Raises:
     ConfigError: naming ``estimator.num_pairs`` or ``estimator.num_particles``.
   """
-  field = ("num_pairs" if "num_pairs" in registry.estimator_fields(cfg.estimator.name)
-           else "num_particles")
+  field = registry.count_field(cfg.estimator.name)
   unit_name = "pairs" if field == "num_pairs" else "particles"
   if cfg.estimator.group_by_member and cfg.estimator.member_pairs is not None:
     for units in cfg.estimator.member_pairs:
@@ -208,6 +290,7 @@ def build_estimator(cfg: RunConfig, lopt, family):
     ConfigError: naming ``estimator.<field>`` when the estimator's constructor rejects a field.
   """
   spec = cfg.estimator
+  check_estimator_fields(spec)
   if spec.member_pairs is not None and not spec.group_by_member:
     raise ConfigError("estimator.member_pairs", "is only used with estimator.group_by_member="
                                                 "true; remove it or set group_by_member")

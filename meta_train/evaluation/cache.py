@@ -1,7 +1,7 @@
 """On-disk cache of baseline curves, so evaluating a new optimizer does not retrain Adam.
 
-One ``.npz`` file per (family, task and seed draws, run length, schedule, learning rate, jax
-version): its name is the SHA-256 of a JSON key holding all of them. Files hold plain arrays
+One ``.npz`` file per (family, task and seed draws, run length, recording interval, measured
+splits, baseline and its settings, learning rate, jax and optax versions): its name is the SHA-256 of a JSON key holding all of them. Files hold plain arrays
 and are read with ``allow_pickle=False``; writes are atomic (temporary file + rename), so
 concurrent or interrupted evaluations never leave a half-written entry.
 """
@@ -15,8 +15,11 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
-FORMAT_VERSION = 1
+from meta_train.evaluation import curves as curves_lib
+
+FORMAT_VERSION = 2
 ENV_VAR = "LEARNED_OPT_CACHE_DIR"
 
 
@@ -42,12 +45,13 @@ def fingerprint(*arrays: Any) -> str:
   return h.hexdigest()
 
 
-def entry_key(*, family: str, draws: str, num_steps: int, schedule: str, learning_rate: float,
-              with_metric: bool) -> dict[str, Any]:
+def entry_key(*, family: str, draws: str, num_steps: int, every: int, schedule: str,
+              learning_rate: float) -> dict[str, Any]:
   """The JSON-able key of one cached baseline run set."""
   return {"format": FORMAT_VERSION, "family": family, "draws": draws, "num_steps": num_steps,
-          "schedule": schedule, "learning_rate": float(learning_rate),
-          "metric": bool(with_metric), "jax": jax.__version__}
+          "every": every, "splits": list(curves_lib.SPLITS), "schedule": schedule,
+          "learning_rate": float(learning_rate), "jax": jax.__version__,
+          "optax": optax.__version__}
 
 
 class CurveCache:

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -72,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "~/.cache/learned_opt/meta_eval)")
   p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
   p.add_argument("--seed", type=int, default=0, help="root seed of the held-out draws")
+  p.add_argument("--draws", default="dev", metavar="STREAM",
+                 help="held-out stream: dev (recipe work tunes on it; the default) or report "
+                      "(committed reports and the README only)")
+  p.add_argument("--baselines", default=",".join(config_lib.BASELINES), metavar="A,B,...",
+                 help="tuned baselines to compare with (default: all: "
+                      f"{','.join(config_lib.BASELINES)}; long_horizon: adam)")
   return p
 
 
@@ -80,9 +85,36 @@ def _fail(message: str) -> int:
   return 2
 
 
-def slug(label: str) -> str:
-  """A file-name-safe form of an optimizer label."""
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "optimizer"
+def _out_dir_problem(path: str) -> str | None:
+  """Why ``path`` cannot be a report directory, or None (checked before any evaluation)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    return f"--out {path!r} exists and is not a directory"
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return f"--out {path!r} is not writable ({parent!r} is not)"
+  return None
+
+
+def command_line(argv: Sequence[str]) -> str:
+  """The command as a report records it: paths under the working directory made relative, and
+  ``--cache-dir`` left out (where a cache lives changes no number; reports are committed)."""
+  out, skip = [], False
+  cwd = os.getcwd()
+  for a in argv:
+    if skip:
+      skip = False
+      continue
+    if a == "--cache-dir":
+      skip = True
+      continue
+    if a.startswith("--cache-dir="):
+      continue
+    if os.path.isabs(a) and os.path.commonpath([cwd, os.path.abspath(a)]) == cwd:
+      a = os.path.relpath(a, cwd)
+    out.append(shlex.quote(a))
+  return "meta-eval " + " ".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     value = getattr(args, flag)
     if value is not None and value <= 0:
       return _fail(f"--{flag.replace('_', '-')} must be a positive int, got {value}")
+  if args.draws not in config_lib.DRAWS:
+    return _fail(f"unknown --draws {args.draws!r}; valid: {', '.join(config_lib.DRAWS)}")
+  baselines = tuple(b for b in args.baselines.split(",") if b)
+  bad = [b for b in baselines if b not in config_lib.BASELINES]
+  if bad or not baselines:
+    return _fail(f"unknown baseline {bad[0] if bad else args.baselines!r}; valid: "
+                 f"{', '.join(config_lib.BASELINES)}")
+  problem = _out_dir_problem(args.out)
+  if problem:
+    return _fail(problem)
   # Heavy imports only after the cheap checks.
   from meta_train.evaluation import cache as cache_lib  # pylint: disable=import-outside-toplevel
   from meta_train.evaluation import figures, report, runner, suites  # pylint: disable=import-outside-toplevel
@@ -109,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = config_lib.EvalConfig(
       num_tasks=args.num_tasks or (LONG_HORIZON_TASKS if long else config_lib.EvalConfig.num_tasks),
       num_seeds=args.num_seeds or (LONG_HORIZON_SEEDS if long else config_lib.EvalConfig.num_seeds),
-      num_steps=args.num_steps or config_lib.EvalConfig.num_steps, seed=args.seed)
+      num_steps=args.num_steps or config_lib.EvalConfig.num_steps, seed=args.seed,
+      draws=args.draws)
   try:
     optimizers = [suites.load_optimizer(spec) for spec in args.optimizers]
     if args.suite:
-      plans = {o.label: suites.plan(args.suite, o, config) for o in optimizers}
+      plans = {o.label: suites.plan(args.suite, o, config, baselines) for o in optimizers}
       if long and args.num_steps:
         plans = {k: [dataclasses.replace(p, num_steps=args.num_steps) for p in v]
                  for k, v in plans.items()}
@@ -141,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(r)
     else:
       results = runner.evaluate_suite(opt, suite, config, cache=cache, families=args.family,
-                                      log=say)
+                                      baselines=baselines, log=say,
+                                      samples=args.wandb != "disabled")
     all_results.append((opt, results))
     for r in results:
       entries.extend(r.entries)
@@ -150,19 +194,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   figs = []
   for opt, results in all_results:
     figs.append(figures.curves_figure(
-        results, os.path.join(args.out, f"curves_{suite}_{slug(opt.label)}.png"),
-        f"{opt.label}: {suite} (mean valid loss over held-out runs)"))
-  figs.append(figures.speedup_strip(entries, os.path.join(args.out, f"speedup_{suite}.png"),
+        results, os.path.join(args.out, f"curves_{suite}_{report.slug(opt.label)}.png"),
+        f"{opt.label}: {suite} (mean train loss over held-out runs)"))
+  figs.append(figures.speedup_strip([e for e in entries if e.get("role") != "calibration"
+                                     or e["optimizer"] == "tuned adam"], os.path.join(args.out, f"speedup_{suite}.png"),
                                     f"{suite}: steps-to-reach speed-up per run"))
   import jax  # pylint: disable=import-outside-toplevel
   meta = {
-      "command": "meta-eval " + " ".join(shlex.quote(a) for a in argv),
+      "command": command_line(argv),
       "config": dataclasses.asdict(config),
       "jax": jax.__version__, "platform": platform.platform(),
       "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
       "load_average": [round(x, 2) for x in os.getloadavg()],
       "seconds": round(time.perf_counter() - t0, 1),
-      "cache": {"dir": cache.dir, "hits": cache.hits, "misses": cache.misses},
+      # No path of this machine: reports are committed.
+      "cache": {"enabled": cache.dir is not None, "hits": cache.hits, "misses": cache.misses},
+      "seconds_per_family": {f"{o.label} {r.entries[0]['family']}": round(r.seconds, 1)
+                             for o, rs in all_results for r in rs},
       "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
   }
   if args.wandb != "disabled":

@@ -1,15 +1,22 @@
 """Training curves: one jitted program per (optimizer, family, length), ``vmap`` over hyper-
 parameters, tasks and seeds, ``lax.scan`` over steps.
 
-A run trains one task from one seed and records the loss on a fixed held-out ``"valid"`` batch
-after every step. The valid batch and the valid loss use separate PRNG keys (a task whose loss
-is stochastic, e.g. diffusion, must not correlate its noise with the batch's).
+A run trains one task from one seed on ``"train"`` batches and records, every ``every`` steps
+(and at initialisation), its loss on two fixed, large evaluation sets (``Task.eval_batch``):
+the train split's (*train loss*: what an optimizer is for) and the test split's (*test loss*;
+meta-training never reads that split). The evaluation sets and the loss's own randomness (a
+diffusion loss draws noise levels) use a key of their own, fixed per (task, seed), so every
+optimizer's run of one (task, seed) is measured on exactly the same examples and noise. The
+batch of step ``t`` is drawn from ``fold_in(key, t)``: runs of different lengths share their
+first steps' batches, so a tuned rate re-run for ``N`` steps retraces the first ``N`` steps of
+its longer grid run.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +24,8 @@ import numpy as np
 import optax
 
 from tasks import base as task_base
+
+SPLITS = ("train", "test")
 
 # (hyper-parameter scalar) -> optax transform; the scalar is traced (vmapped over a grid).
 TransformFactory = Callable[[jax.Array], optax.GradientTransformation]
@@ -29,41 +38,35 @@ def draw(family: task_base.TaskFamily, key: jax.Array, num_tasks: int, num_seeds
   return task_params, jax.random.split(k_runs, (num_tasks, num_seeds))
 
 
-def constant_adam(lr: jax.Array) -> optax.GradientTransformation:
-  """``optax.adam`` at (traced) learning rate ``lr``."""
-  return optax.adam(lr)
+def _run_keys(key):
+  """``(init, loop, eval, metric)`` keys of one run."""
+  k_init, k_loop, k_eval, k_metric = jax.random.split(key, 4)
+  return k_init, k_loop, k_eval, k_metric
 
 
-def cosine_adam(num_steps: int, warmup_fraction: float) -> TransformFactory:
-  """Adam with linear warm-up over ``warmup_fraction`` of ``num_steps``, then cosine decay to 0.
+def _train_step(task, tx, k_loop):
+  """One training step ``(params, state), t -> (params, state)`` on a ``"train"`` batch."""
 
-  .. math::
-    \\eta_t = \\eta \\cdot \\begin{cases} (t + 1) / W & t < W \\\\
-      \\tfrac12 \\big(1 + \\cos(\\pi \\tfrac{t - W}{N - W})\\big) & t \\ge W \\end{cases}
+  def step(carry, t):
+    p, s = carry
+    kb, kl = jax.random.split(jax.random.fold_in(k_loop, t))
+    loss, grads = jax.value_and_grad(task.loss)(p, kl, task.sample_batch(kb, "train"))
+    updates, s = tx.update(grads, s, p, loss=loss)
+    return (optax.apply_updates(p, updates), s)
 
-  (the first update already has a non-zero rate).
-  """
-  warmup = max(1, int(math.ceil(warmup_fraction * num_steps))) if warmup_fraction > 0 else 0
-  decay = max(1, num_steps - warmup)
+  return step
 
-  def factor(count):
-    count = jnp.asarray(count, jnp.float32)
-    ramp = (count + 1.0) / max(warmup, 1)
-    frac = jnp.clip((count - warmup) / decay, 0.0, 1.0)
-    cos = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.where(count < warmup, ramp, cos)
 
-  def make(lr):
-    return optax.chain(optax.scale_by_adam(),
-                       optax.scale_by_schedule(lambda c: -lr * factor(c)))
-
-  return make
+def _eval_losses(task, k_eval):
+  """``params -> [len(SPLITS)]`` losses on the fixed evaluation sets."""
+  batches = [task.eval_batch(split) for split in SPLITS]
+  return lambda p: jnp.stack([task.loss(p, k_eval, b).astype(jnp.float32) for b in batches])
 
 
 def training_curves(family: task_base.TaskFamily, make_tx: TransformFactory,
                     hparams: jax.Array, task_params: Any, keys: jax.Array, num_steps: int,
-                    final_metric: Callable | None = None):
-  """Valid-loss curves of every (hyper-parameter, task, seed), in one jitted program.
+                    every: int) -> dict[str, np.ndarray]:
+  """Train- and test-loss curves of every (hyper-parameter, task, seed), in one jitted program.
 
   Args:
     family: the task family.
@@ -71,71 +74,102 @@ def training_curves(family: task_base.TaskFamily, make_tx: TransformFactory,
     hparams: ``[H]`` hyper-parameters (e.g. learning rates; a dummy for a learned optimizer).
     task_params: ``[tasks]`` task parameters (:func:`draw`).
     keys: ``[tasks, seeds]`` run keys.
-    num_steps: steps per run.
-    final_metric: optional ``(task, params, key) -> scalar`` measured after the last step.
+    num_steps: steps per run (a multiple of ``every``).
+    every: steps between recorded points.
 
   Returns:
-    ``curves`` ``[H, tasks, seeds, num_steps + 1]`` (``[..., 0]``: at initialisation), and
-    ``metric`` ``[H, tasks, seeds]`` (or None). Non-finite losses are kept.
+    ``{split: [H, tasks, seeds, num_steps // every + 1]}`` for each of :data:`SPLITS` (point
+    ``i``: after ``i * every`` steps). Non-finite losses are kept.
   """
+  if num_steps % every:
+    raise ValueError(f"num_steps {num_steps} must be a multiple of every={every}")
+  points = num_steps // every
 
   def one_run(h, tp, key):
     task = family.task(tp)
     tx = make_tx(h)
-    k_init, k_batch, k_loss, k_loop, k_metric = jax.random.split(key, 5)
+    k_init, k_loop, k_eval, _ = _run_keys(key)
     params = task.init(k_init)
-    valid_batch = task.sample_batch(k_batch, "valid")
-    valid_loss = lambda p: task.loss(p, k_loss, valid_batch).astype(jnp.float32)
+    measure = _eval_losses(task, k_eval)
+    step = _train_step(task, tx, k_loop)
 
-    def step(carry, k):
-      p, s = carry
-      kb, kl = jax.random.split(k)
-      batch = task.sample_batch(kb, "train")
-      loss, grads = jax.value_and_grad(task.loss)(p, kl, batch)
-      updates, s = tx.update(grads, s, p, loss=loss)
-      p = optax.apply_updates(p, updates)
-      return (p, s), valid_loss(p)
+    def chunk(carry, i):
+      carry = jax.lax.fori_loop(i * every, (i + 1) * every, lambda t, c: step(c, t), carry)
+      return carry, measure(carry[0])
 
-    (params_end, _), losses = jax.lax.scan(step, (params, tx.init(params)),
-                                           jax.random.split(k_loop, num_steps))
-    curve = jnp.concatenate([valid_loss(params)[None], losses])
-    metric = (jnp.zeros((), jnp.float32) if final_metric is None
-              else jnp.asarray(final_metric(task, params_end, k_metric), jnp.float32))
-    return curve, metric
+    _, losses = jax.lax.scan(chunk, (params, tx.init(params)), jnp.arange(points))
+    return jnp.concatenate([measure(params)[None], losses]).T  # [splits, points + 1]
 
   runs = jax.vmap(jax.vmap(jax.vmap(one_run, (None, None, 0)), (None, 0, 0)), (0, None, None))
-  curves, metric = jax.jit(runs)(jnp.asarray(hparams, jnp.float32), task_params, keys)
-  curves = np.asarray(curves)
-  return curves, (None if final_metric is None else np.asarray(metric))
+  curves = np.asarray(jax.jit(runs)(jnp.asarray(hparams, jnp.float32), task_params, keys))
+  return {split: curves[..., i, :] for i, split in enumerate(SPLITS)}
 
 
 def learned_curves(family: task_base.TaskFamily, tx: optax.GradientTransformation,
                    task_params: Any, keys: jax.Array, num_steps: int,
-                   final_metric: Callable | None = None):
-  """:func:`training_curves` of one optimizer: ``[tasks, seeds, steps + 1]`` (and metric)."""
-  curves, metric = training_curves(family, lambda _: tx, jnp.zeros((1,)), task_params, keys,
-                                   num_steps, final_metric)
-  return curves[0], (None if metric is None else metric[0])
+                   every: int) -> dict[str, np.ndarray]:
+  """:func:`training_curves` of one optimizer: ``{split: [tasks, seeds, points]}``."""
+  curves = training_curves(family, lambda _: tx, jnp.zeros((1,)), task_params, keys,
+                           num_steps, every)
+  return {split: c[0] for split, c in curves.items()}
 
 
 def trained_params(family: task_base.TaskFamily, tx: optax.GradientTransformation,
                    task_params: Any, key: jax.Array, num_steps: int):
-  """Parameters after ``num_steps`` steps of one run (same keys as :func:`training_curves`)."""
+  """Parameters after ``num_steps`` steps of one run (the batches of :func:`training_curves`)."""
+  return jax.jit(lambda tp, k: trained_params_fn(family.task(tp), tx, k, num_steps))(
+      task_params, key)
 
-  def run(tp, key):
+
+def final_metrics(family: task_base.TaskFamily, make_tx: TransformFactory, hparams: jax.Array,
+                  task_params: Any, keys: jax.Array, num_steps: int,
+                  metric: Callable) -> np.ndarray:
+  """A sample metric of every (task, seed) run after exactly ``num_steps`` steps.
+
+  Each task trains at its own hyper-parameter (its tuned rate), so a baseline's metric is read
+  at the same step count as the learned optimizer's, whatever length its grid ran.
+
+  Args:
+    family, make_tx, task_params, keys: as in :func:`training_curves`.
+    hparams: ``[tasks]`` one hyper-parameter per task.
+    num_steps: steps before the metric is read.
+    metric: ``(task, params, key) -> scalar``.
+
+  Returns:
+    ``[tasks, seeds]``.
+  """
+
+  def one_run(h, tp, key):
     task = family.task(tp)
-    k_init, _, _, k_loop, _ = jax.random.split(key, 5)
-    params = task.init(k_init)
+    _, _, _, k_metric = _run_keys(key)
+    params = trained_params_fn(task, make_tx(h), key, num_steps)
+    return jnp.asarray(metric(task, params, k_metric), jnp.float32)
 
-    def step(carry, k):
-      p, s = carry
-      kb, kl = jax.random.split(k)
-      loss, grads = jax.value_and_grad(task.loss)(p, kl, task.sample_batch(kb, "train"))
-      updates, s = tx.update(grads, s, p, loss=loss)  # as in training_curves
-      return (optax.apply_updates(p, updates), s), None
+  runs = jax.vmap(jax.vmap(one_run, (None, None, 0)), (0, 0, 0))
+  return np.asarray(jax.jit(runs)(jnp.asarray(hparams, jnp.float32), task_params, keys))
 
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                  jax.random.split(k_loop, num_steps))
-    return params
 
-  return jax.jit(run)(task_params, key)
+def trained_params_fn(task, tx, key, num_steps: int):
+  """The traceable core of :func:`trained_params` for one built task."""
+  k_init, k_loop, _, _ = _run_keys(key)
+  params = task.init(k_init)
+  step = _train_step(task, tx, k_loop)
+  params, _ = jax.lax.fori_loop(0, num_steps, lambda t, c: step(c, t), (params, tx.init(params)))
+  return params
+
+
+def seconds_per_step(family: task_base.TaskFamily, tx: optax.GradientTransformation,
+                     task_params: Any, key: jax.Array, num_steps: int = 50,
+                     repeats: int = 3) -> float:
+  """Wall-clock seconds of one training step (model forward and backward included) of the
+  first task, inside one jitted loop; the best of ``repeats`` timings after compiling."""
+  tp = jax.tree.map(lambda x: x[0], task_params)
+  run = jax.jit(lambda tp, k: jax.tree.leaves(
+      trained_params_fn(family.task(tp), tx, k, num_steps)))
+  jax.block_until_ready(run(tp, key))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(tp, key))
+    best = min(best, time.perf_counter() - t0)
+  return best / num_steps

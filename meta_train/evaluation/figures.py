@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-COLORS = {"learned": "tab:red", "adam": "tab:blue", "adam_cosine": "tab:green"}
+COLORS = {"learned": "tab:red", "adam": "tab:blue", "adam_cosine": "tab:green",
+          "adamw_cosine": "tab:olive", "sgd_cosine": "tab:brown", "muon_cosine": "tab:purple"}
 
 
 def _plt():
@@ -19,7 +20,7 @@ def _plt():
 
 
 def curves_figure(results, path: str, title: str) -> str:
-  """One panel per family (a mixture: per member): mean valid loss over runs of the learned
+  """One panel per family (a mixture: per member): mean train loss over runs of the learned
   optimizer, the tuned baselines and constant Adam's grid in grey; log scale when every value
   is positive and they span more than a factor 5.
 
@@ -41,29 +42,31 @@ def curves_figure(results, path: str, title: str) -> str:
   for i, p in enumerate(panels):
     ax = axes[i // cols][i % cols]
     values = [p["learned"]]
+    x = p["steps"]
     if p["grid"] is not None:
       for j, _ in enumerate(p["grid_lrs"]):
-        ax.plot(p["grid"][j], color="0.78", lw=0.7,
+        ax.plot(x, p["grid"][j], color="0.78", lw=0.7,
                 label="Adam grid" if (i == 0 and j == 0) else None)
         values.append(p["grid"][j])
     for b, curve in p["tuned"].items():
-      ax.plot(curve, color=COLORS[b], lw=1.4, label=f"tuned {b}" if i == 0 else None)
+      ax.plot(x, curve, color=COLORS.get(b, "k"), lw=1.2, label=f"tuned {b}" if i == 0 else None)
       values.append(curve)
-    ax.plot(p["learned"], color=COLORS["learned"], lw=1.8, label="learned" if i == 0 else None)
+    ax.plot(x, p["learned"], color=COLORS["learned"], lw=1.8,
+            label="learned" if i == 0 else None)
     allv = np.concatenate([np.ravel(v) for v in values])
     allv = allv[np.isfinite(allv)]
     if len(allv) and allv.min() > 0 and allv.max() / allv.min() > 5:
       ax.set_yscale("log")
     ax.set_title(p["title"], fontsize=8)
     ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("valid loss", fontsize=8)
+    ax.set_ylabel("train loss", fontsize=8)
   for i in range(len(panels), rows * cols):
     axes[i // cols][i % cols].axis("off")
   fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout(rect=(0, 0.08, 1, 0.94))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
 
@@ -88,7 +91,7 @@ def speedup_strip(entries: Sequence[dict], path: str, title: str) -> str:
   ax.set_ylabel("steps-to-reach speed-up", fontsize=8)
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
 
@@ -113,6 +116,6 @@ def samples_figure(samples: dict, path: str, title: str) -> str:
     ax.set_title(name, fontsize=9)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=80)
   plt.close(fig)
   return path

@@ -1,9 +1,10 @@
 """The numbers of an evaluation, from curves: pure numpy functions, one per measure.
 
-Curves are arrays whose last axis is the step (entry 0: the loss at initialisation, entry t:
-the loss after t steps). Every comparison uses curves smoothed over time by a trailing moving
-average (minibatch noise would otherwise let the minimum over a grid of noisy curves "reach" a
-loss no single setting holds): a run's *final loss* is its smoothed curve's last value.
+Curves are arrays whose last axis is the recorded point: a loss measured on a fixed, large
+evaluation set (the train split's, or the test split's) at steps ``0, e, 2e, ...`` (entry 0:
+at initialisation). A run's *final loss* is its curve read at step ``N``, after an optional
+trailing moving average over points (``window``; 1: none, the default, as the fixed sets
+carry no minibatch noise).
 
 References:
   Metz et al. 2022, "VeLO", arXiv 2211.09760, Fig. 1 (steps-to-reach speed-up).
@@ -98,77 +99,138 @@ def first_reach(curve: np.ndarray, target: float) -> float:
   return float(hits[0]) if len(hits) else float("inf")
 
 
-def lower_envelope(curves: np.ndarray, window: int) -> np.ndarray:
-  """Running minimum over steps of the minimum over a grid of smoothed curves.
+def reach_step(curve: np.ndarray, steps: np.ndarray, target: float) -> float:
+  """The step at which a recorded curve first reaches ``target``, linearly interpolated.
 
-  .. math:: E_t = \\min_{s \\le t} \\min_{\\eta} \\bar{x}^{\\eta}_s
+  With ``i`` the first point with ``curve[i] <= target`` (recorded at ``steps[i]``):
+
+  .. math::
+    s^* = s_{i-1} + (s_i - s_{i-1}) \\frac{x_{i-1} - L}{x_{i-1} - x_i}
+
+  (``s^* = steps[0]`` if the first point already reaches it; ``inf`` if no point does).
 
   Args:
-    curves: ``[lrs, ..., steps + 1]``.
-    window: moving-average window.
+    curve: ``[P]`` values at the recorded steps (non-finite values never reach).
+    steps: ``[P]`` ascending steps.
+    target: ``L``.
 
   Returns:
-    ``[..., steps + 1]``.
+    The interpolated step, or ``inf``.
   """
-  return np.minimum.accumulate(np.min(smooth(clean(curves), window), axis=0), axis=-1)
+  curve = clean(curve)
+  i = first_reach(curve, target)
+  if not np.isfinite(i):
+    return float("inf")
+  i = int(i)
+  if i == 0:
+    return float(steps[0])
+  x0, x1 = curve[i - 1], curve[i]
+  s0, s1 = float(steps[i - 1]), float(steps[i])
+  if not np.isfinite(x0) or x0 == x1:
+    return s1
+  return s0 + (s1 - s0) * float((x0 - target) / (x0 - x1))
 
 
-def speedup_constant(learned_final: np.ndarray, envelope: np.ndarray, num_steps: int,
-                     cap: float) -> np.ndarray:
-  """Steps-to-reach speed-up against the envelope of a constant-rate grid (VeLO, Fig. 1).
+def seed_mean_envelope(curves: np.ndarray, window: int = 1) -> np.ndarray:
+  """VeLO's envelope of a learning-rate grid, per task.
 
-  .. math:: s = \\min\\Big(\\frac{\\min\\{t : E_t \\le L_{\\mathrm{learned}}\\}}{N}, c\\Big)
+  Each rate's smoothed curve is averaged over the task's seeds, the minimum is taken over
+  rates, then the running minimum over steps (Metz et al. 2022, arXiv 2211.09760, Fig. 1; the
+  speed-up normaliser of learned_optimization's ``baselines/normalizers.py``):
+
+  .. math:: E_t = \\min_{s \\le t} \\min_{\\eta} \\tfrac{1}{S} \\sum_{k=1}^{S} \\bar{x}^{\\eta, k}_s
+
+  A rate with a diverged seed has a mean of ``inf`` where that seed is non-finite, so one
+  lucky seed cannot carry a rate.
 
   Args:
-    learned_final: ``[tasks, seeds]`` final losses of the learned optimizer.
-    envelope: ``[tasks, seeds, >= cap * N + 1]`` lower envelope of the grid's curves.
+    curves: ``[lrs, tasks, seeds, points]``.
+    window: moving-average window in points.
+
+  Returns:
+    ``[tasks, points]``.
+  """
+  mean = smooth(clean(curves), window).mean(axis=2)
+  return np.minimum.accumulate(np.min(mean, axis=0), axis=-1)
+
+
+def speedup_envelope(finals: np.ndarray, envelope: np.ndarray, steps: np.ndarray,
+                     num_steps: int, cap: float) -> tuple[np.ndarray, np.ndarray]:
+  """Steps-to-reach speed-up of runs against their task's envelope (VeLO, Fig. 1).
+
+  .. math:: s = \\min\\big(t^*(L) / N,\\ c\\big)
+
+  where ``t^*(L)`` is the (interpolated, :func:`reach_step`) step at which the envelope first
+  reaches the run's final loss ``L``.
+
+  Args:
+    finals: ``[tasks, seeds]`` final losses at step ``N``.
+    envelope: ``[tasks, points]`` (:func:`seed_mean_envelope`), recorded at ``steps``.
+    steps: ``[points]``, up to at least ``cap * N``.
     num_steps: ``N``.
-    cap: ``c``; a loss the envelope never reaches gives ``c`` (reported as "≥ c").
+    cap: ``c``.
 
   Returns:
-    ``[tasks, seeds]`` speed-ups.
+    ``(speedup, reached)``, each ``[tasks, seeds]``: the speed-up (``c`` when never reached)
+    and whether the envelope reached the loss (a run reached exactly at ``c N`` is reached).
   """
-  out = np.empty(learned_final.shape)
-  for idx in np.ndindex(*learned_final.shape):
-    reach = first_reach(envelope[idx], learned_final[idx])
-    out[idx] = min(max(reach, 1.0) / num_steps, cap)
-  return out
+  finals = np.asarray(finals, np.float64)
+  out = np.empty(finals.shape)
+  reached = np.zeros(finals.shape, bool)
+  for t, s in np.ndindex(*finals.shape):
+    step = reach_step(envelope[t], steps, finals[t, s]) if np.isfinite(finals[t, s]) else np.inf
+    reached[t, s] = step <= cap * num_steps
+    out[t, s] = min(step / num_steps, cap)
+  return out, reached
 
 
-def speedup_by_length(learned_final: np.ndarray, first_curve: np.ndarray,
+def speedup_by_length(finals: np.ndarray, first_curve: np.ndarray, steps: np.ndarray,
                       length_finals: dict[float, np.ndarray], num_steps: int,
-                      cap: float) -> np.ndarray:
+                      cap: float) -> tuple[np.ndarray, np.ndarray]:
   """Steps-to-reach speed-up against a baseline that must know its run length (cosine Adam).
 
-  The shortest length factor ``f`` whose tuned final loss reaches the learned optimizer's gives
-  ``f``; within the 1x run, the first step ``t`` its (tuned, smoothed) curve reaches it gives
-  ``t / N`` (< 1); never: ``cap``.
+  Inside the tuned 1x run, the interpolated step at which its curve reaches the loss ``L``
+  gives ``t^* / N`` (< 1). Beyond it, the tuned final loss ``F(f)`` of each length factor
+  ``f`` is interpolated linearly in ``log f`` between the two run lengths ``f_a < f_b`` that
+  bracket ``L`` (``F(f_a) > L >= F(f_b)``):
+
+  .. math::
+    \\log f^* = \\log f_a + \\frac{F(f_a) - L}{F(f_a) - F(f_b)} (\\log f_b - \\log f_a)
+
+  and no length reaching it gives the cap. No rounding up to the next rung.
 
   Args:
-    learned_final: ``[tasks, seeds]``.
-    first_curve: ``[tasks, seeds, N + 1]`` smoothed curve of the tuned 1x run.
-    length_finals: ``{factor: [tasks, seeds]}`` tuned final losses at each length (1.0 included).
+    finals: ``[tasks, seeds]`` losses ``L`` to reach.
+    first_curve: ``[tasks, seeds, points]`` the tuned 1x run's curve at ``steps``.
+    steps: ``[points]`` up to ``N``.
+    length_finals: ``{f: [tasks, seeds]}`` tuned final losses at each length factor (1.0
+      included; ``inf`` where a length was not run).
     num_steps: ``N``.
     cap: value when no length reaches it.
 
   Returns:
-    ``[tasks, seeds]`` speed-ups.
+    ``(speedup, reached)``, each ``[tasks, seeds]``.
   """
-  out = np.empty(learned_final.shape)
+  finals = np.asarray(finals, np.float64)
+  out = np.full(finals.shape, float(cap))
+  reached = np.zeros(finals.shape, bool)
   factors = sorted(length_finals)
-  for idx in np.ndindex(*learned_final.shape):
-    target = learned_final[idx]
-    value = cap
-    reach = first_reach(first_curve[idx], target)
-    if np.isfinite(reach):
-      value = max(reach, 1.0) / num_steps
-    else:
-      for f in factors:
-        if f > 1.0 and length_finals[f][idx] <= target:
-          value = min(f, cap)
-          break
-    out[idx] = value
-  return out
+  for idx in np.ndindex(*finals.shape):
+    target = finals[idx]
+    if not np.isfinite(target):
+      continue
+    step = reach_step(first_curve[idx], steps, target)
+    if np.isfinite(step):
+      out[idx], reached[idx] = step / num_steps, True
+      continue
+    for fa, fb in zip(factors, factors[1:]):
+      la, lb = float(length_finals[fa][idx]), float(length_finals[fb][idx])
+      if lb <= target < la or (lb <= target and not np.isfinite(la)):
+        w = 1.0 if not np.isfinite(la) else (la - target) / (la - lb)
+        out[idx] = min(float(np.exp(np.log(fa) + w * (np.log(fb) - np.log(fa)))), cap)
+        reached[idx] = True
+        break
+  return out, reached
 
 
 def diverged(curves: np.ndarray, factor: float = DIVERGENCE_FACTOR) -> np.ndarray:
@@ -191,10 +253,15 @@ def diverged(curves: np.ndarray, factor: float = DIVERGENCE_FACTOR) -> np.ndarra
 
 def bootstrap_ci(values: np.ndarray, statistic, num_samples: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap interval of ``statistic`` over runs (resampled with replacement).
+  """Percentile interval of ``statistic`` under a task-level (hierarchical) bootstrap.
+
+  Seeds of one task share the task and its tuned baseline, so they are not independent runs.
+  Each resample draws ``T`` tasks with replacement, then, within each drawn task, ``S`` of its
+  seeds with replacement (the two-stage bootstrap of clustered data; Davison & Hinkley 1997,
+  Sec. 3.8), and evaluates ``statistic`` on the ``T x S`` drawn runs.
 
   Args:
-    values: per-run values (any shape; flattened: one entry per (task, seed) run).
+    values: ``[tasks, seeds]`` per-run values (a 1-D array is one seed per task).
     statistic: maps a 1-D array to a float (e.g. ``np.mean``, ``np.median``).
     num_samples: bootstrap resamples.
     seed: numpy seed (the interval is deterministic).
@@ -203,9 +270,16 @@ def bootstrap_ci(values: np.ndarray, statistic, num_samples: int = 2000, seed: i
   Returns:
     ``(low, high)``.
   """
-  x = np.asarray(values, np.float64).ravel()
+  x = np.asarray(values, np.float64)
+  if x.ndim == 1:
+    x = x[:, None]
+  if x.ndim != 2:
+    raise ValueError(f"bootstrap_ci needs [tasks, seeds] values, got shape {x.shape}")
+  t, s = x.shape
   rng = np.random.default_rng(seed)
-  idx = rng.integers(0, len(x), size=(num_samples, len(x)))
-  stats = np.array([statistic(x[i]) for i in idx])
+  tasks = rng.integers(0, t, size=(num_samples, t, 1))
+  seeds = rng.integers(0, s, size=(num_samples, t, s))
+  drawn = x[tasks, seeds].reshape(num_samples, -1)
+  stats = np.array([statistic(row) for row in drawn])
   alpha = (1 - level) / 2
   return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))

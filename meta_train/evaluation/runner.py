@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import tasks
+from meta_train.evaluation import baselines as baselines_lib
 from meta_train.evaluation import cache as cache_lib
 from meta_train.evaluation import compare
 from meta_train.evaluation import config as config_lib
@@ -22,23 +23,27 @@ class FamilyResult:
   """Everything measured for one (optimizer, family).
 
   Attributes:
-    entries: one results dict per baseline (what ``eval.json`` lists).
-    learned_mean: ``[steps + 1]`` mean learned curve over runs.
-    tuned_mean: ``{baseline: [steps + 1]}`` mean tuned-baseline curves (first ``N`` steps).
-    grid_mean: ``[L, steps + 1]`` constant-Adam grid mean curves; ``grid_lrs``: its rates.
-    learned_curves: ``[tasks, seeds, steps + 1]`` raw learned curves.
+    entries: the results dicts ``eval.json`` lists: the learned optimizer against each tuned
+      baseline (``role="learned"``), then each tuned baseline's calibration row
+      (``role="calibration"``, ``optimizer="tuned NAME"``).
+    steps: ``[points]`` the step of each recorded point (up to ``N``).
+    learned_mean: ``[points]`` mean learned train-loss curve over runs.
+    tuned_mean: ``{baseline: [points]}`` mean tuned-baseline train-loss curves.
+    learned_curves: ``[tasks, seeds, points]`` raw learned train-loss curves.
+    seconds: wall time of the evaluation.
+    seconds_per_step: ``{"learned": s, "adam": s}`` one training step's wall time.
     samples: diffusion samples of the learned and tuned-Adam models (or None).
     panels: one figure panel per group of runs (a mixture: one per member), each
-      ``{"title", "learned", "tuned": {baseline: curve}, "grid", "grid_lrs"}``.
+      ``{"title", "steps", "learned", "tuned": {baseline: curve}, "grid", "grid_lrs"}``.
   """
 
   entries: list[dict[str, Any]]
+  steps: np.ndarray
   learned_mean: np.ndarray
   tuned_mean: dict[str, np.ndarray]
-  grid_mean: np.ndarray | None
-  grid_lrs: np.ndarray | None
   learned_curves: np.ndarray
   seconds: float = 0.0
+  seconds_per_step: dict[str, float] = dataclasses.field(default_factory=dict)
   samples: dict[str, np.ndarray] | None = None
   panels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -53,7 +58,8 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
                     baselines: Sequence[str] = config_lib.BASELINES,
                     envelope_factor: float = config_lib.MAX_SPEEDUP,
                     cache: cache_lib.CurveCache | None = None,
-                    samples: bool = False, horizon_aware: bool = False) -> FamilyResult:
+                    samples: bool = False, horizon_aware: bool = False,
+                    wallclock: bool = True) -> FamilyResult:
   """Runs the learned optimizer and the tuned baselines on a family's held-out draws.
 
   Args:
@@ -63,13 +69,14 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
     config: an :class:`~meta_train.evaluation.config.EvalConfig`.
     label, suite: how the results name the optimizer and the suite.
     num_steps: run length ``N`` (default ``config.num_steps``).
-    baselines: subset of ``("adam", "adam_cosine")``.
+    baselines: registered baselines (:mod:`~meta_train.evaluation.baselines`); ``adam`` is
+      always run, as its grid gives the envelope every speed-up is read on.
     envelope_factor: constant Adam runs ``envelope_factor * N`` steps (the speed-up cap).
     cache: baseline-curve cache (default: none).
     samples: for diffusion families, also train the first run once more with the learned
       optimizer and with tuned Adam and keep samples of both models (figures, wandb).
-    horizon_aware: pass the run length ``N`` to the optimizer as ``num_steps`` (for one
-      meta-trained with ``estimator.horizon_aware``: its provenance says so).
+    horizon_aware: pass the run length ``N`` to the optimizer as ``num_steps``.
+    wallclock: time one training step of the learned optimizer and of Adam.
 
   Returns:
     A :class:`FamilyResult`.
@@ -77,57 +84,68 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
   t0 = time.perf_counter()
   n = config.num_steps if num_steps is None else num_steps
   cfg = dataclasses.replace(config, num_steps=n)
+  for b in baselines:
+    baselines_lib.get(b)  # a clear error before any compute
   cache = cache or cache_lib.CurveCache(None)
   tx = lopt.transform(meta_params, num_steps=n if horizon_aware else None)
   groups = suites.problems(family, family_name, cfg)
-  learned_parts, metric_parts, per_baseline = [], [], {b: [] for b in baselines}
+  tables, panels, learned_parts = [], [], []
   for problem in groups:
-    learned, metric = curves_lib.learned_curves(problem.family, tx, problem.task_params,
-                                                problem.keys, n, problem.final_metric)
-    learned_parts.append(learned)
-    metric_parts.append(metric)
-    for b in baselines:
-      if b == "adam":
-        per_baseline[b].append(compare.against_adam(learned, problem, cfg, cache, n,
-                                                    envelope_factor))
-      elif b == "adam_cosine":
-        per_baseline[b].append(compare.against_cosine(learned, problem, cfg, cache, n))
-      else:
-        raise ValueError(f"unknown baseline {b!r}; valid: {', '.join(config_lib.BASELINES)}")
-  learned_all = np.concatenate(learned_parts, axis=0)
-  metric_all = (None if any(m is None for m in metric_parts)
-                else np.concatenate(metric_parts, axis=0))
-  entries, tuned_mean = [], {}
-  for b in baselines:
-    c = compare.concat(per_baseline[b])
-    cap = envelope_factor if b == "adam" else max(config_lib.COSINE_LENGTH_FACTORS)
-    entry = {"optimizer": label, "suite": suite, "family": family_name,
-             "kind": suites.KINDS.get(family_name, "other"), "num_steps": n,
-             "num_tasks": cfg.num_tasks, "num_seeds": cfg.num_seeds,
-             "smoothing_window": cfg.window}
-    entry.update(compare.aggregate(c, learned_all, cfg, metric_all, cap))
-    entries.append(entry)
-    tuned_mean[b] = _mean(c.tuned_curves)
-  panels = []
-  for i, problem in enumerate(groups):
-    adam = per_baseline["adam"][i] if "adam" in per_baseline else None
+    learned = curves_lib.learned_curves(problem.family, tx, problem.task_params, problem.keys,
+                                        n, cfg.every)
+    metric = None
+    if problem.final_metric is not None:
+      tasks_n = learned["train"].shape[0]
+      metric = curves_lib.final_metrics(problem.family, lambda _: tx, np.zeros(tasks_n),
+                                        problem.task_params, problem.keys, n,
+                                        problem.final_metric)
+    table, means = compare.group_runs(learned, metric, problem, cfg, cache, baselines,
+                                      envelope_factor)
+    tables.append(table)
+    learned_parts.append(learned["train"])
+    shape = learned["train"].shape
     panels.append({
-        "title": (f"{family_name}" if len(groups) == 1 else
-                  f"{family_name}: {problem.family.name}") +
-                 f" ({learned_parts[i].shape[0]}x{learned_parts[i].shape[1]} runs)",
-        "learned": _mean(learned_parts[i]),
-        "tuned": {b: _mean(per_baseline[b][i].tuned_curves) for b in baselines},
-        "grid": None if adam is None else adam.grid_mean,
-        "grid_lrs": None if adam is None else adam.learning_rates})
-  grid = per_baseline["adam"][0] if "adam" in per_baseline and len(groups) == 1 else None
+        "title": (family_name if len(groups) == 1 else f"{family_name}: {problem.family.name}")
+                 + f" ({shape[0]}x{shape[1]} runs)",
+        "steps": means["steps"], "learned": means[compare.LEARNED]["train"],
+        "tuned": {b: means[b]["train"] for b in baselines},
+        "grid": means.get("grid"), "grid_lrs": means.get("grid_lrs")})
+  table = compare.concat(tables)
+  common = {"suite": suite, "family": family_name,
+            "kind": suites.KINDS.get(family_name, "other"), "num_steps": n,
+            "num_tasks": cfg.num_tasks, "num_seeds": cfg.num_seeds, "draws": cfg.draws,
+            "eval_every": cfg.every, "smoothing_window": cfg.window}
+  timing = {}
+  if wallclock:
+    import optax  # pylint: disable=import-outside-toplevel
+    g = groups[0]
+    timing = {name: curves_lib.seconds_per_step(g.family, t, g.task_params, g.keys[0, 0])
+              for name, t in ((compare.LEARNED, tx), ("adam", optax.adam(1e-3)))}
+  entries = []
+  for e in compare.learned_entries(table, baselines, cfg, envelope_factor):
+    e = {"optimizer": label, **common, **e}
+    if timing:
+      ratio = timing["adam"] / timing[compare.LEARNED]
+      e.update({"seconds_per_step_learned": timing[compare.LEARNED],
+                "seconds_per_step_adam": timing["adam"],
+                "wallclock_speedup_median": e["speedup_median"] * ratio})
+    entries.append(e)
+  for e in compare.calibration_entries(table, baselines, cfg, envelope_factor):
+    entries.append({"optimizer": f"tuned {e.pop('subject')}", "reference": label, **common, **e})
   drawn = None
-  if samples and groups[0].final_metric is not None and "adam" in per_baseline:
-    drawn = _samples(groups[0], tx, float(per_baseline["adam"][0].best_lr[0]), n)
-  return FamilyResult(samples=drawn, panels=panels, entries=entries, learned_mean=_mean(learned_all),
-                      tuned_mean=tuned_mean,
-                      grid_mean=None if grid is None else grid.grid_mean,
-                      grid_lrs=None if grid is None else grid.learning_rates,
-                      learned_curves=learned_all, seconds=time.perf_counter() - t0)
+  if samples and groups[0].final_metric is not None:
+    lr = float(table["adam/train/best_lr"][0])
+    drawn = _samples(groups[0], tx, lr, n)
+  learned_all = np.concatenate(learned_parts, axis=0)
+  return FamilyResult(entries=entries, steps=panels[0]["steps"], learned_mean=_mean(learned_all),
+                      tuned_mean={b: _mean_of_panels(panels, b) for b in baselines},
+                      learned_curves=learned_all, seconds=time.perf_counter() - t0,
+                      seconds_per_step=timing, samples=drawn, panels=panels)
+
+
+def _mean_of_panels(panels, baseline: str) -> np.ndarray:
+  """The tuned baseline's mean curve: the mean of the groups' mean curves."""
+  return np.nanmean(np.stack([p["tuned"][baseline] for p in panels]), axis=0)
 
 
 def _samples(problem, tx, lr: float, n: int, num_samples: int = 256) -> dict[str, np.ndarray]:
@@ -141,20 +159,22 @@ def _samples(problem, tx, lr: float, n: int, num_samples: int = 256) -> dict[str
   for name, opt in (("learned", tx), ("adam", optax.adam(lr))):
     params = curves_lib.trained_params(problem.family, opt, tp, key, n)
     out[name] = np.asarray(tasks.diffusion.sample(task, params, jax.random.key(1), num_samples))
-  out["data"] = np.asarray(task.heldout(jax.random.key(2), num_samples))
+  out["data"] = np.asarray(task.heldout(jax.random.key(2), num_samples, "test"))
   out["adam_learning_rate"] = np.array(lr)
   return out
 
 
 def evaluate_suite(opt: suites.Optimizer, suite: str, config, *,
                    cache: cache_lib.CurveCache | None = None,
-                   families: Sequence[str] | None = None, log=None) -> list[FamilyResult]:
+                   families: Sequence[str] | None = None,
+                   baselines: Sequence[str] = config_lib.BASELINES, log=None,
+                   samples: bool = False) -> list[FamilyResult]:
   """Runs a named suite (or, with ``families``, those families) for one optimizer."""
   if families:
     suites.check_families(families)
-    plans = [suites.FamilyPlan(f, config.num_steps, config_lib.BASELINES) for f in families]
+    plans = [suites.FamilyPlan(f, config.num_steps, tuple(baselines)) for f in families]
   else:
-    plans = suites.plan(suite, opt, config)
+    plans = suites.plan(suite, opt, config, baselines)
   out = []
   for p in plans:
     if log:
@@ -164,7 +184,7 @@ def evaluate_suite(opt: suites.Optimizer, suite: str, config, *,
                              p.family, config,
                              label=opt.label, suite=suite, num_steps=p.num_steps,
                              baselines=p.baselines, envelope_factor=p.envelope_factor,
-                             cache=cache, horizon_aware=opt.horizon_aware)
+                             cache=cache, horizon_aware=opt.horizon_aware, samples=samples)
     if log:
       log(f"meta-eval:   done in {result.seconds:.0f}s")
     out.append(result)

@@ -1,7 +1,7 @@
 """Named evaluation suites and what they are built from: the optimizer file and its provenance.
 
 * ``in_distribution``: held-out tasks of the optimizer's training family (``task.family`` of
-  the provenance's config), ``num_steps`` steps, against tuned ``adam`` and ``adam_cosine``.
+  the provenance's config), ``num_steps`` steps, against every baseline of the registry.
 * ``out_of_distribution``: the registered families absent from the training set (a
   ``mixture``'s members count as trained; the ``mixture`` itself and ``lm_transformer_small``,
   a costlier copy of ``lm_transformer_tiny``, are left out), same measures.
@@ -9,8 +9,9 @@
   (``estimator.max_horizon``): the bar is no diverged run, and the final loss is compared with tuned
   constant Adam run for the same length (speed-ups there are capped at 1).
 
-Held-out draws come from their own PRNG stream: the evaluation seed folded with a fixed tag and
-the family's name, never a key of meta-training's ``jax.random.key(run.seed)`` tree.
+Held-out draws come from their own PRNG streams: the evaluation seed folded with a fixed tag,
+the stream's tag (``dev`` for recipe work, ``report`` for committed reports) and the family's
+name, never a key of meta-training's ``jax.random.key(run.seed)`` tree.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from meta_train.evaluation import config as config_lib
 from meta_train.evaluation import curves as curves_lib
 
 EVAL_STREAM_TAG = 0x6D657661  # "meva": folded into the root key of every evaluation draw
+# Folded in after it: ``dev`` keeps the draws every report before the split used (recipe work
+# was tuned on them); ``report`` is a second stream, for committed reports only.
+DRAW_TAGS = {"dev": None, "report": 0x72657074}  # "rept"
 LONG_HORIZON_FACTOR = 10
 PRETRAINED_PREFIX = "pretrained:"
 
@@ -181,14 +185,17 @@ class FamilyPlan:
   envelope_factor: float = config_lib.MAX_SPEEDUP
 
 
-def plan(suite: str, opt: Optimizer, config) -> list[FamilyPlan]:
-  """The families, lengths and baselines of ``suite`` for optimizer ``opt``."""
+def plan(suite: str, opt: Optimizer, config,
+         baselines=config_lib.BASELINES) -> list[FamilyPlan]:
+  """The families, lengths and baselines of ``suite`` for optimizer ``opt`` (long horizon:
+  tuned constant Adam only, run as long as the learned optimizer)."""
   if suite not in config_lib.SUITES:
     raise EvalError(f"unknown suite {suite!r}; valid: {', '.join(config_lib.SUITES)}")
+  baselines = tuple(baselines)
   if suite == "in_distribution":
-    return [FamilyPlan(training_family(opt), config.num_steps, config_lib.BASELINES)]
+    return [FamilyPlan(training_family(opt), config.num_steps, baselines)]
   if suite == "out_of_distribution":
-    return [FamilyPlan(f, config.num_steps, config_lib.BASELINES)
+    return [FamilyPlan(f, config.num_steps, baselines)
             for f in out_of_distribution_families(opt)]
   length = LONG_HORIZON_FACTOR * training_horizon(opt)
   return [FamilyPlan(training_family(opt), length, ("adam",), envelope_factor=1.0)]
@@ -201,9 +208,14 @@ def check_families(names) -> None:
       raise EvalError(f"unknown family {n!r}; valid: {', '.join(tasks.family_names())}")
 
 
-def eval_key(seed: int, family_name: str) -> jax.Array:
-  """The root key of a family's held-out draws (disjoint from meta-training's key tree)."""
+def eval_key(seed: int, family_name: str, draws: str = "dev") -> jax.Array:
+  """The root key of a family's held-out draws of stream ``draws`` (disjoint from
+  meta-training's key tree, and the two streams from each other)."""
+  if draws not in DRAW_TAGS:
+    raise EvalError(f"unknown draws {draws!r}; valid: {', '.join(DRAW_TAGS)}")
   key = jax.random.fold_in(jax.random.key(seed), EVAL_STREAM_TAG)
+  if DRAW_TAGS[draws] is not None:
+    key = jax.random.fold_in(key, DRAW_TAGS[draws])
   return jax.random.fold_in(key, zlib.crc32(family_name.encode()) & 0x7FFFFFFF)
 
 
@@ -212,10 +224,10 @@ def _is_diffusion(family) -> bool:
 
 
 def energy_distance_metric(task, params, key, num_samples: int = 256):
-  """Energy distance between the trained model's samples and held-out data."""
+  """Energy distance between the trained model's samples and the test split's data."""
   k_sample, k_ref = jax.random.split(key)
   x = tasks.diffusion.sample(task, params, k_sample, num_samples)
-  return tasks.diffusion.energy_distance(x, task.heldout(k_ref, num_samples))
+  return tasks.diffusion.energy_distance(x, task.heldout(k_ref, num_samples, "test"))
 
 
 def problems(family, family_name: str, config) -> list[baselines_lib.Problem]:
@@ -224,7 +236,7 @@ def problems(family, family_name: str, config) -> list[baselines_lib.Problem]:
   A mixture's tasks are grouped by the member they drew and run as ``vmap`` s of that member's
   family (the same tasks as the mixture's, without computing every member at every step).
   """
-  key = eval_key(config.seed, family_name)
+  key = eval_key(config.seed, family_name, config.draws)
   task_params, keys = curves_lib.draw(family, key, config.num_tasks, config.num_seeds)
   if isinstance(family, tasks.MixtureFamily):
     index = np.asarray(task_params["index"])

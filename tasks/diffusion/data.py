@@ -7,7 +7,8 @@ Choosing among them by a traced index goes through :func:`sample_toy` (``lax.swi
 that differ only by dataset are one ``vmap``.
 
 The digits are scikit-learn's bundled 1,797 8x8 images (``sklearn.datasets.load_digits``, no
-download), mapped from ``[0, 16]`` to ``[-1, 1]`` and split once into fixed train/valid sets.
+download), mapped from ``[0, 16]`` to ``[-1, 1]`` and split once into fixed train, valid and
+test sets.
 """
 
 from __future__ import annotations
@@ -96,17 +97,21 @@ def sample_toy(index: jax.Array, key: jax.Array, n: int) -> jax.Array:
   return jax.lax.switch(index, branches, *_base_randomness(key, n))
 
 
-DIGITS_NUM_VALID = 297
+DIGITS_NUM_VALID = 148
+DIGITS_NUM_TEST = 149
 
 
 @functools.lru_cache(maxsize=1)
-def digits() -> tuple[np.ndarray, np.ndarray]:
-  """scikit-learn's 8x8 digits in ``[-1, 1]``, flattened: ``(train (1500, 64), valid (297, 64))``.
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """scikit-learn's 8x8 digits in ``[-1, 1]``, flattened: ``(train, valid, test)``.
 
-  The split is a fixed permutation (seed 0), the same on every machine.
+  Of a fixed permutation (seed 0, the same on every machine) the first 148 images are
+  ``valid`` ``(148, 64)``, the next 149 ``test`` ``(149, 64)`` and the last 1,500 ``train``
+  ``(1500, 64)``.
   """
   from sklearn import datasets  # pylint: disable=g-import-not-at-top  (heavy; only when used)
   images = datasets.load_digits().data.astype(np.float32) / 8.0 - 1.0
   order = np.random.default_rng(0).permutation(images.shape[0])
   images = images[order]
-  return images[DIGITS_NUM_VALID:], images[:DIGITS_NUM_VALID]
+  heldout = DIGITS_NUM_VALID + DIGITS_NUM_TEST
+  return images[heldout:], images[:DIGITS_NUM_VALID], images[DIGITS_NUM_VALID:heldout]

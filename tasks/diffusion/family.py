@@ -16,6 +16,12 @@ an array in ``task_params`` chosen by ``lax.switch``: N different tasks are one 
 The dataset fixes the shapes, so it is per family: ``"diffusion_toy2d"`` (an MLP on the 2-D toys,
 which one is a per-task index) and ``"diffusion_digits"`` (a conv net on 8x8 digits).
 
+Splits: ``"train"``, ``"valid"`` and ``"test"`` (see :mod:`tasks.base`); the toys draw each
+from its own stream, the digits split a fixed permutation (:func:`tasks.diffusion.data.digits`).
+:meth:`DiffusionTask.eval_batch` holds ``EVAL_SIZE`` fixed examples of a split (or all of a
+smaller one), each repeated :data:`EVAL_NOISE_LEVELS` times so that the loss, which draws σ from
+the key it is given, sees every example at several noise levels.
+
 The normaliser divides by the expected loss of the zero-output network under the task's own
 target, p(σ) and λ(σ) (``F = 0`` gives ``D = c_skip x`` and, per dimension,
 ``E‖D − x0‖² = (1 − c_skip)² σ_d² + c_skip² σ²``), integrated over p(σ) by quadrature; so every
@@ -36,10 +42,16 @@ from tasks.diffusion import data, denoisers, schedules, targets, weighting
 
 weighting_index = weighting.weighting_index  # `weighting` is also a keyword argument below
 
+#: Copies of each example in :meth:`DiffusionTask.eval_batch` (each meets its own σ).
+EVAL_NOISE_LEVELS = 4
+
+# Folded into a toy batch's key for the valid and test streams (train uses the key itself).
+_TOY_STREAMS = {"train": None, "valid": 0x5EED, "test": 0x7E57}
+
 
 @dataclasses.dataclass(frozen=True)
 class ToySource:
-  """Standardised 2-D toy data times ``scale``; ``"valid"`` draws from an independent stream."""
+  """Standardised 2-D toy data times ``scale``; each split draws from an independent stream."""
 
   scale: float = 0.5
 
@@ -50,27 +62,35 @@ class ToySource:
     return float(self.scale)
 
   def sample(self, dataset: jax.Array, key: jax.Array, n: int, split: str) -> jax.Array:
-    if split == "valid":
-      key = jax.random.fold_in(key, 0x5EED)
+    if _TOY_STREAMS[split] is not None:
+      key = jax.random.fold_in(key, _TOY_STREAMS[split])
     return self.scale * data.sample_toy(dataset, key, n)
+
+  def eval_examples(self, dataset: jax.Array, split: str) -> jax.Array:
+    """``EVAL_SIZE`` points of ``split``'s stream drawn from the fixed key 0."""
+    return self.sample(dataset, jax.random.key(0), base.EVAL_SIZE, split)
 
 
 @dataclasses.dataclass(frozen=True)
 class DigitsSource:
-  """scikit-learn's 8x8 digits in ``[-1, 1]`` (flat, 64-d): fixed train/valid sets."""
+  """scikit-learn's 8x8 digits in ``[-1, 1]`` (flat, 64-d): fixed train, valid and test sets."""
 
   dim = 64
 
   @property
   def sigma_data(self) -> float:
-    train, _ = data.digits()
+    train = data.digits()[0]
     return float(np.sqrt(np.mean(train.astype(np.float64) ** 2)))
 
   def sample(self, dataset: jax.Array, key: jax.Array, n: int, split: str) -> jax.Array:
     del dataset
-    train, valid = data.digits()
-    images = jnp.asarray(train if split == "train" else valid)
+    images = jnp.asarray(data.digits()[base.SPLITS.index(split)])
     return images[jax.random.randint(key, (n,), 0, images.shape[0])]
+
+  def eval_examples(self, dataset: jax.Array, split: str) -> jax.Array:
+    """The first ``min(EVAL_SIZE, n)`` images of ``split``."""
+    del dataset
+    return jnp.asarray(data.digits()[base.SPLITS.index(split)][:base.EVAL_SIZE])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +130,22 @@ class DiffusionTask(base.Task):
     base.check_split(split)
     return {"x0": self.source.sample(self.dataset, key, self.batch_size, split)}
 
-  def heldout(self, key: jax.Array, n: int) -> jax.Array:
-    """``n`` examples of held-out (``"valid"``) data, e.g. the reference set of a sample metric."""
-    return self.source.sample(self.dataset, key, n, "valid")
+  def eval_batch(self, split):
+    """Fixed clean examples of ``split``, the whole set repeated ``EVAL_NOISE_LEVELS`` times.
+
+    ``x0`` is ``(EVAL_NOISE_LEVELS · n, d)`` with ``n = EVAL_SIZE`` for the toys (drawn from a
+    fixed key) and ``n = min(EVAL_SIZE, len(split))`` images for the digits (1,024 / 148 / 149
+    for train / valid / test). The copies are stacked (``tile``, not ``repeat``) so that with
+    stratified σ each example gets strata a quarter of the batch apart.
+    """
+    base.check_split(split)
+    x0 = self.source.eval_examples(self.dataset, split)
+    return {"x0": jnp.tile(x0, (EVAL_NOISE_LEVELS, 1))}
+
+  def heldout(self, key: jax.Array, n: int, split: str = "valid") -> jax.Array:
+    """``n`` held-out examples of ``split`` (default ``"valid"``), e.g. for a sample metric."""
+    base.check_split(split)
+    return self.source.sample(self.dataset, key, n, split)
 
   def model_output(self, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
     """The raw network output ``F(c_in x; c_noise)`` at per-example (or scalar) σ."""

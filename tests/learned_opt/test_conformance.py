@@ -14,6 +14,7 @@ import json
 import logging
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,10 +58,9 @@ def _assert_bitwise_equal(a, b):
 
 
 def _assert_close(a, b, rtol=1e-6, atol=0.0):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
-                               rtol=rtol, atol=atol)
+  """chex's tree comparison, in float64 (so bf16 and f16 leaves compare too)."""
+  as64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
+  chex.assert_trees_all_close(as64(a), as64(b), rtol=rtol, atol=atol)
 
 
 def _shapes_dtypes(tree):

@@ -4,6 +4,7 @@ import importlib
 import re
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,8 +79,16 @@ def test_default_is_shipped_and_listed():
   assert "default" in learned_opt.list_pretrained()
 
 
-def test_pretrained_is_an_optax_optimizer():
-  assert isinstance(learned_opt.pretrained(num_steps=100), optax.GradientTransformationExtraArgs)
+def test_pretrained_is_the_shipped_files_optax_transform():
+  tx = learned_opt.pretrained(num_steps=100)
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  lopt, theta = learned_opt.load_pretrained()
+  u = _updates(tx, 5)
+  assert np.all(np.isfinite(u)) and np.all(_rms(u) > 0)
+  chex.assert_trees_all_close(u, _updates(lopt.transform(theta, num_steps=100), 5), rtol=1e-6)
+  # learning_rate multiplies the learned step (optax's two levels).
+  half = learned_opt.pretrained(learning_rate=0.5, num_steps=100)
+  chex.assert_trees_all_close(_updates(half, 5), 0.5 * u, rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("num_steps", [200, None])

@@ -1,5 +1,6 @@
 """The ``meta-train`` command: generated help, overrides, clear errors, run-dir checks."""
 
+import collections
 import json
 import os
 import subprocess
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 
-from meta_train import cli
 from meta_train import config as C
+from meta_train.config import validation
+from meta_train.runtime import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_pairs=1",
@@ -48,6 +50,9 @@ def test_print_config_combines_positional_set_and_wandb(capsys):
     (["estimator.truncation_length=999"],
      "estimator.truncation_length: must not exceed min_horizon (20), got 999"),
     (["run.seed=x"], "run.seed: expected int"),
+    (["--set", "estimator.num_particles=16"],  # smoke is a pes preset: pes counts pairs
+     "estimator.num_particles: does not apply to estimator 'pes', which would ignore it (its "
+     "count of inner trainings is estimator.num_pairs); remove it"),
 ])
 def test_config_errors_exit_with_a_message_naming_the_field(capsys, args, expected):
   with pytest.raises(SystemExit) as e:
@@ -57,6 +62,19 @@ def test_config_errors_exit_with_a_message_naming_the_field(capsys, args, expect
   assert err.startswith("meta-train: config error: ")
   assert expected in err
   assert "Traceback" not in err
+
+
+def test_a_run_builds_the_optimizer_family_and_estimator_once(tmp_path, monkeypatch, capsys):
+  counts = collections.Counter()
+  for name in ("build_optimizer", "build_family", "build_estimator"):
+    def counted(*args, _real=getattr(validation, name), _name=name):
+      counts[_name] += 1
+      return _real(*args)
+    monkeypatch.setattr(validation, name, counted)
+  assert cli.main(["--preset", "smoke", "--run-dir", str(tmp_path), "--wandb", "disabled",
+                   "run.progress=off", *TINY]) == 0
+  assert "done, 4 outer steps" in capsys.readouterr().out
+  assert counts == {"build_optimizer": 1, "build_family": 1, "build_estimator": 1}
 
 
 def test_incompatible_run_dir_is_refused_naming_the_fields(tmp_path, capsys):

@@ -8,9 +8,9 @@ import pytest
 
 import learned_opt
 from meta_train import config as C
-from meta_train import registry
-from meta_train import run as R
 from meta_train import unroll as ul
+from meta_train.estimators import registry
+from meta_train.runtime import run as R
 
 
 def _tiny(*extra):
@@ -49,7 +49,7 @@ def test_presets_keep_their_meaning_after_the_estimator_renames():
 def test_estimator_fields_are_the_registry_fields():
   """Every setting of every registered estimator is an ``estimator.*`` field of the same name."""
   names = {f.name for f in dataclasses.fields(C.EstimatorConfig)}
-  used = {"name", "group_by_member", "member_pairs", "group_clip"}  # meta_train/grouped.py's
+  used = {"name", "group_by_member", "member_pairs", "group_clip"}  # estimators/grouped.py's
   for name in registry.ESTIMATORS:
     assert set(registry.estimator_fields(name)) <= names, name
     used |= set(registry.estimator_fields(name))
@@ -132,10 +132,11 @@ def test_invalid_overrides_name_the_field(override, field, words):
   assert words in str(e.value)
 
 
-def test_estimators_check_only_their_own_fields_and_full_es_needs_fixed_horizon():
-  cfg = C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=3",
-                                 "estimator.num_pairs=0", "estimator.sigma=0"))
-  assert cfg.estimator.num_particles == 3  # tbptt has no pairs nor sigma
+def test_estimators_check_their_own_fields_and_full_es_needs_fixed_horizon():
+  cfg = C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=3"))
+  assert cfg.estimator.num_particles == 3
+  # The smoke preset's 2 pairs were pes's: switching estimator drops them (back to the default).
+  assert cfg.estimator.num_pairs == registry.field_default("num_pairs") == 8
   with pytest.raises(C.ConfigError) as e:
     C.resolve("smoke", _tiny("estimator.name=tbptt", "estimator.num_particles=0"))
   assert str(e.value) == "estimator.num_particles: must be > 0, got 0"
@@ -143,6 +144,47 @@ def test_estimators_check_only_their_own_fields_and_full_es_needs_fixed_horizon(
     C.resolve("smoke", _tiny("estimator.name=full_es", "estimator.min_horizon=10"))
   assert str(e.value) == ("estimator.min_horizon: full_es unrolls one fixed horizon: must equal "
                           "max_horizon (20), got 10")
+
+
+@pytest.mark.parametrize("name, field, value, applies", [
+    ("tbptt", "num_pairs", "3", "its count of inner trainings is estimator.num_particles"),
+    ("tbptt", "sigma", "0.1", "it takes estimator.num_particles besides the unroll's fields"),
+    ("es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
+    ("pes", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
+    ("full_es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
+])
+def test_a_field_the_estimator_would_ignore_is_refused(name, field, value, applies):
+  with pytest.raises(C.ConfigError) as e:
+    C.resolve("smoke", _tiny(f"estimator.name={name}", f"estimator.{field}={value}"))
+  assert e.value.path == f"estimator.{field}"
+  assert str(e.value) == (f"estimator.{field}: does not apply to estimator {name!r}, which "
+                          f"would ignore it ({applies}); remove it")
+  # The same refusal for a config built in code (not through overrides).
+  base = C.resolve("smoke", _tiny(f"estimator.name={name}"))
+  bad = dataclasses.replace(base, estimator=dataclasses.replace(
+      base.estimator, **{field: type(getattr(base.estimator, field))(float(value))}))
+  with pytest.raises(C.ConfigError, match=rf"^estimator\.{field}: does not apply"):
+    C.validate(bad)
+
+
+def test_the_count_is_refused_when_member_pairs_sets_each_group():
+  with pytest.raises(C.ConfigError) as e:
+    C.resolve("diffusion", ["estimator.num_pairs=4"])
+  assert str(e.value) == ("estimator.num_pairs: is ignored when estimator.member_pairs is given "
+                          "(each group's count is there); remove it or set "
+                          "estimator.member_pairs=none")
+  cfg = C.resolve("diffusion", ["estimator.num_pairs=4", "estimator.member_pairs=none"])
+  assert cfg.estimator.num_pairs == 4 and cfg.estimator.member_pairs is None
+
+
+def test_estimator_defaults_are_the_estimators_own():
+  """One source of defaults: ``estimator.*`` defaults are the classes' (and the unroll's)."""
+  spec = C.EstimatorConfig()
+  for field in {f for n in registry.ESTIMATORS for f in registry.estimator_fields(n)}:
+    owner = ul.UnrollConfig() if field in registry.UNROLL_FIELDS else next(
+        cls for cls in registry.ESTIMATORS.values() if field in cls.own_fields())
+    assert getattr(spec, field) == getattr(owner, field), field
+  assert (spec.num_pairs, spec.num_particles, spec.sigma) == (8, 8, 0.01)
 
 
 def test_from_dict_rejects_unknown_and_mistyped_fields():

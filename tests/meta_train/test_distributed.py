@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import learned_opt
-from meta_train import checkpoint as ckpt_lib
-from meta_train import distributed as dist
+from meta_train.runtime import checkpoint as ckpt_lib
+from meta_train.runtime import distributed as dist
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +69,7 @@ def test_bad_timeout_is_refused():
 
 
 def test_cli_reports_a_bad_layout_with_exit_status_2(capsys):
-  from meta_train import cli  # pylint: disable=import-outside-toplevel
+  from meta_train.runtime import cli  # pylint: disable=import-outside-toplevel
   with pytest.raises(SystemExit) as e:
     cli.main(["--preset", "smoke", "--coordinator", "127.0.0.1:1", "--num-processes", "2"])
   assert e.value.code == 2

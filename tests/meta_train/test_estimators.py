@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import learned_opt
-from meta_train import registry
+from meta_train.estimators import registry
 from tasks.quadratic import QuadraticFamily, QuadraticTask
 
 T, K = 24, 4

@@ -34,6 +34,9 @@ def _save(path, family="quadratic", horizon=3, kwargs=None):
     (["/no/such/file.safetensors", "--suite", "in_distribution"], "/no/such/file.safetensors",
      "pretrained:default"),
     (["pretrained:default", "--suite", "in_distribution", "--wandb", "loud"], "'loud'", "offline"),
+    (["pretrained:default", "--suite", "in_distribution", "--draws", "test"], "'test'", "report"),
+    (["pretrained:default", "--suite", "in_distribution", "--baselines", "adam,lion"], "'lion'",
+     "muon_cosine"),
 ])
 def test_bad_requests_fail_with_one_line_and_write_nothing(tmp_path, capsys, args, needle,
                                                            choices):
@@ -52,6 +55,26 @@ def test_malformed_file_fails_with_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "malformed optimizer file" in err and str(bad) in err
   assert not (tmp_path / "o").exists()
+
+
+def test_an_out_that_cannot_be_a_report_directory_fails_before_any_evaluation(tmp_path, capsys):
+  existing = tmp_path / "a_file"
+  existing.write_text("x")
+  assert cli.main(["pretrained:default", "--suite", "in_distribution", "--out",
+                   str(existing)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "not a directory" in err and str(existing) in err
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o500)
+  try:
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+      assert cli.main(["pretrained:default", "--suite", "in_distribution", "--out",
+                       str(locked / "r")]) == 2
+      assert "not writable" in capsys.readouterr().err
+  finally:
+    locked.chmod(0o700)
+  assert cli._out_dir_problem(str(tmp_path / "new" / "deeper")) is None
 
 
 def test_usage_errors_are_one_line_with_exit_2(capsys):
@@ -73,7 +96,8 @@ def test_suites_from_provenance(tmp_path):
   opt = suites.load_optimizer(_save(tmp_path / "m.safetensors", "mixture", horizon=50))
   cfg = config_lib.EvalConfig()
   (ind,) = suites.plan("in_distribution", opt, cfg)
-  assert ind.family == "mixture" and ind.baselines == ("adam", "adam_cosine")
+  assert ind.family == "mixture" and ind.baselines == config_lib.BASELINES
+  assert suites.plan("in_distribution", opt, cfg, ("adam",))[0].baselines == ("adam",)
   ood = [p.family for p in suites.plan("out_of_distribution", opt, cfg)]
   trained = {"mixture", "digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadratic"}
   assert not trained & set(ood)
@@ -172,21 +196,30 @@ def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
   opt_path = _save(tmp_path / "opt.safetensors")
   out, cache = tmp_path / "report", tmp_path / "cache"
   args = [opt_path, "--suite", "in_distribution", "--num-tasks", "2", "--num-seeds", "2",
-          "--num-steps", "4", "--cache-dir", str(cache)]
+          "--num-steps", "4", "--cache-dir", str(cache), "--baselines", "adam,adam_cosine",
+          "--draws", "report"]
   assert cli.main(args + ["--out", str(out), "--wandb", "offline"]) == 0
   printed = capsys.readouterr().out
   data = json.loads((out / "eval.json").read_text())
   results = data["results"]
-  assert [(r["family"], r["baseline"]) for r in results] == [("quadratic", "adam"),
-                                                             ("quadratic", "adam_cosine")]
+  assert [(r["optimizer"], r["baseline"]) for r in results] == [
+      (opt_path, "adam"), (opt_path, "adam_cosine"), ("tuned adam", "adam"),
+      ("tuned adam_cosine", "adam")]
   for r in results:
-    for k in ("optimizer", "family", "baseline", "num_steps", "win_fraction", "speedup_median",
-              "speedup_iqm", "final_loss_ratio_median", "diverged_runs", "win_fraction_ci",
-              "speedup_median_ci"):
+    for k in ("optimizer", "role", "family", "baseline", "num_steps", "speedup_median",
+              "speedup_iqm", "diverged_runs", "speedup_median_ci", "draws"):
       assert k in r, k
-    assert r["optimizer"] == opt_path and r["num_steps"] == 4 and r["num_runs"] == 4
+    assert r["num_steps"] == 4 and r["num_runs"] == 4 and r["draws"] == "report"
+  for r in results[:2]:
+    for k in ("win_fraction", "win_fraction_test", "win_fraction_ci", "final_loss_ratio_median",
+              "final_loss_ratio_test_median", "seconds_per_step_learned",
+              "wallclock_speedup_median"):
+      assert k in r, k
+  assert data["meta"]["config"]["draws"] == "report"
+  assert str(cache) not in (out / "eval.json").read_text()  # where a cache lives is not a result
   md = (out / "eval.md").read_text()
-  assert "| optimizer |" in md and "adam_cosine" in md and "95%" in md
+  assert "| optimizer |" in md and "adam_cosine" in md and "95%" in md and "↳ tuned adam" in md
+  assert "VeLO" in md and "task-level bootstrap" in md
   assert "adam_cosine" in printed and "quadratic" in printed
   for png in ("speedup_in_distribution.png",):
     assert (out / png).stat().st_size > 1000
@@ -195,11 +228,13 @@ def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
   assert cli.main(args + ["--out", str(tmp_path / "again")]) == 0
   again = json.loads((tmp_path / "again" / "eval.json").read_text())
   assert again["meta"]["cache"]["misses"] == 0
-  assert again["results"] == results
+  timing = lambda rs: [{k: v for k, v in r.items()
+                        if not k.startswith(("seconds_per_step", "wallclock"))} for r in rs]
+  assert timing(again["results"]) == timing(results)  # all but the measured wall-clock
   # The offline wandb run: curves as line series and the results table, read back.
   items, files_dir = wandb_history(str(out))
   table = read_table(items, files_dir, "results")
-  assert len(table["data"]) == 2
+  assert len(table["data"]) == 4
   row = dict(zip(table["columns"], table["data"][1]))
   assert row["baseline"] == "adam_cosine" and row["win_fraction"] == results[1]["win_fraction"]
   (curve_key,) = {k.rsplit("/", 1)[0] for k in items if k.startswith("curves/")}
@@ -218,8 +253,8 @@ def test_wandb_diffusion_samples_panel(tmp_path):
   entry = {"optimizer": "o", "suite": "s", "family": "diffusion_toy2d", "baseline": "adam",
            "num_steps": 3, "num_runs": 1, "win_fraction": 1.0, "speedup_median": 1.0,
            "speedup_iqm": 1.0, "final_loss_ratio_median": 0.5, "diverged_runs": 0}
-  result = runner.FamilyResult(entries=[entry], learned_mean=np.ones(4),
-                               tuned_mean={"adam": np.ones(4)}, grid_mean=None, grid_lrs=None,
+  result = runner.FamilyResult(entries=[entry], steps=np.arange(4), learned_mean=np.ones(4),
+                               tuned_mean={"adam": np.ones(4)},
                                learned_curves=np.ones((1, 1, 4)), samples=samples)
   opt = suites.Optimizer("o", None, None, {})
   wandb_log.log(str(tmp_path), "offline", [(opt, [result])], [entry], {"command": "x"})

@@ -1,5 +1,6 @@
-"""Grouped estimation over a mixture's members (meta_train/grouped.py)."""
+"""Grouped estimation over a mixture's members (meta_train/estimators/grouped.py)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,12 +8,12 @@ import pytest
 
 import learned_opt
 import tasks
-from meta_train import checkpoint as ckpt_lib
 from meta_train import config as config_lib
 from meta_train import errors
-from meta_train import grouped
-from meta_train import registry
-from meta_train import sharding
+from meta_train.estimators import grouped
+from meta_train.estimators import registry
+from meta_train.runtime import checkpoint as ckpt_lib
+from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 
 UNROLL = {"truncation_length": 3, "min_horizon": 6, "max_horizon": 6}
@@ -43,10 +44,8 @@ def test_estimate_is_the_weighted_sum_of_each_members_own_estimate():
     s = jax.jit(e.init)(jax.random.fold_in(key, i), theta)
     own.append(jax.jit(e.estimate)(theta, s, jax.random.fold_in(jax.random.key(2), i)))
   expected = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, own[0][0], own[1][0])
-  for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
-  for got, want in zip(jax.tree.leaves(new_state), jax.tree.leaves((own[0][1], own[1][1]))):
-    np.testing.assert_array_equal(got, want)
+  chex.assert_trees_all_close(grad, expected, rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_equal(new_state, (own[0][1], own[1][1]))
 
   m0, m1 = own[0][2], own[1][2]
   np.testing.assert_allclose(metrics["meta_loss"], 0.75 * m0["meta_loss"] + 0.25 * m1["meta_loss"],
@@ -84,8 +83,7 @@ def test_group_clip_clips_each_groups_estimate_before_the_sum():
     np.testing.assert_allclose(n, (n0, n1)[i], rtol=1e-5)  # the logged per-group norm
     own.append(jax.tree.map(lambda x, n=n: x * min(1.0, clip / n), g))
   expected = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, *own)
-  for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  chex.assert_trees_all_close(grad, expected, rtol=1e-5, atol=1e-9)
   assert float(metrics["grad_norm/quadratic0"]) == n0  # norms are logged before the clip
   with pytest.raises(errors.FieldError, match="group_clip"):
     grouped.grouped_estimator("pes", lopt, family, group_clip=-1.0, **kw)
@@ -167,5 +165,4 @@ def test_grouped_trainer_state_checkpoints_and_restores(tmp_path):
   assert step == 1
   a, _ = trainer.step(state)
   b, _ = trainer.step(restored)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(a, b)

@@ -14,9 +14,9 @@ import pytest
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from meta_train import config as C  # pylint: disable=wrong-import-position
-from meta_train import metrics_log as L  # pylint: disable=wrong-import-position
-from meta_train import progress as P  # pylint: disable=wrong-import-position
-from meta_train import run as R  # pylint: disable=wrong-import-position
+from meta_train.runtime import metrics_log as L  # pylint: disable=wrong-import-position
+from meta_train.runtime import progress as P  # pylint: disable=wrong-import-position
+from meta_train.runtime import run as R  # pylint: disable=wrong-import-position
 
 TINY = ["optimizer.name=sgd_momentum", "task.kwargs.dim=2", "estimator.num_pairs=1",
         "estimator.truncation_length=2", "estimator.min_horizon=4", "estimator.max_horizon=4", "run.num_outer_steps=8",

@@ -1,12 +1,13 @@
 """Antithetic estimators draw each truncation's randomness once per pair: same bits as per particle."""
 
+import chex
 import jax
 import numpy as np
 
 import learned_opt
-from meta_train import antithetic
-from meta_train import registry
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
+from meta_train.estimators import registry
 from tasks.quadratic import QuadraticFamily
 
 FAMILY = QuadraticFamily(dim=3)
@@ -33,8 +34,7 @@ def test_pair_draws_match_per_particle_draws():
   resets = 0
   for _ in range(3):
     (paired, out), (single, out_single) = both(ps)
-    for a, b in zip(jax.tree.leaves((paired, out)), jax.tree.leaves((single, out_single))):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((paired, out), (single, out_single))
     resets += int(np.sum(out.reset))
     ps = paired
   assert resets > 0

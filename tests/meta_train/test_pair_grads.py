@@ -1,20 +1,20 @@
 """The estimators' per-pair gradients and their combination, on inputs worked out by hand."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train import antithetic
-from meta_train import estimator as est_lib
-from meta_train.pes import pes_accumulate, pes_pair_grads
-from meta_train.truncated_es import es_pair_grads
+from meta_train.estimators import antithetic
+from meta_train.estimators import estimator as est_lib
+from meta_train.estimators.pes import pes_accumulate, pes_pair_grads
+from meta_train.estimators.truncated_es import es_pair_grads
 
 
 def _close(tree, expected):
-  assert set(tree) == set(expected)
-  for k, v in expected.items():
-    np.testing.assert_allclose(np.asarray(tree[k]), np.asarray(v, np.float32), rtol=1e-6)
+  chex.assert_trees_all_close(tree, {k: np.asarray(v, np.float32) for k, v in expected.items()},
+                              rtol=1e-6)
 
 
 def test_es_pair_grads():
@@ -71,7 +71,7 @@ def test_combine_means_pairs_and_counts_non_finite_entries():
 
 def _tiny_estimator(name):
   import learned_opt  # pylint: disable=import-outside-toplevel
-  from meta_train import registry  # pylint: disable=import-outside-toplevel
+  from meta_train.estimators import registry  # pylint: disable=import-outside-toplevel
   from tasks.quadratic import QuadraticFamily  # pylint: disable=import-outside-toplevel
   lopt = learned_opt.SGDMomentum()
   est = registry.make_estimator(name, lopt, QuadraticFamily(dim=2), num_pairs=3, sigma=0.1,

@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +18,10 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train import checkpoint as ckpt_lib
 from meta_train import config as config_lib
-from meta_train import run as run_lib
-from meta_train.metrics_log import MetricsFile
+from meta_train.runtime import checkpoint as ckpt_lib
+from meta_train.runtime import run as run_lib
+from meta_train.runtime.metrics_log import MetricsFile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,20 +97,15 @@ def _check_bit_identical(runs):
   step_b, state_b = run_lib.load_final_state(runs["killed"])
   assert step_a == step_b == 120
   assert int(state_a.step) == 120
-  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
-  assert len(leaves_a) == len(leaves_b)
-  for a, b in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+  chex.assert_trees_all_equal(state_a, state_b, strict=True)
   # The meta-parameters moved, so equality is not trivial.
   log_lr0 = np.log(learned_opt.SGDMomentum().initial_learning_rate).astype(np.float32)
   assert float(state_a.meta_params["log_lr"]) != log_lr0
   # The exported optimizer files hold the same final meta-parameters.
   _, theta_a = learned_opt.load(os.path.join(runs["full"], "optimizer.safetensors"))
   _, theta_b = learned_opt.load(os.path.join(runs["killed"], "optimizer.safetensors"))
-  for a, b, c in zip(jax.tree.leaves(theta_a), jax.tree.leaves(theta_b),
-                     jax.tree.leaves(state_a.meta_params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(c), strict=True)
+  chex.assert_trees_all_equal(theta_a, theta_b, jax.device_get(state_a.meta_params),
+                              strict=True)
   # Their provenance names the command that wrote them (the resumed run's, the same here).
   info = learned_opt.provenance(os.path.join(runs["killed"], "optimizer.safetensors"))
   assert info["command"] == shlex.join(["meta-train", *_cmd(runs["killed"])[3:]])
@@ -201,9 +197,7 @@ def test_checkpointer_round_trip_with_zero_size_leaves(tmp_path, how):
   ckpt.close()
   assert step == 2
   want = _state(2)
-  assert jax.tree.structure(state) == jax.tree.structure(want)
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+  chex.assert_trees_all_equal(state, want, strict=True)
 
 
 @pytest.mark.parametrize("how", ["delete_data", "delete_manifest", "delete_meta",

@@ -17,9 +17,9 @@ from jax.sharding import AxisType, PartitionSpec
 
 import learned_opt
 from meta_train import config as config_lib
-from meta_train import run as run_lib
-from meta_train import sharding
-from meta_train.registry import make_estimator
+from meta_train.estimators.registry import make_estimator
+from meta_train.runtime import run as run_lib
+from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 import tasks
 
@@ -100,10 +100,19 @@ def test_config_names_the_sharded_field_when_it_does_not_divide(name, field, siz
 
 
 def test_only_the_sharded_field_must_divide():
-  # 6 pairs are 12 unrolls, but pairs are what is sharded; tbptt ignores num_pairs.
-  config_lib.resolve("smoke", ["estimator.num_pairs=6", "run.num_devices=3"])
-  config_lib.resolve("smoke", ["estimator.name=tbptt", "estimator.num_particles=6",
-                               "estimator.num_pairs=5", "run.num_devices=3"])
+  # pes shards pairs: 6 pairs split over 3 devices; num_particles (8, unused) would not.
+  cfg = config_lib.resolve("smoke", ["estimator.num_pairs=6", "run.num_devices=3"])
+  assert (cfg.estimator.num_pairs, cfg.estimator.num_particles, cfg.run.num_devices) == (6, 8, 3)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_devices(cfg, 4)
+  assert str(e.value).startswith("estimator.num_pairs: 6 pairs do not split evenly over 4 ")
+  # tbptt shards particles: 6 particles split over 3 devices; num_pairs (8, unused) would not.
+  cfg = config_lib.resolve("smoke", ["estimator.name=tbptt", "estimator.num_particles=6",
+                                     "run.num_devices=3"])
+  assert (cfg.estimator.num_particles, cfg.estimator.num_pairs) == (6, 8)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_devices(cfg, 4)
+  assert str(e.value).startswith("estimator.num_particles: 6 particles do not split evenly ")
 
 
 def test_num_devices_may_change_on_resume_and_must_be_positive():
@@ -120,7 +129,8 @@ _SCRIPT = r"""
 import io, json, os, shutil, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax
-from meta_train import config as config_lib, run as run_lib
+from meta_train import config as config_lib
+from meta_train.runtime import run as run_lib
 assert jax.device_count() == 8, jax.devices()
 root = sys.argv[1]
 base = ["estimator.num_pairs=8", "run.progress=off", "wandb.mode=disabled"]
@@ -143,8 +153,8 @@ for name, extra in {"pairs": ["estimator.num_pairs=6"],
 res["errors"] = errors
 # Per-device work of one compiled step (tiny problem): the particles are really split.
 import learned_opt, tasks
-from meta_train import sharding
-from meta_train.registry import make_estimator
+from meta_train.estimators.registry import make_estimator
+from meta_train.runtime import sharding
 from meta_train.trainer import MetaTrainer
 flops = {}
 for name in ("pes", "full_es", "tbptt"):

@@ -1,5 +1,6 @@
 """The outer trainer and the estimator registry: API, determinism, resume, learning, NaN safety."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,14 +8,14 @@ import optax
 import pytest
 
 import learned_opt
-from meta_train import registry
 from meta_train.errors import FieldError
-from meta_train.full_es import FullES
-from meta_train.pes import PES
-from meta_train.registry import make_estimator
-from meta_train.tbptt import TBPTT
+from meta_train.estimators import registry
+from meta_train.estimators.full_es import FullES
+from meta_train.estimators.pes import PES
+from meta_train.estimators.registry import make_estimator
+from meta_train.estimators.tbptt import TBPTT
+from meta_train.estimators.truncated_es import TruncatedES
 from meta_train.trainer import MetaTrainer, MetaTrainerState
-from meta_train.truncated_es import TruncatedES
 from meta_train.unroll import UnrollConfig
 from tasks.quadratic import QuadraticFamily
 
@@ -22,8 +23,7 @@ FAMILY = QuadraticFamily(dim=4, noise_scale=(0.0, 0.05))
 LOPT = learned_opt.SGDMomentum(initial_learning_rate=0.01, initial_momentum=0.0)
 
 
-def _assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+_assert_trees_equal = chex.assert_trees_all_equal
 
 
 @pytest.fixture(scope="module")

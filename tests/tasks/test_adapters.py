@@ -25,24 +25,15 @@ DATA = _regression_data()
 mse = lambda out, batch: jnp.mean((out - batch["y"]) ** 2)
 
 
-def train(task, steps=150, lr=1e-2, seed=0):
+def train(train_loop, task, steps=150, lr=1e-2, seed=0):
   """Adam on ``task`` in one jitted scan; returns the full-data loss before and after."""
-  opt = optax.adam(lr)
 
   @jax.jit
   def run(key):
     params = task.init(key)
-
-    def step(carry, k):
-      params, state = carry
-      grads = jax.grad(task.loss)(params, k, task.sample_batch(k, "train"))
-      updates, state = opt.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
     full = {k: jnp.asarray(v) for k, v in task.train.items()}
     before = task.loss(params, key, full)
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
-                                  jax.random.split(key, steps))
+    params, _ = train_loop(task, params, optax.adam(lr), key, steps)
     return before, task.loss(params, key, full), params
 
   return run(jax.random.key(seed))
@@ -71,7 +62,7 @@ class LinenMLP(nn.Module):
 # --- plain functions -----------------------------------------------------------------------
 
 
-def test_linear_regression_converges_to_least_squares():
+def test_linear_regression_converges_to_least_squares(train_loop):
   rng = np.random.default_rng(1)
   x = rng.normal(size=(64, 3)).astype(np.float32)
   y = (x @ np.array([1.5, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=64)).astype(np.float32)
@@ -82,19 +73,7 @@ def test_linear_regression_converges_to_least_squares():
   assert task.name == "linreg" and task.batch_size is None
   opt = optax.adam(optax.exponential_decay(0.1, 100, 0.5))
 
-  @jax.jit
-  def fit(key):
-    params = task.init(key)
-
-    def step(carry, k):
-      params, state = carry
-      grads = jax.grad(task.loss)(params, k, task.sample_batch(k, "train"))
-      updates, state = opt.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, 1000))
-    return params
-
+  fit = jax.jit(lambda key: train_loop(task, task.init(key), opt, key, 1000)[0])
   params = fit(jax.random.key(0))
   design = np.concatenate([x, np.ones((64, 1), np.float32)], axis=1)
   solution, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -115,8 +94,8 @@ def test_batches_are_drawn_from_the_right_split_inside_jit():
   np.testing.assert_array_equal(vb["x"][:, 0] - 100, vb["y"])
   assert not np.array_equal(sample(jax.random.key(1), "train")["y"], tb["y"])
   with pytest.raises(ValueError, match="split"):
-    task.sample_batch(jax.random.key(0), "test")
-  # A single mapping serves both splits; batch_size=None gives the whole split.
+    task.sample_batch(jax.random.key(0), "holdout")
+  # A single mapping serves every split; batch_size=None gives the whole split.
   full = tasks.from_function(lambda k: jnp.zeros(()), lambda p, b: p, train)
   np.testing.assert_array_equal(full.sample_batch(jax.random.key(0), "valid")["y"], train["y"])
 
@@ -141,7 +120,8 @@ def test_stochastic_loss_and_normalizer():
     ({}, TypeError, "non-empty mapping"),
     (np.zeros((5, 2)), TypeError, "mapping"),
     (({"x": np.zeros(3)}, {"z": np.zeros(3)}), ValueError, "same keys"),
-    (({"x": np.zeros(3)}, {"x": np.zeros((2, 1))}, {}), TypeError, "pair"),
+    (({"x": np.zeros(3)}, {"x": np.zeros((2, 1))}, {}), TypeError, r"data\[2\] \(test\)"),
+    (({"x": np.zeros(3)},) * 4, TypeError, "pair or a .* triple, got 4 items"),
     (({"x": np.zeros(3)}, {"x": np.zeros(2), "y": np.zeros(3)}), ValueError, "leading"),
 ])
 def test_bad_data_gives_clear_errors(data, error, match):
@@ -164,7 +144,7 @@ def test_bad_arguments_give_clear_errors():
 
 
 @pytest.mark.parametrize("kind", ["nnx_factory", "nnx_instance", "linen", "haiku"])
-def test_mlp_trains_through_adapter(kind):
+def test_mlp_trains_through_adapter(kind, train_loop):
   if kind == "nnx_factory":
     task = tasks.from_flax(NnxMLP, None, mse, DATA, batch_size=32)
   elif kind == "nnx_instance":
@@ -175,7 +155,7 @@ def test_mlp_trains_through_adapter(kind):
     hk = pytest.importorskip("haiku")
     net = hk.transform(lambda x: hk.nets.MLP([32, 1], activation=jnp.tanh)(x)[:, 0])
     task = tasks.from_haiku(net, DATA["x"][:1], mse, DATA, batch_size=32)
-  before, after, params = train(task)
+  before, after, params = train(train_loop, task)
   assert np.isfinite(before) and float(after) < 0.2 * float(before)
   assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(params))
 

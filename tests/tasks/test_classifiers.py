@@ -25,10 +25,11 @@ def test_dataset_shapes_and_labels(name, shape, classes, num_datasets):
   assert d.feature_shape == shape and d.num_classes == classes
   assert d.num_datasets == num_datasets == d.valid_x.shape[0]
   assert d.train_x.dtype == jnp.float32 and d.train_y.dtype == jnp.int32
-  assert d.train_x.shape[:2] == d.train_y.shape and d.valid_x.shape[:2] == d.valid_y.shape
-  for m in range(num_datasets):  # Every class occurs in both splits.
-    assert set(np.asarray(d.train_y[m]).tolist()) == set(range(classes))
-    assert set(np.asarray(d.valid_y[m]).tolist()) == set(range(classes))
+  for split in tasks.SPLITS:
+    x, y = d.split(split)
+    assert x.shape[:2] == y.shape and x.shape[0] == num_datasets and x.shape[2:] == shape
+    for m in range(num_datasets):  # Every class occurs in every split.
+      assert set(np.asarray(y[m]).tolist()) == set(range(classes))
   x = np.asarray(d.train_x).reshape(num_datasets, -1)  # Standardised with train statistics.
   np.testing.assert_allclose(x.mean(1), 0.0, atol=1e-4)
   np.testing.assert_allclose(x.std(1), 1.0, atol=1e-4)
@@ -36,8 +37,8 @@ def test_dataset_shapes_and_labels(name, shape, classes, num_datasets):
 
 def test_digits_is_sklearn_digits_split_without_overlap():
   d = datasets.digits()
-  assert d.train_x.shape[1] + d.valid_x.shape[1] == 1797
-  counts = np.bincount(np.concatenate([np.asarray(d.train_y[0]), np.asarray(d.valid_y[0])]))
+  assert d.train_x.shape[1] + d.valid_x.shape[1] + d.test_x.shape[1] == 1797
+  counts = np.bincount(np.concatenate([np.asarray(d.split(s)[1][0]) for s in tasks.SPLITS]))
   np.testing.assert_array_equal(counts, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
 
 
@@ -62,7 +63,7 @@ def test_dataset_errors():
   with pytest.raises(ValueError, match="dim"):
     datasets.gaussian_mixture(dim=-1)
   with pytest.raises(ValueError, match="split"):
-    datasets.load("digits").split("test")
+    datasets.load("digits").split("holdout")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -185,21 +186,14 @@ def test_normalizer_is_loss_over_log_num_classes():
                                 [10.0, 10.0, 10.0, 0.0])
 
 
-def test_adam_trains_digits_mlp_to_high_valid_accuracy():
+def test_adam_trains_digits_mlp_to_high_valid_accuracy(train_loop):
   family = tasks.get("digits_mlp")
   task = _task(family, init_scale=1.0, activation=1)
   opt = optax.adam(family.suggested_lr)
 
   @jax.jit
   def train(key):
-    params = task.init(key)
-    def step(carry, k):
-      p, s = carry
-      g = jax.grad(task.loss)(p, k, task.sample_batch(k, "train"))
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
-                                  jax.random.split(key, 150))
+    params, _ = train_loop(task, task.init(key), opt, key, 150)
     d = family.data
     return classifiers.ClassifierTask.accuracy(task, params, {"x": d.valid_x[0],
                                                              "y": d.valid_y[0]})

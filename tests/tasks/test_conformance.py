@@ -40,7 +40,7 @@ def no_network():
     yield
 
 
-def _probe(family, key):
+def _probe(family, train_loop, key):
   """Samples N tasks and trains each with Adam; returns everything the checks read."""
   k_sample, k_run = jax.random.split(key)
   task_params = jax.vmap(family.sample)(jax.random.split(k_sample, N_TASKS))
@@ -55,15 +55,7 @@ def _probe(family, key):
     loss0, grad0 = jax.value_and_grad(task.loss)(params, k_eval, train_batch)
     valid0 = task.loss(params, k_eval, valid_batch)
 
-    def step(carry, k_step):
-      p, s = carry
-      batch = task.sample_batch(k_step, "train")
-      loss, g = jax.value_and_grad(task.loss)(p, k_step, batch)
-      updates, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, updates), s), loss
-
-    (final, _), losses = jax.lax.scan(step, (params, opt.init(params)),
-                                      jax.random.split(k_train, N_STEPS))
+    final, losses = train_loop(task, params, opt, k_train, N_STEPS)
     bad = jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30], jnp.float32)
     return {
         "params": params, "train_batch": train_batch, "valid_batch": valid_batch,
@@ -91,9 +83,9 @@ FAST_COMPILE = {"xla_backend_optimization_level": 1}
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name):
+def _compiled(name, train_loop):
   family = tasks.get(name)
-  probe = jax.jit(functools.partial(_probe, family))
+  probe = jax.jit(functools.partial(_probe, family, train_loop))
   return family, probe.lower(jax.random.key(0)).compile(compiler_options=FAST_COMPILE)
 
 
@@ -123,8 +115,8 @@ def _per_task_differs(a, b):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_family_conforms(name):
-  family, probe = _compiled(name)
+def test_family_conforms(name, train_loop):
+  family, probe = _compiled(name, train_loop)
   assert isinstance(family, tasks.TaskFamily)
   out = jax.device_get(probe(jax.random.key(0)))
 

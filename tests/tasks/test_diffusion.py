@@ -68,8 +68,13 @@ def test_restricted_family_samples_only_allowed_names():
 
 
 def test_families_are_registered():
-  assert isinstance(tasks.get("diffusion_toy2d"), diffusion.Toy2DFamily)
-  assert isinstance(tasks.get("diffusion_digits"), diffusion.DigitsFamily)
+  """The registry's diffusion families are the default ones, under the names they carry."""
+  for name, cls in (("diffusion_toy2d", diffusion.Toy2DFamily),
+                    ("diffusion_digits", diffusion.DigitsFamily)):
+    assert name in tasks.family_names()
+    family = tasks.get(name)
+    assert family == cls() and type(family) is cls and family.name == name
+  assert tasks.get("diffusion_toy2d") != diffusion.Toy2DFamily(datasets=("two_moons",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,8 +368,8 @@ def test_denoising_error_of_the_wiener_filter_is_one():
 
 
 def test_digits_data_and_family():
-  train, valid = data.digits()
-  assert train.shape == (1500, 64) and valid.shape == (297, 64)
+  train, valid, test = data.digits()
+  assert train.shape == (1500, 64) and valid.shape == (148, 64) and test.shape == (149, 64)
   assert train.min() == -1.0 and train.max() == 1.0
   assert not (train[:, None, :] == valid[None, :5, :]).all(-1).any()  # split is disjoint
   for denoiser in ("conv", "mlp"):

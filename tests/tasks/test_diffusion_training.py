@@ -12,7 +12,7 @@ STEPS = (0, 20, 1000)  # 300 steps is too few for a clear gain on the EDM task
 
 
 @pytest.fixture(scope="module")
-def trained_metrics():
+def trained_metrics(train_loop):
   family = diffusion.Toy2DFamily(datasets=("eight_gaussians", "two_moons"))
   configs = [dict(target="edm", schedule="edm", weighting="edm", dataset="eight_gaussians"),
              dict(target="eps", schedule="linear", weighting="snr", dataset="two_moons")]
@@ -21,16 +21,7 @@ def trained_metrics():
 
   def train(tp, num_steps):
     task = family.task(tp)
-    params = task.init(jax.random.key(0))
-
-    def step(i, carry):
-      p, s = carry
-      k_batch, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
-      g = jax.grad(task.loss)(p, k_loss, task.sample_batch(k_batch))
-      updates, s = opt.update(g, s, p)
-      return optax.apply_updates(p, updates), s
-
-    return jax.lax.fori_loop(0, num_steps, step, (params, opt.init(params)))[0]
+    return train_loop(task, task.init(jax.random.key(0)), opt, jax.random.key(1), num_steps)[0]
 
   def evaluate(tp, params):
     task = family.task(tp)
@@ -38,7 +29,7 @@ def trained_metrics():
     return (diffusion.denoising_error(task, params, jax.random.key(3)),
             diffusion.energy_distance(samples, task.heldout(jax.random.key(4), 512)))
 
-  train = jax.jit(jax.vmap(train, in_axes=(0, None)))
+  train = jax.jit(jax.vmap(train, in_axes=(0, None)), static_argnums=1)
   evaluate = jax.jit(jax.vmap(evaluate))
   rows = [evaluate(tps, train(tps, n)) for n in STEPS]
   return {name: np.stack([np.asarray(r[i]) for r in rows]) for i, name in

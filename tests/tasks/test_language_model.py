@@ -148,22 +148,13 @@ def test_normalizer_clips_and_maps_non_finite(task):
   assert float(task.normalizer(jnp.asarray(-1.0))) == 0.0
 
 
-def test_adam_reduces_loss_well_below_log_vocab(family):
+def test_adam_reduces_loss_well_below_log_vocab(family, train_loop):
   t = family.task(_tp(1.0, 0.02))
   opt = optax.adam(1e-2)
 
   @jax.jit
   def train(key):
-    params = t.init(key)
-
-    def step(carry, k):
-      params, state = carry
-      loss, grads = jax.value_and_grad(t.loss)(params, k, t.sample_batch(k, "train"))
-      updates, state = opt.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)),
-                                       jax.random.split(key, 100))
+    params, losses = train_loop(t, t.init(key), opt, key, 100)
     valid = jax.vmap(lambda k: t.loss(params, k, t.sample_batch(k, "valid")))(
         jax.random.split(jax.random.key(99), 4))
     return losses, jnp.mean(valid)
@@ -175,9 +166,10 @@ def test_adam_reduces_loss_well_below_log_vocab(family):
 
 
 def test_valid_split_is_the_held_out_tail(family, probe, task):
-  train_ids, valid_ids = lm.corpus_splits(family.valid_fraction)
+  train_ids, valid_ids, test_ids = lm.corpus_splits(family.valid_fraction)
   n = len(text.corpus_ids())
-  assert len(valid_ids) == round(0.1 * n) and len(train_ids) + len(valid_ids) == n
+  assert len(valid_ids) + len(test_ids) == round(0.1 * n)
+  assert len(train_ids) + len(valid_ids) + len(test_ids) == n
   train_text, valid_text = text.decode(train_ids), text.decode(valid_ids)
   out = probe[0](_tp(1.0, 0.0), jax.random.key(10))
   tr, va = out["train"], out["valid"]
@@ -187,7 +179,7 @@ def test_valid_split_is_the_held_out_tail(family, probe, task):
     assert window in valid_text
     assert text.decode(tr["targets"][row]) in train_text
   with pytest.raises(ValueError, match="split"):
-    task.sample_batch(jax.random.key(0), "test")
+    task.sample_batch(jax.random.key(0), "holdout")
 
 
 def test_token_noise_corrupts_train_inputs_only(probe):

@@ -1,5 +1,6 @@
 """Tests of the mixture family: member selection, exact delegation, zero gradients elsewhere."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,8 +70,7 @@ def test_loss_normalizer_and_grad_delegate_to_selected_member(family, index):
 
   loss, grads, norm, norm_nan, member_loss, member_grad, member_norm = run(tp)
   np.testing.assert_allclose(loss, member_loss, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(grads[index]), jax.tree.leaves(member_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(grads[index], member_grad, rtol=1e-5, atol=1e-7)
   for g in jax.tree.leaves(grads[1 - index]):  # Unselected member: exactly zero gradient.
     np.testing.assert_array_equal(g, 0.0)
   np.testing.assert_allclose(norm, member_norm, rtol=1e-6)
@@ -89,12 +89,10 @@ def test_member_batches_and_params_follow_their_families(family):
               tuple(m.sample_batch(k, "valid") for m, k in zip(members, keys)))
     return mixed, direct
   mixed, direct = both(jax.random.key(2))
-  assert jax.tree.structure(mixed) == jax.tree.structure(direct)
-  for a, b in zip(jax.tree.leaves(mixed), jax.tree.leaves(direct)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(mixed, direct)
 
 
-def test_adam_under_vmap_trains_only_the_selected_members(family):
+def test_adam_under_vmap_trains_only_the_selected_members(family, train_loop):
   tps = jax.vmap(family.sample)(jax.random.split(jax.random.key(0), 2))
   tps = {"index": jnp.array([0, 1], jnp.int32), "params": tps["params"]}
   opt = optax.adam(family.suggested_lr)
@@ -105,12 +103,7 @@ def test_adam_under_vmap_trains_only_the_selected_members(family):
     task = family.task(tp)
     p0 = task.init(key)
     eval_batch = task.sample_batch(key, "valid")
-    def step(carry, k):
-      p, s = carry
-      g = jax.grad(task.loss)(p, k, task.sample_batch(k, "train"))
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), jax.random.split(key, 10))
+    p, _ = train_loop(task, p0, opt, key, 10)
     return p0, p, task.loss(p0, key, eval_batch), task.loss(p, key, eval_batch)
 
   p0, p, loss0, loss1 = train(tps, jax.random.split(jax.random.key(1), 2))

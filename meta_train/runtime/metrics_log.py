@@ -1,8 +1,8 @@
 """Where a run's metrics go: a JSONL metrics file, plain stdout lines and Weights & Biases.
 
 Pure functions return metrics (dicts of scalar arrays, see ``MetaTrainer.step``); only the
-driver (:mod:`meta_train.run`) turns them into host floats with :func:`to_host` and hands one
-record per logged step to a :class:`RunLogger`, which writes it to every sink.
+driver (:mod:`meta_train.runtime.run`) turns them into host floats with :func:`to_host` and
+hands one record per logged step to a :class:`RunLogger`, which writes it to every sink.
 """
 
 from __future__ import annotations

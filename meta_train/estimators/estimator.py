@@ -11,10 +11,12 @@ the static settings of its unrolls, and two pure functions::
 raw ``uint32`` data) so it checkpoints with orbax; ``metrics`` is a dict of scalar arrays with at
 least ``meta_loss``, ``grad_norm``, ``grad_variance`` (the estimated variance of ``grad``: the
 trace of the per-particle covariance divided by the number of independent particles),
-``nonfinite_loss``, ``nonfinite_grad``, ``nonfinite`` and ``inner_steps``.
+``nonfinite_loss``, ``nonfinite_grad``, ``nonfinite`` and ``inner_steps``. The last four are
+counts (:data:`COUNT_METRICS`): summed, never averaged, wherever estimates are combined (groups,
+outer steps of a dispatch, steps of a logged interval).
 
 Every field is checked by the constructor (:class:`meta_train.errors.FieldError` names it), so
-an estimator that exists is usable. The estimators by name: :mod:`meta_train.registry`.
+an estimator that exists is usable. The estimators by name: :mod:`meta_train.estimators.registry`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ import optax
 
 from meta_train import errors
 from meta_train import unroll as unroll_lib
+
+
+# The metrics that are counts: summed over groups, dispatches and log intervals, not averaged.
+COUNT_METRICS: tuple[str, ...] = ("inner_steps", "nonfinite", "nonfinite_loss", "nonfinite_grad")
 
 
 class GradientEstimator(Protocol):

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from meta_train import errors
-from meta_train import estimator as est_lib
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import estimator as est_lib
 
 
 class TBPTTState(NamedTuple):

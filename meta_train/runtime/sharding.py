@@ -14,7 +14,7 @@ compiled with these shardings as ``in_shardings``/``out_shardings`` and XLA's SP
 (GSPMD / Shardy) splits the ``vmap`` over particles and turns the mean over the particle axis
 into an all-reduce (the only collective of a step, a vector the size of θ). The same code runs
 on one device, on forced CPU devices, on a GPU node and across hosts after
-``jax.distributed.initialize()`` (see :mod:`meta_train.distributed`).
+``jax.distributed.initialize()`` (see :mod:`meta_train.runtime.distributed`).
 
 Why GSPMD through ``jit`` shardings and not ``jax.shard_map``: the estimators are written as
 plain batched code over the particle axis; with jit shardings they stay sharding-agnostic (no
@@ -24,7 +24,7 @@ per-pair accumulator.
 
 Why ``AxisType.Auto`` (``jax.make_mesh`` in jax 0.10 defaults to ``Explicit``): explicit axes
 make the sharding part of every array's type, so each op in the estimators (the ``[pos; neg]``
-concatenation, the half slices of :func:`meta_train.antithetic.split_pair`, reshapes of
+concatenation, the half slices of :func:`meta_train.estimators.antithetic.split_pair`, reshapes of
 perturbations) would need a sharding rule or an ``out_sharding`` annotation, and fail to trace
 when one is ambiguous. Auto axes let the partitioner propagate the shardings given at the jit
 boundary through that code unchanged.
@@ -95,8 +95,8 @@ def particle_counts(estimator: Any) -> tuple[int, ...]:
   row per pair, or one per ``θ±ε`` member), ``(num_particles,)`` for one with
   ``num_particles``.
 
-  A :class:`~meta_train.grouped.GroupedEstimator` (one with ``groups``) has the union of its
-  groups' counts.
+  A :class:`~meta_train.estimators.grouped.GroupedEstimator` (one with ``groups``) has the union
+  of its groups' counts.
 
   Raises:
     ValueError: the estimator has neither field.
@@ -225,7 +225,7 @@ def constrain_particles(tree: Any) -> Any:
   Inside a computation traced under a mesh with a ``"particles"`` axis (as
   :func:`jit_trainer` arranges), every leaf whose leading axis divides over it gets
   ``jax.lax.with_sharding_constraint(x, P("particles"))``; elsewhere this is the identity.
-  :meth:`meta_train.antithetic.AntitheticEstimator.unroll_pairs` calls it on the ``2 N``
+  :meth:`meta_train.estimators.antithetic.AntitheticEstimator.unroll_pairs` calls it on the ``2 N``
   particles and meta-parameters it unrolls, so that work sampled afresh inside a step
   (full-horizon ES keeps no particle state) is split over devices too.
   """

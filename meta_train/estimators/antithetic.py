@@ -9,7 +9,8 @@ the perturbation, the paired unroll (both members of a pair see the same tasks a
 once per pair) and the combination of the per-pair gradients ``g_i``. A subclass supplies only
 where its pairs start (:meth:`AntitheticEstimator.pair_particles`) and its per-pair gradient
 with the next state (:meth:`AntitheticEstimator.pair_update`), which calls a pure function:
-:func:`meta_train.truncated_es.es_pair_grads`, :func:`meta_train.pes.pes_pair_grads`.
+:func:`meta_train.estimators.truncated_es.es_pair_grads`,
+:func:`meta_train.estimators.pes.pes_pair_grads`.
 
 References:
   Salimans et al., "Evolution strategies as a scalable alternative to reinforcement learning",
@@ -26,9 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from meta_train import errors
-from meta_train import estimator as est_lib
-from meta_train import sharding as sharding_lib
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import estimator as est_lib
+from meta_train.runtime import sharding as sharding_lib
 
 
 def stack_pair(pos: Any, neg: Any) -> Any:
@@ -155,7 +156,7 @@ class AntitheticEstimator(est_lib.Estimator):
     draw_from, _ = split_pair(particles)
     draws = jax.vmap(lambda ps: unroll_lib.draw_truncation(self.family, config, ps))(draw_from)
     fn = lambda mp, ps, d: unroll_lib.unroll(self.lopt, self.family, config, mp, ps, draws=d)
-    # sharding hook (meta_train/sharding.py): split the 2 N unrolls over the context mesh.
+    # sharding hook (meta_train/runtime/sharding.py): split the 2 N unrolls over the context mesh.
     pair_params, particles = sharding_lib.constrain_particles(
         (perturbed_pair(meta_params, eps), particles))
     return jax.vmap(fn)(pair_params, particles, repeat_pair(draws))

@@ -83,8 +83,8 @@ class Checkpointer:
     writer: whether this process saves (default: process 0 only). In a multi-process run each
       process gets a manager of its own (orbax ``MultiprocessingOptions`` with
       ``active_processes={this process}``), so no orbax barrier involves the others: the writer
-      saves host copies of the whole state (see ``meta_train.distributed.to_host``) and every
-      process restores from the shared directory by itself.
+      saves host copies of the whole state (see ``meta_train.runtime.distributed.to_host``) and
+      every process restores from the shared directory by itself.
 
   Example::
 

@@ -11,7 +11,7 @@ horizon ``T`` with ``θ + ε`` and ``θ − ε``:
 Unbiased for the gradient of the smoothed full-horizon meta-loss, with no truncation at all, at
 the cost of ``T`` inner steps per particle per estimate (Salimans et al. 2017, arXiv
 1703.03864; Vicol et al. 2021, arXiv 2112.13835, Sec. 2). The per-pair gradient is truncated
-ES's (:func:`meta_train.truncated_es.es_pair_grads`) over the whole horizon.
+ES's (:func:`meta_train.estimators.truncated_es.es_pair_grads`) over the whole horizon.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from meta_train import antithetic
 from meta_train import errors
 from meta_train import unroll as unroll_lib
-from meta_train.truncated_es import es_pair_grads
+from meta_train.estimators import antithetic
+from meta_train.estimators.truncated_es import es_pair_grads
 
 
 class FullESState(NamedTuple):
@@ -38,7 +38,7 @@ class FullES(antithetic.AntitheticEstimator):
   The horizon is ``unroll.max_horizon``, which must equal ``unroll.min_horizon``.
   ``unroll.truncation_length`` (still at most the horizon) and ``unroll.stagger`` are not used:
   every pair runs one whole inner training from its first step. Other fields: those of
-  :class:`~meta_train.antithetic.AntitheticEstimator`.
+  :class:`~meta_train.estimators.antithetic.AntitheticEstimator`.
   """
 
   name: ClassVar[str] = "full_es"

@@ -3,8 +3,8 @@
 Every process runs the same ``meta-train`` command; :func:`initialize` connects it to the
 others through JAX's coordination service before any JAX computation, after which
 ``jax.devices()`` lists every process's devices and the particle mesh
-(:mod:`meta_train.sharding`) spans them all. Cross-process collectives go through XLA: NCCL on
-GPUs, ICI/DCN on TPUs, and gloo over TCP on CPUs (``jax_cpu_collectives_implementation``,
+(:mod:`meta_train.runtime.sharding`) spans them all. Cross-process collectives go through XLA:
+NCCL on GPUs, ICI/DCN on TPUs, and gloo over TCP on CPUs (``jax_cpu_collectives_implementation``,
 ``"gloo"`` by default in jax 0.10). There is no RPC of our own.
 
 Where the process layout comes from (first match wins, see :func:`resolve_spec`):

@@ -20,10 +20,10 @@ after the sum the noisiest family would set the direction. Clipped per group, ea
 moves θ by at most ``w_i c`` per step, however noisy (the per-task gradient normalisation of
 multi-task learning; the objective is no longer exactly the mixture's while a clip is active).
 
-The estimators of the groups are ordinary ones (:mod:`meta_train.registry`) and keep their own
-states; this estimator's state is their tuple, its metrics their weighted combination plus each
-group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true`` with a
-``mixture`` task family (:func:`meta_train.config.build_estimator`).
+The estimators of the groups are ordinary ones (:mod:`meta_train.estimators.registry`) and keep
+their own states; this estimator's state is their tuple, its metrics their weighted combination
+plus each group's ``meta_loss/<member>``. In the run config: ``estimator.group_by_member=true``
+with a ``mixture`` task family (:func:`meta_train.config.build_estimator`).
 
 Example::
 
@@ -44,11 +44,9 @@ import optax
 
 import tasks
 from meta_train import errors
-from meta_train import registry
 from meta_train import unroll as unroll_lib
-
-# Counts combined by summing over groups (the others are weighted means).
-_COUNTS = ("nonfinite_loss", "nonfinite_grad", "nonfinite", "inner_steps")
+from meta_train.estimators import estimator as est_lib
+from meta_train.estimators import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +124,15 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
                     names: Sequence[str]) -> dict[str, jax.Array]:
   """The groups' metrics as one estimator's.
 
-  Counts (:data:`_COUNTS`) are summed; ``meta_loss`` is the weighted mean
-  ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are independent); every
-  other metric is the weighted mean. Each group's own meta-loss is kept as
-  ``meta_loss/<name>``.
+  Counts (:data:`meta_train.estimators.estimator.COUNT_METRICS`) are summed; ``meta_loss`` is
+  the weighted mean ``Σ w_i L_i``; ``grad_variance`` is ``Σ w_i² Var[ĝ_i]`` (the groups are
+  independent); every other metric is the weighted mean. Each group's own meta-loss is kept
+  as ``meta_loss/<name>``.
   """
   out = {}
   for key in per_group[0]:
     values = [m[key] for m in per_group]
-    if key in _COUNTS:
+    if key in est_lib.COUNT_METRICS:
       out[key] = sum(values[1:], values[0])
     elif key == "grad_variance":
       out[key] = sum(w * w * v for w, v in zip(weights, values)).astype(jnp.float32)
@@ -146,19 +144,20 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
 
 
 def grouped_estimator(name: str, lopt: Any, family: Any,
-                      member_pairs: Sequence[int] | None = None, group_clip: float = 0.0,
+                      member_pairs: Sequence[int] | None = None,
+                      group_clip: float = GroupedEstimator.group_clip,
                       **fields: Any) -> GroupedEstimator:
   """Estimator ``name`` built once per member of the mixture ``family``, grouped.
 
   Args:
-    name: a key of :data:`meta_train.registry.ESTIMATORS` with a ``num_pairs`` (or
+    name: a key of :data:`meta_train.estimators.registry.ESTIMATORS` with a ``num_pairs`` (or
       ``num_particles``) field.
     lopt: the learned optimizer.
     family: a :class:`tasks.MixtureFamily` (its members and weights are used).
     member_pairs: pairs (particles for ``tbptt``) of each member's group, in member order;
       ``None``: every group takes ``fields``' count (or the estimator's default).
     group_clip: clip each group's estimate to this global norm before the sum (0: no clip).
-    **fields: the estimator's settings (:func:`meta_train.registry.make_estimator`).
+    **fields: the estimator's settings (:func:`meta_train.estimators.registry.make_estimator`).
 
   Raises:
     meta_train.errors.FieldError: ``family`` is not a mixture, or ``member_pairs`` does not
@@ -169,7 +168,7 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
                             f"grouping by member needs a mixture family (tasks.mixture_of), "
                             f"got {getattr(family, 'name', family)!r}")
   members = family.families
-  count_field = "num_pairs" if "num_pairs" in registry.estimator_fields(name) else "num_particles"
+  count_field = registry.count_field(name)
   if member_pairs is not None:
     member_pairs = tuple(member_pairs)
     if len(member_pairs) != len(members) or not all(

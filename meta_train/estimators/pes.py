@@ -23,8 +23,8 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from meta_train import antithetic
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
 
 
 def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses: jax.Array,
@@ -92,7 +92,7 @@ class PES(antithetic.AntitheticEstimator):
   """Persistent ES, unbiased over truncations (arXiv 2112.13835, Alg. 2).
 
   ``2 * num_pairs`` persistent particles; σ is the std of each truncation's perturbation.
-  Other fields: those of :class:`~meta_train.antithetic.AntitheticEstimator`.
+  Other fields: those of :class:`~meta_train.estimators.antithetic.AntitheticEstimator`.
   """
 
   name: ClassVar[str] = "pes"

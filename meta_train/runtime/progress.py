@@ -2,7 +2,8 @@
 
 The bar counts outer steps (its rate is outer steps/s, with tqdm's ETA) and shows the current
 meta-loss and inner steps/s as a postfix. When stdout is not a terminal the bar is disabled and
-the driver prints periodic plain log lines instead (:func:`meta_train.metrics_log.format_line`).
+the driver prints periodic plain log lines instead
+(:func:`meta_train.runtime.metrics_log.format_line`).
 """
 
 from __future__ import annotations

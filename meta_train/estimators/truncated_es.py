@@ -21,8 +21,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from meta_train import antithetic
 from meta_train import unroll as unroll_lib
+from meta_train.estimators import antithetic
 
 
 def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: float) -> Any:
@@ -50,7 +50,7 @@ class TruncatedESState(NamedTuple):
 class TruncatedES(antithetic.AntitheticEstimator):
   """Antithetic ES on truncated unrolls.
 
-  Fields: those of :class:`~meta_train.antithetic.AntitheticEstimator`.
+  Fields: those of :class:`~meta_train.estimators.antithetic.AntitheticEstimator`.
   """
 
   name: ClassVar[str] = "es"
