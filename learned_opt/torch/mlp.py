@@ -12,8 +12,10 @@ with ``e^s`` the learned schedule's multiplier (when the file has one) and, with
 ``schedule_normalize``, ``d exp(a μ)`` divided by its RMS over the tensor and ``b`` replaced by
 ``init_learning_rate``. See :class:`learned_opt.MLPOptimizer` for every option; this module
 applies each of them as the optax transform does (same folding of the normalisers and step
-features into the first layer, same non-finite handling), with the features stacked as one
-``[F, n]`` tensor per parameter and the network as three matrix products.
+features into the first layer, same non-finite handling). Each parameter tensor is processed in
+chunks of :data:`CHUNK` elements: the chunk's features are written into one ``(F + 1, chunk)``
+buffer (a last row of ones carries the biases) and each layer of the network is one matrix
+product, so no Python loop runs over elements and the buffers stay in cache.
 
 References:
   Metz et al., 2020, arXiv 2009.11243 (Eq. 1). Metz et al., 2022, arXiv 2203.11860 (Sec. 3).
