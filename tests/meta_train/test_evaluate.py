@@ -193,6 +193,11 @@ def test_grid_program_matches_optax_adam_and_measures_the_fixed_sets():
   curves = curves_lib.training_curves(problem.family, optax.adam, np.array([1e-2, 3e-2]),
                                       problem.task_params, problem.keys, 6, 2)
   assert set(curves) == {"train", "test"} and curves["train"].shape == (2, 2, 2, 4)
+  # Runs trained one at a time (memory-bounded) are the runs trained side by side.
+  one_by_one = curves_lib.training_curves(problem.family, optax.adam, np.array([1e-2, 3e-2]),
+                                          problem.task_params, problem.keys, 6, 2,
+                                          max_parallel=1)
+  np.testing.assert_allclose(one_by_one["test"], curves["test"], rtol=1e-6)
   single = curves_lib.learned_curves(problem.family, optax.adam(3e-2), problem.task_params,
                                      problem.keys, 6, 2)
   np.testing.assert_allclose(curves["train"][1], single["train"], rtol=1e-5)
