@@ -7,12 +7,9 @@ Compiled functions are shared per optimizer (module-level caches) to keep the su
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import logging
-import re
 
 import chex
 import jax
@@ -23,6 +20,7 @@ import pytest
 import safetensors.numpy
 
 import learned_opt
+from learned_opt import testing
 
 NAMES = sorted(learned_opt.registry())
 
@@ -30,73 +28,21 @@ NAMES = sorted(learned_opt.registry())
 # ----------------------------------------------------------------------------- helpers
 
 
-def _tree(dtype=jnp.float32, seed=0):
-  """Scalar, 1-D, 2-D and 4-D leaves, nested, in ``dtype``."""
-  k = jax.random.split(jax.random.key(seed), 4)
-  return {
-      "scalar": jnp.asarray(0.7, dtype),
-      "vec": jax.random.normal(k[0], (3,)).astype(dtype),
-      "layer": {"mat": jax.random.normal(k[1], (3, 2)).astype(dtype),
-                "conv": jax.random.normal(k[2], (2, 1, 3, 2)).astype(dtype)},
-  }
-
-
-def _grads(params, seed=1):
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [
-      (0.1 * jax.random.normal(k, p.shape)).astype(p.dtype) for k, p in zip(keys, leaves)])
+_tree = testing.every_rank_params
+_grads = testing.example_grads
+_small = testing.example_params
+_shapes_dtypes = testing.shapes_dtypes
+_count_compilations = testing.count_compilations
 
 
 def _assert_bitwise_equal(a, b):
-  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
-  assert ta == tb, f"{ta} != {tb}"
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape
-    assert x.tobytes() == y.tobytes(), (x, y)
+  testing.assert_bitwise_equal(a, b)
 
 
 def _assert_close(a, b, rtol=1e-6, atol=0.0):
   """chex's tree comparison, in float64 (so bf16 and f16 leaves compare too)."""
   as64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
   chex.assert_trees_all_close(as64(a), as64(b), rtol=rtol, atol=atol)
-
-
-def _shapes_dtypes(tree):
-  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
-
-
-class _ListHandler(logging.Handler):
-
-  def __init__(self):
-    super().__init__()
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _count_compilations():
-  """Yields a list that receives one entry per XLA compilation inside the block."""
-  handler = _ListHandler()
-  logger = logging.getLogger("jax")
-  logger.addHandler(handler)
-  compiled = []
-  try:
-    with jax.log_compiles():
-      yield compiled
-  finally:
-    logger.removeHandler(handler)
-    compiled.extend(m for m in handler.messages if re.search(r"Finished .*compilation", m))
-
-
-def _small(dtype=jnp.float32):
-  """The tree most tests use: a vector and a matrix (few leaves keep compiles short)."""
-  k1, k2 = jax.random.split(jax.random.key(5))
-  return {"vec": jax.random.normal(k1, (3,)).astype(dtype),
-          "mat": jax.random.normal(k2, (3, 2)).astype(dtype)}
 
 
 @functools.cache
