@@ -35,11 +35,24 @@ EXPERIMENTS_DIR = os.path.join("reports", "experiments")
 SUITE_ORDER = {"in_distribution": 0, "out_of_distribution": 1, "long_horizon": 2}
 
 
+def on_report_draws(path: str) -> bool:
+  """Whether every result of an ``eval.json`` was measured on the ``report`` draws (reports
+  made before the two streams existed were not, and stay out of the README)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f).get("results") or []
+  except (OSError, ValueError):
+    return False
+  return bool(results) and all(r.get("draws") == "report" for r in results)
+
+
 def report_files(root: str = ROOT, pattern: str = DEFAULT_GLOB) -> list[str]:
-  """The committed ``eval.json`` files, sorted (relative to ``root``), except the recipe
-  experiments under ``reports/experiments/`` (tabled in ``reports/experiments/LOG.md``)."""
+  """The committed ``eval.json`` files on the ``report`` draws, sorted (relative to ``root``),
+  except the recipe experiments under ``reports/experiments/`` (tabled in
+  ``reports/experiments/LOG.md``)."""
   files = (os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern)))
-  return sorted(f for f in files if not f.startswith(EXPERIMENTS_DIR + os.sep))
+  return sorted(f for f in files if not f.startswith(EXPERIMENTS_DIR + os.sep)
+                and on_report_draws(os.path.join(root, f)))
 
 
 def _runs(rs: Sequence[dict[str, Any]], key: str) -> np.ndarray | None:

@@ -70,8 +70,13 @@ def test_calibration_rows_follow_their_learned_optimizer_and_speedups_print_cens
   assert "≥ 4x" in lines[1]                                # never reached
 
 
-def test_recipe_experiments_stay_out_of_the_readme_table(tmp_path):
-  for rel in ("reports/default/in_distribution", "reports/experiments/variant_a"):
+def test_recipe_experiments_and_dev_draws_stay_out_of_the_readme_table(tmp_path):
+  report = json.dumps({"results": [{"draws": "report"}]})
+  for rel, text in (("reports/default/in_distribution", report),
+                    ("reports/experiments/variant_a", report),
+                    ("reports/quickstart/in_distribution", json.dumps(
+                        {"results": [{"draws": "dev"}]})),
+                    ("reports/diffusion/in_distribution", json.dumps({"results": [{}]}))):
     (tmp_path / rel).mkdir(parents=True)
-    (tmp_path / rel / "eval.json").write_text("{}")
+    (tmp_path / rel / "eval.json").write_text(text)
   assert rr.report_files(str(tmp_path)) == ["reports/default/in_distribution/eval.json"]
