@@ -120,7 +120,8 @@ Measures, per (task, seed) run on held-out draws (stream: {", ".join(draws)}). L
 measured on fixed evaluation sets: **train loss** (the headline: at least 1,024 clean examples of
 the train split, or all of it) and **test loss** (the `test` split, which meta-training never
 reads), at evenly spaced steps. Baselines ({titles}) are tuned per task and per measured loss
-over 1e-4 ... 1e-1 (SGD: x10), extended by half-decades at an edge. *Wins*: the row's final
+over 1e-4 ... 1e-1 (SGD: x10), extended by half-decades while a task's best train-loss rate
+sits at an edge (the test loss is tuned on that grid). *Wins*: the row's final
 loss below the tuned baseline's at the same step count. *Speed-up*: VeLO's steps-to-reach
 (Metz et al. 2022, arXiv 2211.09760, Fig. 1; learned_optimization `baselines/normalizers.py`):
 per task, each rate of constant Adam's grid (run 4x as long) is averaged over the task's seeds,
