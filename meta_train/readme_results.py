@@ -63,12 +63,6 @@ def _runs(rs: Sequence[dict[str, Any]], key: str) -> np.ndarray | None:
                          for r in rs], axis=0)
 
 
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  with np.errstate(divide="ignore", invalid="ignore"):
-    r = a / b
-  return np.where(np.isnan(r), np.inf, r)  # both sides diverged: not a tie
-
-
 def pooled_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """One dict per (optimizer, suite, baseline) with the families' runs pooled; a calibration
   row (a tuned baseline scored itself) follows the learned optimizer whose draws it shares."""
@@ -92,7 +86,7 @@ def pooled_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       wins = (mine < theirs).astype(np.float64)
       row[f"win_fraction{tag}"] = float(wins.mean())
       row[f"win_fraction{tag}_ci"] = measures.bootstrap_ci(wins, np.mean, 2000, 0)
-      row[f"final_loss_ratio{tag}_median"] = float(np.median(_ratio(mine, theirs)))
+      row[f"final_loss_ratio{tag}_median"] = float(np.median(measures.ratio(mine, theirs)))
     for name, cap_key in (("speedup", "speedup_cap"), ("steps_to_reach", "steps_to_reach_cap")):
       sp = _runs(rs, f"{name}_per_run")
       if sp is None:
@@ -106,21 +100,6 @@ def pooled_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   rows.sort(key=lambda r: (r["owner"], SUITE_ORDER.get(r["suite"], 9), r["role"] != "learned",
                            r["optimizer"], r["baseline"]))
   return rows
-
-
-def _cell(row: dict[str, Any], name: str) -> str:
-  if row.get(f"{name}_median") is None:
-    return "–"
-  censored = row.get(f"{name}_unreached_runs", 0) > 0
-  sp = lambda x: report.format_speedup(x, row[f"{name}_cap"], censored)
-  return f"{sp(row[f'{name}_median'])} {report.format_ci(row[f'{name}_median_ci'], sp)}"
-
-
-def _wins(row: dict[str, Any], tag: str) -> str:
-  pct = lambda x: f"{100 * x:.0f}%"
-  if row.get(f"win_fraction{tag}") is None:
-    return "–"
-  return f"{pct(row[f'win_fraction{tag}'])} {report.format_ci(row[f'win_fraction{tag}_ci'], pct)}"
 
 
 def table(files: Sequence[str], root: str = ROOT) -> str:
@@ -143,10 +122,12 @@ def table_from_results(results: Sequence[dict[str, Any]], files: Sequence[str]) 
     fams = ", ".join(f"`{f}`" for f in r["families"])
     name = f"`{r['optimizer']}`" if r["role"] == "learned" else f"↳ {r['optimizer']}"
     ratio = r.get("final_loss_ratio_median")
+    speed = report.speedup_cell(r, "speedup", "speedup_cap", "–")
+    reach = report.speedup_cell(r, "steps_to_reach", "steps_to_reach_cap", "–")
     lines.append(
         f"| {name} | {r['suite']} | tuned `{r['baseline']}` | {fams} | "
-        f"{'/'.join(map(str, r['num_steps']))} | {r['runs']} | {_wins(r, '')} | "
-        f"{_wins(r, '_test')} | {_cell(r, 'speedup')} | {_cell(r, 'steps_to_reach')} | "
+        f"{'/'.join(map(str, r['num_steps']))} | {r['runs']} | {report.wins_cell(r, '')} | "
+        f"{report.wins_cell(r, '_test')} | {speed} | {reach} | "
         f"{'–' if ratio is None else f'{ratio:.3g}'} | {r['diverged_runs']}/{r['runs']} |")
   lines += ["", "Generated from " + ", ".join(f"`{f}`" for f in files) + ".", "", END]
   return "\n".join(lines) + "\n"

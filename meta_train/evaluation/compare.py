@@ -170,13 +170,6 @@ def concat(tables: Sequence[RunTable]) -> RunTable:
   return {k: np.concatenate([t[k] for t in tables], axis=0) for k in keys}
 
 
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """``a / b`` per run; ``inf`` where both sides diverged (nan)."""
-  with np.errstate(divide="ignore", invalid="ignore"):
-    r = np.asarray(a, np.float64) / np.asarray(b, np.float64)
-  return np.where(np.isnan(r), np.inf, r)
-
-
 def _speedup_fields(table: RunTable, subject: str, config, cap: float) -> dict[str, Any]:
   out = {}
   for split in SPLITS:
@@ -224,7 +217,7 @@ def learned_entries(table: RunTable, baseline_names: Sequence[str], config,
           f"win_fraction{tag}": float(wins.mean()),
           f"win_fraction{tag}_ci": list(measures.bootstrap_ci(
               wins, np.mean, config.bootstrap_samples, config.seed)),
-          f"final_loss_ratio{tag}_median": float(np.median(_ratio(mine, theirs))),
+          f"final_loss_ratio{tag}_median": float(np.median(measures.ratio(mine, theirs))),
           f"final_loss{tag}_learned_median": float(np.median(mine)),
           f"final_loss{tag}_baseline_median": float(np.median(theirs)),
           f"final_loss{tag}_learned": mine.tolist(),
@@ -267,7 +260,7 @@ def calibration_entries(table: RunTable, baseline_names: Sequence[str], config,
         e[f"win_fraction{tag}"] = float(wins.mean())
         e[f"win_fraction{tag}_ci"] = list(measures.bootstrap_ci(
             wins, np.mean, config.bootstrap_samples, config.seed))
-        e[f"final_loss_ratio{tag}_median"] = float(np.median(_ratio(mine, theirs)))
+        e[f"final_loss_ratio{tag}_median"] = float(np.median(measures.ratio(mine, theirs)))
         e[f"final_loss{tag}_baseline_median"] = float(np.median(theirs))
         e[f"final_loss{tag}_baseline"] = theirs.tolist()
     e.update(_speedup_fields(table, b, config, cap))

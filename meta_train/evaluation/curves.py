@@ -69,6 +69,13 @@ def _eval_losses(task, k_eval):
 MAX_PARALLEL_RUNS = 32
 
 
+def _map_runs(one_run, args, num_runs: int, max_parallel: int = MAX_PARALLEL_RUNS):
+  """``one_run(*a)`` for every run of ``args`` (leading axis ``num_runs``), jitted, at most
+  ``max_parallel`` side by side."""
+  return jax.jit(lambda a: jax.lax.map(lambda x: one_run(*x), a,
+                                       batch_size=min(max_parallel, num_runs)))(args)
+
+
 def _flat_runs(hparams, task_params, keys):
   """Every (hyper-parameter, task, seed) as one leading axis of ``H * T * S`` runs."""
   h, (t, s) = hparams.shape[0], keys.shape
@@ -118,9 +125,8 @@ def training_curves(family: task_base.TaskFamily, make_tx: TransformFactory,
 
   hparams = jnp.asarray(hparams, jnp.float32)
   shape = (hparams.shape[0],) + tuple(keys.shape)
-  runs = jax.jit(lambda args: jax.lax.map(lambda a: one_run(*a), args,
-                                          batch_size=min(max_parallel, int(np.prod(shape)))))
-  curves = np.asarray(runs(_flat_runs(hparams, task_params, keys)))
+  curves = np.asarray(_map_runs(one_run, _flat_runs(hparams, task_params, keys),
+                                int(np.prod(shape)), max_parallel))
   curves = curves.reshape(shape + curves.shape[1:])
   return {split: curves[..., i, :] for i, split in enumerate(SPLITS)}
 
@@ -169,9 +175,7 @@ def final_metrics(family: task_base.TaskFamily, make_tx: TransformFactory, hpara
   t, s = keys.shape
   flat = (jnp.repeat(hparams, s), jax.tree.map(lambda x: jnp.repeat(x, s, axis=0), task_params),
           keys.reshape(t * s))
-  runs = jax.jit(lambda args: jax.lax.map(lambda a: one_run(*a), args,
-                                          batch_size=min(MAX_PARALLEL_RUNS, t * s)))
-  return np.asarray(runs(flat)).reshape(t, s)
+  return np.asarray(_map_runs(one_run, flat, t * s)).reshape(t, s)
 
 
 def trained_params_fn(task, tx, key, num_steps: int):

@@ -85,6 +85,14 @@ def pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
   return np.take_along_axis(values, idx, axis=0)[0]
 
 
+def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """``a / b`` per run; ``inf`` where both sides diverged (``nan / nan``, ``inf / inf``): a run
+  whose sides both failed is not a tie."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    r = np.asarray(a, np.float64) / np.asarray(b, np.float64)
+  return np.where(np.isnan(r), np.inf, r)
+
+
 def interquartile_mean(x: np.ndarray) -> float:
   """Mean of the middle 50 % of the values (Agarwal et al. 2021, arXiv 2108.13264, Sec. 4)."""
   x = np.sort(np.asarray(x, np.float64).ravel())

@@ -34,15 +34,18 @@ def _pct(x):
   return "–" if x is None else f"{100 * x:.0f}%"
 
 
-def _wins(r: dict[str, Any], tag: str) -> str:
+def wins_cell(r: dict[str, Any], tag: str) -> str:
+  """``"67% [48%, 85%]"`` of ``win_fraction{tag}`` and its interval, or ``"–"``."""
   if r.get(f"win_fraction{tag}") is None:
     return "–"
   return f"{_pct(r[f'win_fraction{tag}'])} {format_ci(r[f'win_fraction{tag}_ci'], _pct)}"
 
 
-def _speed(r: dict[str, Any], name: str, cap_key: str) -> str:
+def speedup_cell(r: dict[str, Any], name: str, cap_key: str, missing: str = "") -> str:
+  """``"1.37x [1.22x, 1.51x]"`` of ``{name}_median`` and its interval (``"≥ 4x"`` where runs
+  were never reached), or ``missing``."""
   if r.get(f"{name}_median") is None:
-    return ""
+    return missing
   cap = r.get(cap_key, 4.0)
   censored = r.get(f"{name}_unreached_runs", 0) > 0
   sp = lambda x: format_speedup(x, cap, censored)
@@ -70,11 +73,11 @@ def headline_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
         f"`{r['optimizer']}`" if not calibration else f"↳ {r['optimizer']}",
         r["suite"], r["family"], r["baseline"], str(r["num_steps"]),
         f"{r['num_tasks']}x{r['num_seeds']}",
-        _wins(r, ""), _wins(r, "_test"),
-        _speed(r, "speedup", "speedup_cap"),
+        wins_cell(r, ""), wins_cell(r, "_test"),
+        speedup_cell(r, "speedup", "speedup_cap"),
         format_speedup(r["speedup_iqm"], r.get("speedup_cap", 4.0),
                        r.get("speedup_unreached_runs", 0) > 0),
-        _speed(r, "steps_to_reach", "steps_to_reach_cap"),
+        speedup_cell(r, "steps_to_reach", "steps_to_reach_cap"),
         _num(r, "final_loss_ratio_median"), _num(r, "final_loss_ratio_test_median"),
         "" if wall is None else f"{wall:.2f}x",
         f"{r['diverged_runs']}/{r['num_runs']}", ed,
