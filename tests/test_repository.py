@@ -1,0 +1,45 @@
+"""What the repository commits: small reports with no path of the machine they were made on."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORTS_BUDGET_BYTES = 3 * 1024 * 1024
+# An absolute path on a build machine (a run or cache directory), as reports must not hold.
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|work|home|root|Users|mnt|scratch)/")
+
+
+def _tracked(prefix: str) -> list[str]:
+  try:
+    out = subprocess.run(["git", "ls-files", "-z", prefix], cwd=ROOT, capture_output=True,
+                         check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip("not a git checkout")
+  return [os.path.join(ROOT, p) for p in out.decode().split("\0") if p]
+
+
+def test_reports_stay_within_their_size_budget():
+  files = [f for f in _tracked("reports") if os.path.isfile(f)]
+  assert files
+  total = sum(os.path.getsize(f) for f in files)
+  assert total <= REPORTS_BUDGET_BYTES, f"reports/ holds {total / 2**20:.1f} MiB"
+
+
+def test_reports_hold_no_machine_paths():
+  offenders = []
+  for f in _tracked("reports"):
+    if f.endswith((".md", ".json")):
+      with open(f, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+          if MACHINE_PATH.search(line):
+            offenders.append(f"{os.path.relpath(f, ROOT)}:{i}")
+  assert not offenders, offenders[:10]
+
+
+@pytest.mark.parametrize("line,bad", [("--out /tmp/e", True), ("runs/x/optimizer", False),
+                                      ("see /work/runs/a", True), ("a/tmp/b", False)])
+def test_the_machine_path_pattern(line, bad):
+  assert bool(MACHINE_PATH.search(line)) == bad
