@@ -141,6 +141,9 @@ def check_estimator_fields(spec: schema.EstimatorConfig) -> None:
       continue
     if field in ("num_pairs", "num_particles"):
       hint = f"its count of inner trainings is estimator.{count}"
+    elif field in registry.UNROLL_FIELDS:
+      hint = ("it unrolls each inner training whole, from its first step, over "
+              "estimator.max_horizon")
     else:
       hint = ("it takes " + ", ".join(f"estimator.{f}" for f in registry.estimator_fields(spec.name)
                                       if f not in registry.UNROLL_FIELDS)

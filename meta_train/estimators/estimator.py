@@ -79,6 +79,15 @@ class Estimator:
       raise errors.FieldError(type(self).__name__, "unroll",
                               f"must be an UnrollConfig, got {self.unroll!r}")
 
+  # Unroll settings the estimator does not read (refused when set: see ``registry``).
+  unused_unroll_fields: ClassVar[tuple[str, ...]] = ()
+
+  @classmethod
+  def unroll_config(cls, **fields: Any) -> unroll_lib.UnrollConfig:
+    """The :class:`~meta_train.unroll.UnrollConfig` of the given unroll settings (the others
+    at their defaults)."""
+    return unroll_lib.UnrollConfig(**fields)
+
   @classmethod
   def own_fields(cls) -> tuple[str, ...]:
     """Names of the estimator's own settings (fields other than ``lopt``, ``family``, ``unroll``)."""

@@ -36,12 +36,22 @@ class FullES(antithetic.AntitheticEstimator):
   """Antithetic ES over whole inner trainings of a fixed horizon.
 
   The horizon is ``unroll.max_horizon``, which must equal ``unroll.min_horizon``.
-  ``unroll.truncation_length`` (still at most the horizon) and ``unroll.stagger`` are not used:
-  every pair runs one whole inner training from its first step. Other fields: those of
+  Every pair runs one whole inner training from its first step, so ``truncation_length`` and
+  ``stagger`` are not its settings (:attr:`unused_unroll_fields`: giving them is refused; the
+  unroll holds the horizon and ``False``). Other fields: those of
   :class:`~meta_train.estimators.antithetic.AntitheticEstimator`.
   """
 
   name: ClassVar[str] = "full_es"
+  unused_unroll_fields: ClassVar[tuple[str, ...]] = ("truncation_length", "stagger")
+
+  @classmethod
+  def unroll_config(cls, **fields) -> unroll_lib.UnrollConfig:
+    """One truncation of the whole horizon (``min_horizon``), never staggered."""
+    horizon = fields.get("min_horizon", unroll_lib.UnrollConfig.min_horizon)
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+      horizon = 1  # the UnrollConfig's own check names min_horizon
+    return unroll_lib.UnrollConfig(**fields, truncation_length=horizon, stagger=False)
 
   def __post_init__(self):
     super().__post_init__()

@@ -44,8 +44,9 @@ def estimator_class(name: str) -> type[est_lib.Estimator]:
 
 
 def estimator_fields(name: str) -> tuple[str, ...]:
-  """The settings estimator ``name`` takes: the unroll's fields, then its own."""
-  return UNROLL_FIELDS + estimator_class(name).own_fields()
+  """The settings estimator ``name`` takes: the unroll's fields it reads, then its own."""
+  cls = estimator_class(name)
+  return tuple(f for f in UNROLL_FIELDS if f not in cls.unused_unroll_fields) + cls.own_fields()
 
 
 def count_field(name: str) -> str:
@@ -103,12 +104,12 @@ def make_estimator(name: str, lopt: Any, family: Any, **fields: Any) -> est_lib.
       ``ValueError`` naming the field).
   """
   cls = estimator_class(name)
-  own = cls.own_fields()
-  unknown = sorted(set(fields) - set(UNROLL_FIELDS) - set(own))
+  own, takes = cls.own_fields(), estimator_fields(name)
+  unknown = sorted(set(fields) - set(takes))
   if unknown:
     raise ValueError(f"estimator {name!r} has no field {unknown[0]!r}; its fields: "
-                     f"{', '.join(UNROLL_FIELDS + own)}")
-  unroll = unroll_lib.UnrollConfig(**{k: v for k, v in fields.items() if k in UNROLL_FIELDS})
+                     f"{', '.join(takes)}")
+  unroll = cls.unroll_config(**{k: v for k, v in fields.items() if k in UNROLL_FIELDS})
   return cls(lopt, family, unroll, **{k: v for k, v in fields.items() if k in own})
 
 

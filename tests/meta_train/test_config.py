@@ -62,7 +62,8 @@ def test_estimator_fields_are_the_registry_fields():
     trainer, _, _ = R.build_trainer(cfg)
     assert type(trainer.estimator) is registry.ESTIMATORS[name]
     assert trainer.estimator.unroll == ul.UnrollConfig(
-        truncation_length=5, min_horizon=5, max_horizon=5, meta_loss="train", stagger=True)
+        truncation_length=5, min_horizon=5, max_horizon=5, meta_loss="train",
+        stagger=name != "full_es")  # full_es: one whole unroll, never staggered
 
 
 def test_overrides_are_parsed_against_field_types():
@@ -152,6 +153,10 @@ def test_estimators_check_their_own_fields_and_full_es_needs_fixed_horizon():
     ("es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
     ("pes", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
     ("full_es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
+    ("full_es", "truncation_length", "5", "it unrolls each inner training whole, from its first "
+                                          "step, over estimator.max_horizon"),
+    ("full_es", "stagger", "false", "it unrolls each inner training whole, from its first step, "
+                                    "over estimator.max_horizon"),
 ])
 def test_a_field_the_estimator_would_ignore_is_refused(name, field, value, applies):
   with pytest.raises(C.ConfigError) as e:
@@ -162,7 +167,8 @@ def test_a_field_the_estimator_would_ignore_is_refused(name, field, value, appli
   # The same refusal for a config built in code (not through overrides).
   base = C.resolve("smoke", _tiny(f"estimator.name={name}"))
   bad = dataclasses.replace(base, estimator=dataclasses.replace(
-      base.estimator, **{field: type(getattr(base.estimator, field))(float(value))}))
+      base.estimator, **{field: value == "true" if value in ("true", "false")
+                         else type(getattr(base.estimator, field))(float(value))}))
   with pytest.raises(C.ConfigError, match=rf"^estimator\.{field}: does not apply"):
     C.validate(bad)
 

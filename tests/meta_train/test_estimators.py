@@ -78,8 +78,9 @@ def exact():
 
 def _samples(name, horizon=T, **kwargs):
   """N independent estimates of d(meta-loss)/d(log_lr), each averaged over M truncations."""
-  est = registry.make_estimator(name, LOPT, FAMILY, truncation_length=K, min_horizon=horizon,
-                                max_horizon=horizon, stagger=False, **kwargs)
+  truncation = {} if name == "full_es" else {"truncation_length": K, "stagger": False}
+  est = registry.make_estimator(name, LOPT, FAMILY, min_horizon=horizon, max_horizon=horizon,
+                                **truncation, **kwargs)
   num_estimates = 1 if name == "full_es" else M
 
   def one(key):

@@ -43,9 +43,9 @@ def test_mesh_rejects_device_counts_outside_the_available_range(bad):
 def _estimator(name, size, truncation_length=2, horizon=4):
   """``name`` with ``size`` pairs (antithetic) or particles (tbptt) on a 3-d quadratic."""
   unit = "num_particles" if name == "tbptt" else "num_pairs"
+  truncation = {} if name == "full_es" else {"truncation_length": truncation_length}
   return make_estimator(name, learned_opt.SGDMomentum(), tasks.QuadraticFamily(dim=3),
-                        truncation_length=truncation_length, min_horizon=horizon,
-                        max_horizon=horizon, **{unit: size})
+                        min_horizon=horizon, max_horizon=horizon, **truncation, **{unit: size})
 
 
 @pytest.mark.parametrize("name,counts", [("pes", (4, 8)), ("es", (4, 8)), ("full_es", (4, 8)),
@@ -161,8 +161,9 @@ for name in ("pes", "full_es", "tbptt"):
   unit = {"tbptt": {"num_particles": 16}}.get(name, {"num_pairs": 8})
   for n in (1, 8):
     mesh = sharding.make_mesh(n)
+    truncation = {} if name == "full_es" else {"truncation_length": 2}
     est = make_estimator(name, learned_opt.SGDMomentum(), tasks.QuadraticFamily(dim=3),
-                         truncation_length=2, min_horizon=4, max_horizon=4, **unit)
+                         min_horizon=4, max_horizon=4, **truncation, **unit)
     tr = MetaTrainer(est, mesh=mesh)
     state = tr.init(jax.random.key(0))
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.estimator_state) if x.ndim}

@@ -99,12 +99,15 @@ _UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "log_
                                             ("full_es", FullES, {"num_pairs": 2, "sigma": 0.1})])
 def test_make_estimator(name, cls, own):
   assert registry.ESTIMATORS[name] is cls and cls.name == name
-  assert registry.estimator_fields(name) == _UNROLL + tuple(own)
-  est = make_estimator(name, LOPT, FAMILY, truncation_length=5, min_horizon=40, max_horizon=40,
-                       meta_loss="valid", **own)
+  whole = name == "full_es"  # one unroll of the whole horizon: no truncation, no stagger
+  unroll = tuple(f for f in _UNROLL if not (whole and f in ("truncation_length", "stagger")))
+  assert registry.estimator_fields(name) == unroll + tuple(own)
+  truncation = {} if whole else {"truncation_length": 5}
+  est = make_estimator(name, LOPT, FAMILY, min_horizon=40, max_horizon=40, meta_loss="valid",
+                       **truncation, **own)
   assert type(est) is cls and est.lopt is LOPT and est.family is FAMILY
-  assert est.unroll == UnrollConfig(truncation_length=5, min_horizon=40, max_horizon=40,
-                                    meta_loss="valid", stagger=True)
+  assert est.unroll == UnrollConfig(truncation_length=40 if whole else 5, min_horizon=40,
+                                    max_horizon=40, meta_loss="valid", stagger=not whole)
   assert {k: getattr(est, k) for k in own} == own
   assert est == cls(LOPT, FAMILY, est.unroll, **own)
 
@@ -122,8 +125,14 @@ _PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma"))
                                   f"{_PES_FIELDS}"),
     ("pes", {"num_pairs": 0}, "PES.num_pairs: must be > 0, got 0"),
     ("es", {"num_pairs": 1.5}, "TruncatedES.num_pairs: must be an int, got 1.5"),
-    ("full_es", {"truncation_length": 5, "min_horizon": 10, "max_horizon": 20},
+    ("full_es", {"min_horizon": 10, "max_horizon": 20},
      "FullES.min_horizon: full_es unrolls one fixed horizon: must equal max_horizon (20), got 10"),
+    ("full_es", {"truncation_length": 5, "min_horizon": 20, "max_horizon": 20},
+     "estimator 'full_es' has no field 'truncation_length'; its fields: min_horizon, max_horizon, "
+     "meta_loss, log_meta_loss, horizon_aware, param_scale, num_pairs, sigma"),
+    ("full_es", {"stagger": False}, "estimator 'full_es' has no field 'stagger'; its fields: "
+                                    "min_horizon, max_horizon, meta_loss, log_meta_loss, "
+                                    "horizon_aware, param_scale, num_pairs, sigma"),
     ("tbptt", {"truncation_length": 30, "min_horizon": 20, "max_horizon": 20},
      "UnrollConfig.truncation_length: must not exceed min_horizon (20), got 30"),
     ("tbptt", {"num_particles": 0}, "TBPTT.num_particles: must be > 0, got 0"),
@@ -136,6 +145,11 @@ def test_make_estimator_errors(name, kwargs, message):
   with pytest.raises(ValueError) as e:
     make_estimator(name, LOPT, FAMILY, **kwargs)
   assert str(e.value) == message
+
+
+def test_full_es_unrolls_its_whole_horizon_whatever_its_length():
+  est = make_estimator("full_es", LOPT, FAMILY, min_horizon=7, max_horizon=7)
+  assert (est.unroll.truncation_length, est.unroll.stagger, est.horizon) == (7, False, 7)
 
 
 def test_estimators_are_complete_when_constructed():

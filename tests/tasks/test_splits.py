@@ -432,7 +432,8 @@ def test_meta_training_never_reads_the_test_split(name, meta_loss):
                                     **_UNROLL)
   else:
     family = _RecordingFamily(tasks.QuadraticFamily(dim=4), log)
-    est = registry.make_estimator(name, lopt, family, meta_loss=meta_loss, **_UNROLL,
+    unroll = {k: v for k, v in _UNROLL.items() if k in registry.estimator_fields(name)}
+    est = registry.make_estimator(name, lopt, family, meta_loss=meta_loss, **unroll,
                                   **_COUNTS[name])
   # The splits are recorded when the programs are traced: tracing init and a dispatch of two
   # outer steps (jax.eval_shape, nothing compiled or run) covers every path they take.
