@@ -71,6 +71,9 @@ class EstimatorConfig:
                                             "trainings")
   num_particles: int = _est("num_particles", help="inner trainings per estimate")
   sigma: float = _est("sigma", help="std of the meta-parameter perturbation")
+  sign_delta: float = _est("sign_delta", help="0: each antithetic pair's loss difference as "
+                                              "is; s > 0: s * the sign of its mean (VeLO's "
+                                              "sign_delta_loss_scalar)")
   truncation_length: int = _est("truncation_length", help="inner steps per truncated unroll "
                                                           "(full_es: one unroll of the horizon)")
   min_horizon: int = _est("min_horizon", help="shortest inner training before its task is "

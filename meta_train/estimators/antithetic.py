@@ -82,6 +82,28 @@ def perturbed_pair(meta_params: Any, eps: Any) -> Any:
   return stack_pair(pos, neg)
 
 
+def sign_deltas(delta: jax.Array, scale: float) -> jax.Array:
+  """Each pair's loss differences replaced by ``scale`` times the sign of their mean.
+
+  .. math::
+    \Delta_{i,t} \leftarrow s\, \mathrm{sign}\big(\tfrac1K \textstyle\sum_t \Delta_{i,t}\big)
+
+  The estimate then carries which member of each pair did better, not by how much: a task
+  whose losses are a hundred times larger no longer steers the meta-gradient a hundred times
+  harder (learned_optimization's ``sign_delta_loss_scalar``, used for VeLO, arXiv 2211.09760,
+  and Celo, arXiv 2501.12670).
+
+  Args:
+    delta: ``(num_pairs,)`` or ``(num_pairs, K)`` loss differences ``L⁺ − L⁻``.
+    scale: ``s > 0``.
+
+  Returns:
+    An array shaped like ``delta``.
+  """
+  mean = delta if delta.ndim == 1 else jnp.mean(delta, axis=-1, keepdims=True)
+  return jnp.broadcast_to(scale * jnp.sign(mean), delta.shape).astype(delta.dtype)
+
+
 def antithetic_grads(directions: Any, delta: jax.Array, sigma: float) -> Any:
   """Per-pair antithetic estimates ``d_i (L⁺_i − L⁻_i) / (2σ²)``.
 
@@ -108,16 +130,22 @@ class AntitheticEstimator(est_lib.Estimator):
   Attributes:
     num_pairs: antithetic pairs per estimate (``2 * num_pairs`` unrolls).
     sigma: standard deviation σ of the perturbation ε.
+    sign_delta: ``0`` (the default) uses each pair's loss differences as they are; ``s > 0``
+      replaces them by ``s`` times the sign of their mean (:func:`sign_deltas`).
   """
 
   num_pairs: int = 8
   sigma: float = 0.01
+  sign_delta: float = 0.0
 
   def __post_init__(self):
     super().__post_init__()
     errors.check_positive_int(type(self).__name__, "num_pairs", self.num_pairs)
     if not self.sigma > 0:
       raise errors.FieldError(type(self).__name__, "sigma", f"must be > 0, got {self.sigma!r}")
+    if isinstance(self.sign_delta, bool) or not (0.0 <= self.sign_delta < float("inf")):
+      raise errors.FieldError(type(self).__name__, "sign_delta",
+                              f"must be >= 0 and finite (0: off), got {self.sign_delta!r}")
 
   @property
   def pair_unroll(self) -> unroll_lib.UnrollConfig:

@@ -91,4 +91,4 @@ class FullES(antithetic.AntitheticEstimator):
 
   def pair_update(self, eps, state, particles, pos, neg):
     del particles
-    return es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma), state
+    return es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma, self.sign_delta), state

@@ -28,7 +28,7 @@ from meta_train.estimators import antithetic
 
 
 def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses: jax.Array,
-                   after_reset: jax.Array, sigma: float) -> Any:
+                   after_reset: jax.Array, sigma: float, sign_delta: float = 0.0) -> Any:
   """Per-pair PES gradients (arXiv 2112.13835, Alg. 2, with a reset inside the truncation).
 
   .. math::
@@ -45,6 +45,8 @@ def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses
     neg_losses: (num_pairs, K) per-step meta-losses of the ``θ − ε`` members.
     after_reset: (num_pairs, K) bool, the step belongs to a run begun in this truncation.
     sigma: the perturbation standard deviation σ.
+    sign_delta: ``s > 0``: each pair's ``Δ`` is replaced by ``s`` times the sign of its mean
+      over the truncation (:func:`~meta_train.estimators.antithetic.sign_deltas`); 0: off.
 
   Returns:
     Per-pair gradient estimates, shaped like ``eps``.
@@ -52,6 +54,8 @@ def pes_pair_grads(eps: Any, accumulator: Any, pos_losses: jax.Array, neg_losses
   k = pos_losses.shape[-1]
   after = after_reset.astype(jnp.float32)
   delta = pos_losses - neg_losses
+  if sign_delta:
+    delta = antithetic.sign_deltas(delta, sign_delta)
   delta_before = jnp.sum(delta * (1.0 - after), axis=-1) / k
   delta_after = jnp.sum(delta * after, axis=-1) / k
   xi = jax.tree.map(jnp.add, accumulator, eps)
@@ -112,5 +116,5 @@ class PES(antithetic.AntitheticEstimator):
   def pair_update(self, eps, state, particles, pos, neg):
     """PES gradients and accumulators (``after_reset``/``reset`` are the same for both members)."""
     per_pair = pes_pair_grads(eps, state.accumulator, pos.losses, neg.losses, pos.after_reset,
-                              self.sigma)
+                              self.sigma, self.sign_delta)
     return per_pair, PESState(particles, pes_accumulate(state.accumulator, eps, pos.reset))

@@ -25,7 +25,8 @@ from meta_train import unroll as unroll_lib
 from meta_train.estimators import antithetic
 
 
-def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: float) -> Any:
+def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: float,
+                  sign_delta: float = 0.0) -> Any:
   """Per-pair antithetic ES gradients ``ε_i (L⁺_i − L⁻_i) / (2σ²)`` (arXiv 2112.13835, Eq. 3).
 
   Args:
@@ -33,11 +34,16 @@ def es_pair_grads(eps: Any, pos_loss: jax.Array, neg_loss: jax.Array, sigma: flo
     pos_loss: (num_pairs,) meta-losses ``L⁺_i`` of the ``θ + ε_i`` members.
     neg_loss: (num_pairs,) meta-losses ``L⁻_i`` of the ``θ − ε_i`` members.
     sigma: the perturbation standard deviation σ.
+    sign_delta: ``s > 0``: ``s · sign(L⁺_i − L⁻_i)`` replaces the difference
+      (:func:`~meta_train.estimators.antithetic.sign_deltas`); 0: off.
 
   Returns:
     Per-pair gradient estimates, shaped like ``eps``.
   """
-  return antithetic.antithetic_grads(eps, pos_loss - neg_loss, sigma)
+  delta = pos_loss - neg_loss
+  if sign_delta:
+    delta = antithetic.sign_deltas(delta, sign_delta)
+  return antithetic.antithetic_grads(eps, delta, sigma)
 
 
 class TruncatedESState(NamedTuple):
@@ -68,5 +74,5 @@ class TruncatedES(antithetic.AntitheticEstimator):
     """ES gradients; each particle continues from its ``θ + ε`` branch."""
     del state
     pos_particles, _ = antithetic.split_pair(particles)
-    return (es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma),
+    return (es_pair_grads(eps, pos.meta_loss, neg.meta_loss, self.sigma, self.sign_delta),
             TruncatedESState(pos_particles))

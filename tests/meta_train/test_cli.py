@@ -100,8 +100,8 @@ def test_unreadable_config_in_run_dir_is_refused(tmp_path, capsys):
   assert e.value.code == cli.EXIT_CONFIG_ERROR
   err = capsys.readouterr().err
   assert ("estimator.horizon: unknown field; known fields of estimator: name, num_pairs, "
-          "num_particles, sigma, truncation_length, min_horizon, max_horizon, stagger, "
-          "meta_loss") in err
+          "num_particles, sigma, sign_delta, truncation_length, min_horizon, max_horizon, "
+          "stagger, meta_loss") in err
   assert "another --run-dir" in err
 
 

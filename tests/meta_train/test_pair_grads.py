@@ -44,6 +44,48 @@ def test_pes_pair_grads_split_at_the_reset():
          es_pair_grads({"w": acc["w"] + eps["w"]}, pos.mean(-1), neg.mean(-1), 1.0))
 
 
+def test_sign_deltas_keep_only_which_member_did_better():
+  # ES: (2, -1, 0) -> s * (1, -1, 0) with s = 0.5.
+  np.testing.assert_array_equal(antithetic.sign_deltas(jnp.array([2.0, -1.0, 0.0]), 0.5),
+                                [0.5, -0.5, 0.0])
+  # PES: the sign of each pair's mean over the truncation, at every step: pair 0's mean is
+  # (1 + 1 - 3) / 3 < 0 although two of its steps are positive.
+  d = jnp.array([[1.0, 1.0, -3.0], [0.1, 0.0, 0.2]])
+  np.testing.assert_array_equal(antithetic.sign_deltas(d, 2.0), [[-2.0] * 3, [2.0] * 3])
+
+
+def test_es_pair_grads_with_sign_delta():
+  # Deltas (2, -1) -> (1, -1) with s = 1; 2 sigma^2 = 0.5: scales 2 and -2. A pair whose
+  # losses differ by 1,000 counts as much as one whose differ by 2.
+  eps = {"a": jnp.array([[1.0, 2.0], [-1.0, 0.5]])}
+  _close(es_pair_grads(eps, jnp.array([3.0, 1.0]), jnp.array([1.0, 2.0]), 0.5, 1.0),
+         {"a": [[2.0, 4.0], [2.0, -1.0]]})
+  _close(es_pair_grads(eps, jnp.array([1001.0, 1.0]), jnp.array([1.0, 2.0]), 0.5, 1.0),
+         {"a": [[2.0, 4.0], [2.0, -1.0]]})
+
+
+def test_pes_pair_grads_with_sign_delta():
+  # As test_pes_pair_grads_split_at_the_reset, with s = 1: pair 0's mean delta 1.5 > 0 gives
+  # deltas (1, 1 | 1, 1): before = 0.5 with xi = 3, after = 0.5 with eps = 1:
+  # 3 * 0.5 / 2 + 1 * 0.5 / 2 = 1. Pair 1's deltas stay -1: 0.75 as before.
+  eps = {"w": jnp.array([[1.0], [-2.0]])}
+  acc = {"w": jnp.array([[2.0], [0.5]])}
+  pos = jnp.array([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]])
+  neg = jnp.array([[0.0, 1.0, 1.0, 2.0], [2.0, 2.0, 2.0, 2.0]])
+  after = jnp.array([[False, False, True, True], [False, False, False, False]])
+  _close(pes_pair_grads(eps, acc, pos, neg, after, 1.0, 1.0), {"w": [[1.0], [0.75]]})
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), True])
+def test_sign_delta_must_be_a_finite_non_negative_number(bad):
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train.estimators import registry  # pylint: disable=import-outside-toplevel
+  from tasks.quadratic import QuadraticFamily  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="sign_delta: must be >= 0 and finite"):
+    registry.make_estimator("pes", learned_opt.SGDMomentum(), QuadraticFamily(dim=2),
+                            sign_delta=bad)
+
+
 def test_pes_accumulate_restarts_at_a_reset():
   # Pair 0 started a new run: its accumulator restarts from eps; pair 1 adds eps.
   acc = {"w": jnp.array([[2.0, 1.0], [0.5, 0.0]])}

@@ -94,9 +94,11 @@ _UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "log_
 
 
 @pytest.mark.parametrize("name, cls, own", [("tbptt", TBPTT, {"num_particles": 3}),
-                                            ("es", TruncatedES, {"num_pairs": 2, "sigma": 0.1}),
-                                            ("pes", PES, {"num_pairs": 2, "sigma": 0.1}),
-                                            ("full_es", FullES, {"num_pairs": 2, "sigma": 0.1})])
+                                            ("es", TruncatedES, {"num_pairs": 2, "sigma": 0.1,
+                                                                    "sign_delta": 0.0}),
+                                            ("pes", PES, {"num_pairs": 2, "sigma": 0.1, "sign_delta": 1.0}),
+                                            ("full_es", FullES, {"num_pairs": 2, "sigma": 0.1,
+                                                                      "sign_delta": 0.5})])
 def test_make_estimator(name, cls, own):
   assert registry.ESTIMATORS[name] is cls and cls.name == name
   whole = name == "full_es"  # one unroll of the whole horizon: no truncation, no stagger
@@ -112,7 +114,7 @@ def test_make_estimator(name, cls, own):
   assert est == cls(LOPT, FAMILY, est.unroll, **own)
 
 
-_PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma"))
+_PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma", "sign_delta"))
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
@@ -129,10 +131,11 @@ _PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma"))
      "FullES.min_horizon: full_es unrolls one fixed horizon: must equal max_horizon (20), got 10"),
     ("full_es", {"truncation_length": 5, "min_horizon": 20, "max_horizon": 20},
      "estimator 'full_es' has no field 'truncation_length'; its fields: min_horizon, max_horizon, "
-     "meta_loss, log_meta_loss, horizon_aware, param_scale, num_pairs, sigma"),
+     "meta_loss, log_meta_loss, horizon_aware, param_scale, num_pairs, sigma, sign_delta"),
     ("full_es", {"stagger": False}, "estimator 'full_es' has no field 'stagger'; its fields: "
                                     "min_horizon, max_horizon, meta_loss, log_meta_loss, "
-                                    "horizon_aware, param_scale, num_pairs, sigma"),
+                                    "horizon_aware, param_scale, num_pairs, sigma, "
+                                    "sign_delta"),
     ("tbptt", {"truncation_length": 30, "min_horizon": 20, "max_horizon": 20},
      "UnrollConfig.truncation_length: must not exceed min_horizon (20), got 30"),
     ("tbptt", {"num_particles": 0}, "TBPTT.num_particles: must be > 0, got 0"),
