@@ -155,8 +155,8 @@ def build_family(name: str, opt: Optimizer):
   """The family ``name`` as the optimizer saw it: its training family with the provenance's
   ``task.kwargs`` (e.g. a mixture's own members), any other family as registered (or as its
   import path builds it)."""
-  family = get_family(name, opt)
   task = opt.run_config.get("task") or {}
+  family = get_family(name, opt if name == task.get("family") else None)
   kwargs = task.get("kwargs") or {}
   if name != task.get("family") or not kwargs:
     return family

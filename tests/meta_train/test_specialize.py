@@ -102,6 +102,16 @@ def test_meta_eval_refuses_a_training_family_it_cannot_import(tmp_path, capsys):
                  "module 'no_such_package.families' (No module named 'no_such_package'); is its "
                  "package installed or on PYTHONPATH?")
   assert not out.exists()
+  # A family named with --family is not the one the optimizer was trained on: said plainly.
+  with pytest.raises(suites.EvalError, match="^task family 'no_such_package.other:make'"):
+    suites.build_family("no_such_package.other:make", opt)
+
+
+def test_meta_eval_families_take_import_paths(user_package):
+  del user_package
+  suites.check_families(["quadratic", USER])  # no error: both build
+  with pytest.raises(suites.EvalError, match="'user_family' has no attribute 'nope'"):
+    suites.check_families(["quadratic", "user_family:nope"])
 
 
 def test_meta_trains_end_of_run_evaluation_names_the_draws_by_task_family(tmp_path,
