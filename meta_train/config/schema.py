@@ -250,8 +250,8 @@ PRESETS: dict[str, RunConfig] = {
 # tabular MLP, train loss on 8 fresh inits) quickstart's valid meta-loss lost to tuned Adam 8
 # of 8 and the train one won 8 of 8 against tuned Adam and tuned cosine Adam; no committed
 # meta-eval report yet. Quickstart's unrolls, a little cheaper (the train meta-loss reuses the
-# inner steps' losses): 7.3 outer steps/s on digits_mlp where quickstart ran 6.8, on 2 shared
-# CPU cores (load ~8).
+# inner steps' losses): on digits_mlp 8.2 minutes on 2 shared CPU cores (load ~10), evaluation
+# included.
 PRESETS["specialize"] = dataclasses.replace(
     PRESETS["quickstart"],
     estimator=dataclasses.replace(PRESETS["quickstart"].estimator, meta_loss="train"))
