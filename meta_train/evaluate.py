@@ -90,7 +90,8 @@ def evaluate_and_report(lopt, meta_params, family, out_dir: str,
                         config: EvalConfig = EvalConfig(), *,
                         label: str | None = None,
                         cache_dir: str | None = None,
-                        horizon_aware: bool = False) -> dict[str, Any]:
+                        horizon_aware: bool = False,
+                        family_name: str | None = None) -> dict[str, Any]:
   """The ``in_distribution`` suite on ``family`` (a run's own family): writes the report.
 
   Writes ``out_dir/eval.json``, ``eval.md`` and ``eval_curves.png`` (the same report
@@ -99,14 +100,17 @@ def evaluate_and_report(lopt, meta_params, family, out_dir: str,
 
   Args:
     lopt, meta_params: the learned optimizer.
-    family: the task family it was meta-trained on (its ``name`` names the draws).
+    family: the task family it was meta-trained on.
     out_dir: report directory.
     config: an :class:`EvalConfig`.
     label: the optimizer's name in the report (default: ``out_dir``'s base name).
     cache_dir: baseline cache directory (default :func:`default_dir`).
     horizon_aware: evaluate with ``num_steps`` = the run length (``estimator.horizon_aware``).
+    family_name: names the draws and the report's family (default: ``family.name``);
+      ``meta-train`` passes its ``task.family``, so ``meta-eval``'s ``in_distribution`` suite
+      of the same seed and stream draws the same tasks (an import path included).
   """
-  name = getattr(family, "name", type(family).__name__)
+  name = family_name or getattr(family, "name", type(family).__name__)
   label = label or os.path.basename(os.path.abspath(out_dir))
   result = evaluate_family(lopt, meta_params, family, name, config, label=label,
                            suite="in_distribution", horizon_aware=horizon_aware,

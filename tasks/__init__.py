@@ -1,11 +1,12 @@
 """tasks: learning problems (`Task`) and distributions over them (`TaskFamily`).
 
-`tasks.families()` is the registry of built-in families; `tasks.get(name)` builds one.
+`tasks.families()` is the registry of built-in families; `tasks.get(name)` builds one, or a
+user's own from an import path ``"package.module:function"``.
 """
 
 from tasks.base import (EVAL_SIZE, SPLITS, Task, TaskFamily, clip_to_ceiling, families,
                         family_names, get, register_family)
-from tasks.base import UnknownFamilyError
+from tasks.base import FamilyImportError, UnknownFamilyError, is_import_path
 from tasks.quadratic import QuadraticFamily, QuadraticTask
 from tasks import text
 from tasks.language_model import LanguageModelFamily, TransformerLMTask
@@ -41,6 +42,8 @@ __all__ = [
     "get",
     "register_family",
     "UnknownFamilyError",
+    "FamilyImportError",
+    "is_import_path",
     "datasets",
     "ClassifierFamily",
     "ClassifierTask",

@@ -23,6 +23,7 @@ Contract (docs/architecture.md, "Tasks and task families"):
 from __future__ import annotations
 
 import abc
+import importlib
 from typing import Any, Callable
 
 import jax
@@ -119,10 +120,18 @@ class TaskFamily(abc.ABC):
 
 
 _FAMILIES: dict[str, Callable[[], TaskFamily]] = {}
+# Separates the module from the function in an import path ``"package.module:function"``.
+IMPORT_PATH_SEPARATOR = ":"
 
 
 def register_family(name: str, factory: Callable[[], TaskFamily]) -> None:
-  """Registers ``factory`` (a no-argument callable building the default family) under ``name``."""
+  """Registers ``factory`` (a no-argument callable building the default family) under ``name``.
+
+  A name holds no ``":"``: that marks an import path (:func:`get`).
+  """
+  if IMPORT_PATH_SEPARATOR in name:
+    raise ValueError(f"A registered family name holds no {IMPORT_PATH_SEPARATOR!r} (that marks "
+                     f"an import path), got {name!r}")
   if name in _FAMILIES:
     raise ValueError(f"A task family named {name!r} is already registered.")
   _FAMILIES[name] = factory
@@ -149,13 +158,86 @@ class UnknownFamilyError(KeyError, ValueError):
 
 
 def get(name: str) -> TaskFamily:
-  """The registered family ``name`` with its default configuration.
+  """The family ``name``: a registered one with its default configuration, or a user's own.
+
+  A ``name`` holding a ``":"`` is an import path ``"package.module:function"``: the module is
+  imported and ``function()`` (no arguments) must return a :class:`TaskFamily`, e.g. one built
+  with :func:`tasks.from_flax` and :func:`tasks.as_family`. It is resolved again at each call
+  (as a registered factory is called again), so a process that can import the module can
+  rebuild the family from the name alone (meta-train's config, an optimizer's provenance).
+
+  Example::
+
+    # my_project/families.py
+    def digits_regressor():
+      return tasks.as_family(tasks.from_flax(MLP, None, mse, data, batch_size=32))
+
+    tasks.get("my_project.families:digits_regressor")
 
   Raises:
     UnknownFamilyError: (a ``KeyError`` and ``ValueError``) naming the unknown family and
       listing the known ones.
+    FamilyImportError: (an :class:`UnknownFamilyError`) naming the import path and what went
+      wrong: the module cannot be imported, the attribute is missing or not callable, the call
+      raised, or it returned something that is not a :class:`TaskFamily`.
   """
+  if is_import_path(name):
+    return _import_family(name)
   if name not in _FAMILIES:
     raise UnknownFamilyError(
-        f"Unknown task family {name!r}; known families: {', '.join(sorted(_FAMILIES))}")
+        f"Unknown task family {name!r}; known families: {', '.join(sorted(_FAMILIES))}, or an "
+        f"import path package.module:function")
   return _FAMILIES[name]()
+
+
+
+class FamilyImportError(UnknownFamilyError):
+  """Raised by :func:`get` for an import path that does not give a :class:`TaskFamily`."""
+
+
+def is_import_path(name: str) -> bool:
+  """Whether ``name`` is an import path ``"package.module:function"`` (it holds a ``":"``)."""
+  return isinstance(name, str) and IMPORT_PATH_SEPARATOR in name
+
+
+def _import_family(path: str) -> TaskFamily:
+  """``function()`` of the import path ``"package.module:function"``, checked to be a family."""
+  module_name, _, attr = path.partition(IMPORT_PATH_SEPARATOR)
+  parts = attr.split(".")
+  if (not module_name or not all(p.isidentifier() for p in module_name.split("."))
+      or not all(p.isidentifier() for p in parts)):
+    raise FamilyImportError(f"task family {path!r} is not an import path "
+                            f"package.module:function")
+  try:
+    obj = importlib.import_module(module_name)
+  except ImportError as e:
+    raise FamilyImportError(f"task family {path!r}: cannot import module {module_name!r} "
+                            f"({e}); is its package installed or on PYTHONPATH?") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise FamilyImportError(f"task family {path!r}: importing module {module_name!r} raised "
+                            f"{_first_line(e)}") from e
+  for i, part in enumerate(parts):
+    if not hasattr(obj, part):
+      where = module_name + "".join(f".{p}" for p in parts[:i])
+      raise FamilyImportError(f"task family {path!r}: {where!r} has no attribute {part!r}")
+    obj = getattr(obj, part)
+  if not callable(obj):
+    raise FamilyImportError(f"task family {path!r}: {attr!r} is not callable (a "
+                            f"{type(obj).__name__}); give a function returning a "
+                            f"tasks.TaskFamily")
+  try:
+    family = obj()
+  except Exception as e:  # pylint: disable=broad-except
+    raise FamilyImportError(f"task family {path!r}: calling {attr}() raised "
+                            f"{_first_line(e)}") from e
+  if not isinstance(family, TaskFamily):
+    raise FamilyImportError(f"task family {path!r}: {attr}() returned a "
+                            f"{type(family).__name__}, not a tasks.TaskFamily (wrap a task with "
+                            f"tasks.as_family)")
+  return family
+
+
+def _first_line(e: BaseException) -> str:
+  """``"TypeName: first line of the message"``."""
+  text = str(e).splitlines()[0] if str(e) else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__

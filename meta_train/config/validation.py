@@ -214,9 +214,12 @@ def build(cfg: RunConfig) -> Built:
   if cfg.optimizer.name not in archs:
     raise ConfigError("optimizer.name", f"unknown architecture {cfg.optimizer.name!r}; "
                                         f"known: {', '.join(sorted(archs))}")
-  if cfg.task.family not in tasks.family_names():
+  if tasks.is_import_path(cfg.task.family):
+    get_family(cfg.task.family)  # its own error first (the kwargs' checks would hide it)
+  elif cfg.task.family not in tasks.family_names():
     raise ConfigError("task.family", f"unknown task family {cfg.task.family!r}; "
-                                     f"known: {', '.join(tasks.family_names())}")
+                                     f"known: {', '.join(tasks.family_names())}, or an import "
+                                     f"path package.module:function")
   cfg = dataclasses.replace(
       cfg,
       optimizer=dataclasses.replace(cfg.optimizer, kwargs=_check_kwargs(cfg, "optimizer")),
@@ -312,10 +315,19 @@ def build_estimator(cfg: RunConfig, lopt, family):
     raise ConfigError(path, e.message) from None
 
 
-def build_family(cfg: RunConfig):
-  """The task family ``tasks.get(family)`` with ``task.kwargs`` replacing its fields."""
+def get_family(name: str):
+  """``tasks.get(name)``, its failure (an import path that gives no family) a ConfigError."""
   import tasks  # pylint: disable=import-outside-toplevel
-  family = tasks.get(cfg.task.family)
+  try:
+    return tasks.get(name)
+  except tasks.UnknownFamilyError as e:
+    raise ConfigError("task.family", str(e)) from None
+
+
+def build_family(cfg: RunConfig):
+  """The task family ``tasks.get(family)`` (a registered name or an import path
+  ``package.module:function``) with ``task.kwargs`` replacing its fields."""
+  family = get_family(cfg.task.family)
   if not cfg.task.kwargs:
     return family
   if not dataclasses.is_dataclass(family):

@@ -1,7 +1,8 @@
 """Named evaluation suites and what they are built from: the optimizer file and its provenance.
 
 * ``in_distribution``: held-out tasks of the optimizer's training family (``task.family`` of
-  the provenance's config), ``num_steps`` steps, against every baseline of the registry.
+  the provenance's config: a registered name, or a user's import path resolved again here),
+  ``num_steps`` steps, against every baseline of the registry.
 * ``out_of_distribution``: the registered families absent from the training set (a
   ``mixture``'s members count as trained; the ``mixture`` itself and ``lm_transformer_small``,
   a costlier copy of ``lm_transformer_tiny``, are left out), same measures.
@@ -108,7 +109,8 @@ def load_optimizer(spec: str) -> Optimizer:
 
 
 def training_family(opt: Optimizer) -> str:
-  """The family the optimizer was meta-trained on (from its provenance)."""
+  """The family the optimizer was meta-trained on (from its provenance): a registered name or
+  an import path ``package.module:function``."""
   name = (opt.run_config.get("task") or {}).get("family")
   if not name:
     raise EvalError(f"optimizer {opt.label!r} has no training family in its provenance; "
@@ -137,11 +139,24 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+def get_family(name: str, opt: Optimizer | None = None):
+  """``tasks.get(name)`` (a registered name or an import path ``package.module:function``);
+  :class:`EvalError` when it does not give a family (e.g. the module of the path an optimizer
+  was meta-trained on cannot be imported here)."""
+  try:
+    return tasks.get(name)
+  except tasks.UnknownFamilyError as e:
+    if opt is not None and tasks.is_import_path(name):
+      raise EvalError(f"optimizer {opt.label!r} was meta-trained on {e}") from None
+    raise EvalError(str(e)) from None
+
+
 def build_family(name: str, opt: Optimizer):
   """The family ``name`` as the optimizer saw it: its training family with the provenance's
-  ``task.kwargs`` (e.g. a mixture's own members), any other family as registered."""
-  family = tasks.get(name)
+  ``task.kwargs`` (e.g. a mixture's own members), any other family as registered (or as its
+  import path builds it)."""
   task = opt.run_config.get("task") or {}
+  family = get_family(name, opt if name == task.get("family") else None)
   kwargs = task.get("kwargs") or {}
   if name != task.get("family") or not kwargs:
     return family
@@ -202,10 +217,14 @@ def plan(suite: str, opt: Optimizer, config,
 
 
 def check_families(names) -> None:
-  """:class:`EvalError` naming the first unregistered family and the valid ones."""
+  """:class:`EvalError` naming the first unregistered family and the valid ones (an import
+  path ``package.module:function`` is built, so its errors come before any compute)."""
   for n in names:
-    if n not in tasks.family_names():
-      raise EvalError(f"unknown family {n!r}; valid: {', '.join(tasks.family_names())}")
+    if tasks.is_import_path(n):
+      get_family(n)
+    elif n not in tasks.family_names():
+      raise EvalError(f"unknown family {n!r}; valid: {', '.join(tasks.family_names())}, or an "
+                      f"import path package.module:function")
 
 
 def eval_key(seed: int, family_name: str, draws: str = "dev") -> jax.Array:

@@ -162,7 +162,8 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
   """
   from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
   return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval,
-                                      horizon_aware=cfg.estimator.horizon_aware)
+                                      horizon_aware=cfg.estimator.horizon_aware,
+                                      family_name=cfg.task.family)
 
 
 class _Interval:
