@@ -143,3 +143,53 @@ def samples_figure(samples: dict, path: str, title: str) -> str:
   save_png(fig, path)
   plt.close(fig)
   return path
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """Trailing mean over the last ``window`` values (fewer at the start)."""
+  values = np.asarray(values, np.float64)
+  csum = np.concatenate([[0.0], np.cumsum(values)])
+  idx = np.arange(1, len(values) + 1)
+  lo = np.maximum(0, idx - window)
+  return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def meta_loss_figure(runs: dict, path: str, title: str, window: int = 10) -> str:
+  """Meta-loss against outer steps (logged points, faint; trailing mean of ``window`` logged
+  points, solid), one line per run, with the meta-gradient norm below.
+
+  Args:
+    runs: ``{label: records}``, records as ``metrics.jsonl`` holds them (``step``,
+      ``meta_loss``, ``grad_norm``).
+    path: the PNG to write.
+    title: the figure's title.
+    window: logged points averaged by the solid line.
+
+  Returns:
+    ``path``.
+  """
+  plt = _plt()
+  fig, (ax, ax_g) = plt.subplots(2, 1, figsize=(7.0, 5.0), sharex=True,
+                                 gridspec_kw={"height_ratios": (2, 1)})
+  for i, (label, records) in enumerate(runs.items()):
+    rows = [r for r in records if "meta_loss" in r and "step" in r]
+    if not rows:
+      continue
+    color = f"C{i % 10}"
+    steps = np.array([r["step"] for r in rows], np.float64)
+    loss = np.array([r["meta_loss"] for r in rows], np.float64)
+    ax.plot(steps, loss, color=color, alpha=0.25, lw=0.8)
+    ax.plot(steps, running_mean(loss, window), color=color, lw=1.6, label=label)
+    norms = np.array([r.get("grad_norm", np.nan) for r in rows], np.float64)
+    ax_g.plot(steps, running_mean(norms, window), color=color, lw=1.2)
+  ax.set_ylabel("meta-loss", fontsize=8)
+  ax_g.set_ylabel("meta-gradient norm", fontsize=8)
+  ax_g.set_yscale("log")
+  ax_g.set_xlabel("outer step", fontsize=8)
+  ax.legend(fontsize=7, frameon=False)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  save_png(fig, path)
+  plt.close(fig)
+  return path

@@ -6,6 +6,7 @@ A run directory holds::
   metrics.jsonl           one JSON object per logged step
   checkpoints/<step>/     orbax checkpoints of the whole MetaTrainerState (+ a digest)
   optimizer.safetensors   the learned optimizer (learned_opt.save), rewritten at every checkpoint
+  meta_loss.png           meta-loss and meta-gradient norm against outer steps, at the end
   wandb/                  the wandb run (offline by default)
   eval.{json,md,png}      the final evaluation report, if eval.enabled
 
@@ -44,6 +45,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
+META_LOSS_FIGURE = "meta_loss.png"
 
 
 class RunDirError(ValueError):
@@ -164,6 +166,18 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
   return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval,
                                       horizon_aware=cfg.estimator.horizon_aware,
                                       family_name=cfg.task.family)
+
+
+def write_meta_loss_figure(run_dir: str) -> str | None:
+  """Writes ``meta_loss.png`` (meta-loss and meta-gradient norm against outer steps) from the
+  run's ``metrics.jsonl``; returns its path (``None`` when nothing was logged)."""
+  from meta_train.evaluation import figures  # pylint: disable=import-outside-toplevel
+  records = log_lib.MetricsFile.read(os.path.join(run_dir, METRICS_FILE))
+  if not records:
+    return None
+  return figures.meta_loss_figure({os.path.basename(os.path.normpath(run_dir)): records},
+                                  os.path.join(run_dir, META_LOSS_FIGURE),
+                                  "meta-loss against outer steps")
 
 
 class _Interval:
@@ -319,6 +333,7 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
   progress.close()
   if writer:
     export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command)
+    write_meta_loss_figure(run_dir)
   eval_summary = None
   if cfg.eval.enabled and writer:
     eval_summary = run_evaluation(cfg, lopt, state.meta_params, family, run_dir)

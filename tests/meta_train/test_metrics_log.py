@@ -143,7 +143,8 @@ def _tiny_run(run_dir):
   import meta_train.evaluate as ev  # pylint: disable=import-outside-toplevel
   calls = []
 
-  def fake_eval(lopt, meta_params, family, out_dir, config, *, horizon_aware):
+  def fake_eval(lopt, meta_params, family, out_dir, config, *, horizon_aware, family_name):
+    assert family_name == "quadratic"  # the run's task.family names the held-out draws
     calls.append((lopt, meta_params, family, out_dir, config, horizon_aware))
     return {"win_fraction": 0.5, "files": ["report.json"]}
 
@@ -191,6 +192,8 @@ def _check_metrics_wandb_and_bar(tiny_run):
   assert "step 2/8 |" not in out  # no plain metric lines while the bar is shown
   assert C.from_json((run_dir / "config.json").read_text()) == cfg
   assert (run_dir / "optimizer.safetensors").exists()
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  assert Image.open(run_dir / "meta_loss.png").mode == "P"  # the meta-loss curve, at the end
 
 
 def _check_evaluation_hook(tiny_run):
