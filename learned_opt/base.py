@@ -55,6 +55,10 @@ class LearnedOptimizer(abc.ABC):
   """
 
   name: ClassVar[str] = ""
+  # Meta-trained seeing each run's length as ``num_steps`` (give it ``num_steps`` at use).
+  # Architectures that can be meta-trained so declare a dataclass field of this name, saved
+  # with their config; a composite is horizon-aware when a part is.
+  horizon_aware: ClassVar[bool] = False
 
   @abc.abstractmethod
   def init(self, key: jax.Array) -> MetaParams:
@@ -111,6 +115,8 @@ class LearnedOptimizer(abc.ABC):
     out = {}
     for field in dataclasses.fields(self):  # type: ignore[arg-type]
       value = getattr(self, field.name)
+      if dataclasses.is_dataclass(value):  # a nested frozen config: a JSON object
+        value = dataclasses.asdict(value)
       out[field.name] = list(value) if isinstance(value, tuple) else value
     return out
 
