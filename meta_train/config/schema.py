@@ -39,11 +39,26 @@ def _est(field: str, *, help: str):  # pylint: disable=redefined-builtin
 
 
 @dataclasses.dataclass(frozen=True)
+class StartConfig:
+  """Where meta-training starts: ``lopt.init`` or a start of :mod:`learned_opt.inits`."""
+
+  scheme: Literal["lecun", "adam_like"] = _f(
+      "lecun", help="lecun: lopt.init (random, tiny steps); adam_like: "
+                    "learned_opt.inits.adam_like (a normalised Adam step)")
+  learning_rate: float = _f(5e-3, help="adam_like: the RMS over each tensor of the first step")
+  decay: float = _f(0.0, help="adam_like: k of the initial decay exp(-k t/T) of the step")
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """The learned optimizer to meta-train: an architecture of ``learned_opt.registry()``."""
+  """The learned optimizer to meta-train: an architecture of ``learned_opt.registry()``.
+
+  Its ``horizon_aware`` field (when it has one) is set from ``estimator.horizon_aware``.
+  """
 
   name: str = _f("mlp", help="architecture name in learned_opt.registry()")
   kwargs: dict[str, Any] = _f(help="constructor arguments of the architecture", factory=dict)
+  start: StartConfig = _f(help="where meta-training starts", factory=StartConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +192,9 @@ DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadrat
                    "diffusion_toy2d", "diffusion_digits")
 DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
+# The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
+_ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+
 PRESETS: dict[str, RunConfig] = {
     # Under a minute on CPU, compile included: a few outer steps on 4-d quadratics.
     "smoke": RunConfig(
@@ -193,8 +211,7 @@ PRESETS: dict[str, RunConfig] = {
     # start with an initial decay, horizon-aware unrolls, the held-out (valid) meta-loss and a
     # cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
                                   max_horizon=200, sigma=0.01, meta_loss="valid",
@@ -210,8 +227,8 @@ PRESETS: dict[str, RunConfig] = {
     # costs ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
     # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0, "exp_mult": 1.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "exp_mult": 1.0},
+                                  _ADAM_START),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=500, sigma=0.01, meta_loss="valid",
@@ -226,8 +243,7 @@ PRESETS: dict[str, RunConfig] = {
     # the two diffusion families (2-D toy data with an MLP denoiser, 8x8 digits with a conv
     # one; every target, noise schedule and loss weighting they draw).
     "diffusion": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
         task=TaskConfig("mixture", {"members": DIFFUSION_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=300, sigma=0.01, meta_loss="valid",

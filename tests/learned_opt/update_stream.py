@@ -23,15 +23,18 @@ def params_tree():
           "s": jnp.asarray(0.5, jnp.float32)}
 
 
-def update_hash(tx, num_updates: int = 100) -> str:
+def update_hash(tx, num_updates: int = 100, *, jit: bool = True) -> str:
   """sha256 of the bytes of ``num_updates`` updates of ``tx`` on a fixed gradient stream.
 
   The gradient at step ``t`` is ``p + 0.1 ξ_t`` (a noisy quadratic, ``ξ_t`` normal from a fixed
-  key), the loss ``0.5 Σ p²`` is passed as ``loss=``, and the updates are applied.
+  key), the loss ``0.5 Σ p²`` is passed as ``loss=``, and the updates are applied. With
+  ``jit=False`` every operation runs on its own, in the order the code writes it (XLA may
+  reassociate a product across functions it compiles together, which moves the last bit).
   """
   params = params_tree()
   state = tx.init(params)
-  update = jax.jit(lambda g, s, p, l: tx.update(g, s, p, loss=l))
+  update = lambda g, s, p, l: tx.update(g, s, p, loss=l)
+  update = jax.jit(update) if jit else update
   h = hashlib.sha256()
   for t in range(num_updates):
     keys = jax.random.split(jax.random.fold_in(jax.random.key(3), t), len(params))
@@ -54,4 +57,5 @@ if __name__ == "__main__":
     print(name, update_hash(lopt.transform(theta, num_steps=200)))
   for f in sorted(os.listdir(os.path.join(here, "fixtures"))):
     lopt, theta = learned_opt.load(os.path.join(here, "fixtures", f))
-    print(f, update_hash(lopt.transform(theta, num_steps=200)))
+    tx = lopt.transform(theta, num_steps=200)
+    print(f, update_hash(tx), "eager(30):", update_hash(tx, 30, jit=False))
