@@ -279,13 +279,43 @@ def to_json(cfg: RunConfig) -> str:
   return json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n"
 
 
+# Optimizer kwargs that older configs (run directories, file provenance) used for the start.
+_OLD_START_KWARGS = {"init_learning_rate": "learning_rate", "init_decay": "decay"}
+
+
+def _upgrade_start(data: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Moves an older config's ``optimizer.kwargs.init_*`` into ``optimizer.start``.
+
+  Before starts were functions, ``MLPOptimizer`` took ``init_scheme`` (``"lecun"`` /
+  ``"adam"``), ``init_learning_rate`` and ``init_decay``; a config without a ``start`` section
+  that names them reads as the same start.
+  """
+  optimizer = data.get("optimizer") if isinstance(data, Mapping) else None
+  if not isinstance(optimizer, Mapping) or "start" in optimizer:
+    return data
+  kwargs = optimizer.get("kwargs")
+  if not isinstance(kwargs, Mapping) or "init_scheme" not in kwargs:
+    return data
+  kwargs = dict(kwargs)
+  scheme = kwargs.pop("init_scheme")
+  start = {"scheme": {"adam": "adam_like"}.get(scheme, scheme)}
+  for old, new in _OLD_START_KWARGS.items():
+    if old in kwargs:
+      value = kwargs.pop(old)
+      if start["scheme"] == "adam_like":  # the lecun start never read them
+        start[new] = value
+  return {**data, "optimizer": {**optimizer, "kwargs": kwargs, "start": start}}
+
+
 def from_dict(data: Mapping[str, Any]) -> RunConfig:
   """Builds a :class:`RunConfig` from :func:`to_dict`'s output; missing fields take defaults.
+
+  An older config's ``optimizer.kwargs.init_*`` become its ``optimizer.start``.
 
   Raises:
     ConfigError: for an unknown field or a value of the wrong type, naming its path.
   """
-  return parsing.from_dict(RunConfig, data)
+  return parsing.from_dict(RunConfig, _upgrade_start(data))
 
 
 def from_json(text: str) -> RunConfig:
