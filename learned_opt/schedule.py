@@ -24,6 +24,7 @@ import optax
 from learned_opt import base
 from learned_opt import features as feats_lib
 from learned_opt import mlp as mlp_lib
+from learned_opt import tree_utils
 
 # Bound on the log-multiplier ``s``: the step is scaled by at most e^±10.
 LOG_CLIP = 10.0
@@ -127,10 +128,11 @@ class LearnedSchedule(base.LearnedOptimizer):
     """The float32 scalar ``s`` of step ``step`` (the step is scaled by ``e^s``)."""
     shared = jnp.concatenate([feats_lib.tanh_time_features(step, self.time_scales),
                               feats_lib.horizon_features(step, num_steps)])
-    x = jnp.concatenate([shared.astype(meta_params["w0"].dtype), loss_feats])
-    x = x.astype(jnp.float32)
+    w0 = meta_params["w0"]
+    x = jnp.concatenate([shared.astype(w0.dtype), loss_feats])
+    x = x.astype(jnp.promote_types(w0.dtype, jnp.float32))  # float64 meta-params: in float64
     hi = jax.lax.Precision.HIGHEST
-    h = jax.nn.relu(jnp.dot(x, meta_params["w0"], precision=hi) + meta_params["b0"])
+    h = jax.nn.relu(jnp.dot(x, w0, precision=hi) + meta_params["b0"])
     s = jnp.dot(h, meta_params["w1"], precision=hi)[0] + meta_params["b1"][0]
     return jnp.clip(s, -LOG_CLIP, LOG_CLIP)
 
@@ -155,7 +157,8 @@ class LearnedSchedule(base.LearnedOptimizer):
                            initial_loss=jnp.zeros([], jnp.float32))
 
     def update_fn(updates, state, params=None, **extra_args):
-      del params
+      # Params are not read, but a params tree that is another model's is an error.
+      tree_utils.check_trees(self.name, updates, ("params", params))
       loss = extra_args.get("loss", extra_args.get("value"))
       loss_feats, emas, n_loss, initial = feats_lib.loss_features(
           loss, state.loss_emas, state.loss_count, state.initial_loss, self.loss_decays)

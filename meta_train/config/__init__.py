@@ -18,9 +18,9 @@ Example::
 from meta_train.config.parsing import ConfigError, diff, get_field, type_name
 from meta_train.config.schema import (PRESETS, RESUMABLE_FIELDS, EstimatorConfig, EstimatorName,
                                       EvalConfig, OptimizerConfig, OuterConfig, RunConfig,
-                                      RunSettings, StartConfig, TaskConfig, WandbConfig, fields_table,
-                                      from_dict, from_json, incompatible_fields, preset, to_dict,
-                                      to_json)
+                                      RunSettings, StartConfig, TaskConfig, WandbConfig,
+                                      fields_table, from_dict, from_json, incompatible_fields,
+                                      preset, to_dict, to_json)
 from meta_train.config.validation import (Built, apply_overrides, build, build_estimator,
                                           build_family, build_optimizer, build_start,
                                           check_devices, check_estimator_fields, resolve,
