@@ -414,6 +414,6 @@ def test_learned_curves_and_trained_params_pass_the_loss_to_a_learned_schedule()
   final = float(task.loss(params, k_eval, task.eval_batch("train")))
   np.testing.assert_allclose(curves["train"][0, 0, -1], final, rtol=1e-5)
   # Without the loss the schedule stays at s = 0: a different run.
-  plain = lopt.transform(dict(theta, sched_w1=theta["sched_w1"] * 0.0))
+  plain = lopt.transform(dict(theta, schedule=dict(sched, w1=sched["w1"] * 0.0)))
   other = curves_lib.learned_curves(problem.family, plain, problem.task_params, problem.keys, 5, 1)
   assert abs(float(other["train"][0, 0, -1]) - final) > 1e-3 * abs(final)
