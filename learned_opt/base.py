@@ -133,6 +133,24 @@ class LearnedOptimizer(abc.ABC):
     return cls(**kwargs)
 
 
+def check_meta_params(name: str, meta_params: Any, expected: dict[str, tuple[int, ...]]) -> None:
+  """Raises a ``ValueError`` unless ``meta_params`` is a dict of arrays of the ``expected`` shapes.
+
+  Args:
+    name: the optimizer's name, which starts the message.
+    meta_params: the meta-parameters given to ``scale_by``.
+    expected: ``{key: shape}`` for this config.
+  """
+  if not isinstance(meta_params, dict) or set(meta_params) != set(expected):
+    got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
+    raise ValueError(f"{name}: meta_params must be a dict with keys {sorted(expected)}, "
+                     f"got {got}")
+  for k, shape in expected.items():
+    if tuple(jnp.shape(meta_params[k])) != shape:
+      raise ValueError(f"{name}: meta_params[{k!r}] has shape "
+                       f"{tuple(jnp.shape(meta_params[k]))}, expected {shape} for this config")
+
+
 class ScaleState(NamedTuple):
   """State of :func:`scale_floats`: the step count (used by schedules)."""
 

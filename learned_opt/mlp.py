@@ -275,16 +275,7 @@ class MLPOptimizer(base.LearnedOptimizer):
     return theta
 
   def _check_meta_params(self, meta_params) -> None:
-    expected = self._expected_shapes()
-    if not isinstance(meta_params, dict) or set(meta_params) != set(expected):
-      got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
-      raise ValueError(f"{self.name}: meta_params must be a dict with keys {sorted(expected)}, "
-                       f"got {got}")
-    for k, shape in expected.items():
-      if tuple(jnp.shape(meta_params[k])) != shape:
-        raise ValueError(f"{self.name}: meta_params[{k!r}] has shape "
-                         f"{tuple(jnp.shape(meta_params[k]))}, expected {shape} for this config")
-
+    base.check_meta_params(self.name, meta_params, self._expected_shapes())
 
   # -- the optax transformation -------------------------------------------------------------
 

@@ -113,16 +113,9 @@ class LearnedSchedule(base.LearnedOptimizer):
             "w1": jnp.zeros((h, 1), jnp.float32), "b1": jnp.zeros((1,), jnp.float32)}
 
   def _check_meta_params(self, meta_params) -> None:
-    expected = {"w0": (self.num_inputs, self.hidden_size), "b0": (self.hidden_size,),
-                "w1": (self.hidden_size, 1), "b1": (1,)}
-    if not isinstance(meta_params, dict) or set(meta_params) != set(expected):
-      got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
-      raise ValueError(f"{self.name}: meta_params must be a dict with keys {sorted(expected)}, "
-                       f"got {got}")
-    for k, shape in expected.items():
-      if tuple(jnp.shape(meta_params[k])) != shape:
-        raise ValueError(f"{self.name}: meta_params[{k!r}] has shape "
-                         f"{tuple(jnp.shape(meta_params[k]))}, expected {shape} for this config")
+    base.check_meta_params(self.name, meta_params, {
+        "w0": (self.num_inputs, self.hidden_size), "b0": (self.hidden_size,),
+        "w1": (self.hidden_size, 1), "b1": (1,)})
 
   def log_multiplier(self, meta_params, step, num_steps, loss_feats: jax.Array) -> jax.Array:
     """The float32 scalar ``s`` of step ``step`` (the step is scaled by ``e^s``)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -12,15 +11,11 @@ import pytest
 
 import learned_opt
 from learned_opt import inits
+from learned_opt import testing
 from learned_opt.mlp import MLPOptimizer, TensorFeatures
 
 
-def _sha(theta) -> str:
-  h = hashlib.sha256()
-  for k in sorted(theta):
-    h.update(k.encode())
-    h.update(np.asarray(theta[k]).tobytes())
-  return h.hexdigest()
+_sha = testing.tree_digest
 
 
 # sha256 of MLPOptimizer(init_scheme="adam", **config).init(key(11)) with the code before starts

@@ -12,6 +12,7 @@ import pytest
 import learned_opt
 from learned_opt import features as F
 from learned_opt import inits
+from learned_opt import testing
 from learned_opt.mlp import MLPOptimizer
 from learned_opt.schedule import LearnedSchedule
 
@@ -26,11 +27,7 @@ def _params():
           "s": jnp.asarray(0.3)}
 
 
-def _grads(params, seed=1):
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [0.1 * jax.random.normal(k, p.shape)
-                                      for k, p in zip(keys, leaves)])
+_grads = testing.example_grads
 
 
 def _run(lopt, theta, losses, num_steps=5, key="loss", jit=False):

@@ -1,15 +1,14 @@
 """Typed run configuration: presets, overrides, validation before compilation, JSON round trip."""
 
 import dataclasses
-import hashlib
 import json
 import typing
 
 import jax
-import numpy as np
 import pytest
 
 import learned_opt
+from learned_opt import testing
 from meta_train import config as C
 from meta_train import unroll as ul
 from meta_train.estimators import registry
@@ -281,12 +280,7 @@ def test_a_sections_own_check_becomes_a_config_error_naming_the_field():
 # --- optimizer.start and the optimizer's horizon awareness -----------------------------------
 
 
-def _sha(theta) -> str:
-  h = hashlib.sha256()
-  for k in sorted(theta):
-    h.update(k.encode())
-    h.update(np.asarray(theta[k]).tobytes())
-  return h.hexdigest()
+_sha = testing.tree_digest
 
 
 # sha256 of the presets' initial meta-parameters for key(11), recorded when the start was the
