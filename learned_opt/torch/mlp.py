@@ -8,9 +8,9 @@ network maps them to a direction ``d`` and a magnitude ``μ``:
 .. math::
   u = d \\cdot \\exp(a\\, μ) \\cdot b \\cdot e^{s}
 
-with ``e^s`` the learned schedule's multiplier (when the file has one) and, with
-``schedule_normalize``, ``d exp(a μ)`` divided by its RMS over the tensor and ``b`` replaced by
-the normaliser's ``λ`` (a file composing ``normalize_step``). See
+with ``e^s`` the multiplier of a composed learned schedule (a ``chain`` file whose parts are
+``mlp`` and ``schedule``) and, when ``normalize_step`` sits between them, ``d exp(a μ)``
+divided by its RMS over the tensor and ``b`` replaced by its ``λ``. See
 :class:`learned_opt.MLPOptimizer` for every option; this module
 applies each of them as the optax transform does (same folding of the normalisers and step
 features into the first layer, same non-finite handling). Each parameter tensor is processed in
