@@ -5,22 +5,31 @@ Only jax, optax, numpy and safetensors are needed to import this package.
 
 from learned_opt.base import LearnedOptimizer, MetaParams, register, registry
 from learned_opt.baselines import Adam, SGDMomentum
-from learned_opt.mlp import MLPOptimizer
+from learned_opt.mlp import MLPOptimizer, TensorFeatures
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
-from learned_opt.serialization import FileFormatError, load, provenance, save
+from learned_opt.schedule import LearnedSchedule
+from learned_opt.chain import Chain, chain
+from learned_opt import inits
+from learned_opt import experimental  # registers the pieces that older files may name
+from learned_opt.serialization import FileFormatError, load, provenance, read, save
 from learned_opt.pretrained import (NoHorizonWarning, PretrainedInfo, list_pretrained,
                                     load_pretrained, pretrained, pretrained_info, pretrained_path)
 
 __all__ = [
     "AdafactorMLPOptimizer",
     "Adam",
+    "Chain",
     "FileFormatError",
     "LearnedOptimizer",
+    "LearnedSchedule",
     "MLPOptimizer",
     "MetaParams",
     "NoHorizonWarning",
     "PretrainedInfo",
     "SGDMomentum",
+    "TensorFeatures",
+    "chain",
+    "inits",
     "list_pretrained",
     "load",
     "load_pretrained",
@@ -28,6 +37,7 @@ __all__ = [
     "pretrained_info",
     "pretrained_path",
     "provenance",
+    "read",
     "register",
     "registry",
     "save",

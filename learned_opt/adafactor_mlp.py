@@ -139,6 +139,9 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
     exp_mult: a, the magnitude multiplier.
     step_mult: b, the output scale.
     norm_eps: ``ε`` of the per-tensor feature normalisation (:func:`features.inverse_rms`).
+    horizon_aware: meta-trained with each run's length as ``num_steps`` (read by
+      :func:`learned_opt.pretrained`; this architecture has no horizon features, so it does
+      not change the updates).
 
   References:
     Metz et al., *Practical tradeoffs between memory, compute, and performance in learned
@@ -154,8 +157,11 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
   exp_mult: float = 1e-3
   step_mult: float = 1e-3
   norm_eps: float = feats_lib.NORM_EPS
+  horizon_aware: bool = False
 
   def __post_init__(self):
+    if not isinstance(self.horizon_aware, bool):
+      raise ValueError(f"horizon_aware must be a bool, got {self.horizon_aware!r}")
     if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
       raise ValueError(f"hidden_size must be a positive int, got {self.hidden_size!r}")
     for field in ("momentum_decays", "factored_decays"):

@@ -55,6 +55,10 @@ class LearnedOptimizer(abc.ABC):
   """
 
   name: ClassVar[str] = ""
+  # Meta-trained seeing each run's length as ``num_steps`` (give it ``num_steps`` at use).
+  # Architectures that can be meta-trained so declare a dataclass field of this name, saved
+  # with their config; a composite is horizon-aware when a part is.
+  horizon_aware: ClassVar[bool] = False
 
   @abc.abstractmethod
   def init(self, key: jax.Array) -> MetaParams:
@@ -111,6 +115,8 @@ class LearnedOptimizer(abc.ABC):
     out = {}
     for field in dataclasses.fields(self):  # type: ignore[arg-type]
       value = getattr(self, field.name)
+      if dataclasses.is_dataclass(value):  # a nested frozen config: a JSON object
+        value = dataclasses.asdict(value)
       out[field.name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -125,6 +131,24 @@ class LearnedOptimizer(abc.ABC):
     for k, v in config.items():
       kwargs[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kwargs)
+
+
+def check_meta_params(name: str, meta_params: Any, expected: dict[str, tuple[int, ...]]) -> None:
+  """Raises a ``ValueError`` unless ``meta_params`` is a dict of arrays of the ``expected`` shapes.
+
+  Args:
+    name: the optimizer's name, which starts the message.
+    meta_params: the meta-parameters given to ``scale_by``.
+    expected: ``{key: shape}`` for this config.
+  """
+  if not isinstance(meta_params, dict) or set(meta_params) != set(expected):
+    got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
+    raise ValueError(f"{name}: meta_params must be a dict with keys {sorted(expected)}, "
+                     f"got {got}")
+  for k, shape in expected.items():
+    if tuple(jnp.shape(meta_params[k])) != shape:
+      raise ValueError(f"{name}: meta_params[{k!r}] has shape "
+                       f"{tuple(jnp.shape(meta_params[k]))}, expected {shape} for this config")
 
 
 class ScaleState(NamedTuple):

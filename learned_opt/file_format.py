@@ -1,10 +1,10 @@
-"""Reading a learned-optimizer file (format v1) with numpy and safetensors only, no JAX.
+"""Reading a learned-optimizer file (format v2, and v1) with numpy and safetensors only, no JAX.
 
 A file is a safetensors file: the meta-parameters are its tensors, keyed by the ``/``-joined
 path of each array in the nested-dict pytree, and one metadata entry (safetensors' ``str -> str``
 header metadata) holds a JSON document::
 
-  {"format": "learned_opt", "format_version": 1, "name": <architecture name>,
+  {"format": "learned_opt", "format_version": 2, "name": <architecture name>,
    "config": <its config dict>, "tree": <nested dicts, null at each array>,
    "provenance": <optional dict: how the file was made>}
 
@@ -13,6 +13,10 @@ header metadata) holds a JSON document::
 is parsed and validated one way. Anything wrong raises :class:`FileFormatError` (a
 ``ValueError``) whose message starts with the file's path. Only arrays and JSON are read: no
 code runs, whatever the file holds.
+
+Version 2 saves only what changes the updates (a learned schedule is a part of a ``"chain"``;
+how meta-training started lives in the provenance). Version-1 files are still read:
+:func:`read` upgrades them (:func:`learned_opt.upgrade.upgrade_v1`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
 import safetensors
 
+from learned_opt import upgrade
+
 FORMAT_NAME = "learned_opt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "learned_opt"
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
@@ -186,11 +192,29 @@ def provenance(path: str | os.PathLike, doc: dict[str, Any]) -> dict[str, Any]:
   return value
 
 
-def is_horizon_aware(provenance_dict: dict[str, Any]) -> bool:
-  """Whether a file was meta-trained seeing each run's length as ``num_steps``.
+class Contents(NamedTuple):
+  """A learned-optimizer file, read and upgraded to the current format (:func:`read`)."""
 
-  Read from the ``meta-train`` config that the file's provenance holds
-  (``config.estimator.horizon_aware``); ``False`` when the provenance does not say.
+  name: str  # the architecture name
+  config: dict[str, Any]  # its config
+  meta_params: Any  # nested dicts of read-only numpy arrays
+  provenance: dict[str, Any]  # how the file was made ({} when it does not say)
+
+
+def read(path: str | os.PathLike) -> Contents:
+  """Reads a file once: its architecture, config, meta-parameters and provenance.
+
+  A version-1 file comes back as the version-2 equivalent (same updates, bit for bit;
+  :func:`learned_opt.upgrade.upgrade_v1`).
+
+  Raises:
+    FileFormatError: as :func:`read_document` and :func:`read_meta_params`.
   """
-  config = provenance_dict.get("config") or {}
-  return bool((config.get("estimator") or {}).get("horizon_aware", False))
+  path = os.fspath(path)
+  data, doc = read_document(path)
+  meta = read_meta_params(path, data, doc)
+  prov = provenance(path, doc)
+  name, config = doc["name"], doc["config"]
+  if doc["format_version"] == 1:
+    name, config, meta = upgrade.upgrade_v1(name, config, meta, prov)
+  return Contents(name, config, meta, prov)

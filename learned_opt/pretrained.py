@@ -26,7 +26,6 @@ from typing import Any
 
 import optax
 
-from learned_opt import file_format
 from learned_opt import serialization
 
 _DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -48,9 +47,8 @@ class PretrainedInfo:
     name: the name given to :func:`pretrained`.
     path: the file.
     architecture: the registered architecture name (e.g. ``"mlp"``).
-    horizon_aware: meta-trained with each run's length as ``num_steps``
-      (``estimator.horizon_aware`` of its ``meta-train`` config); pass ``num_steps`` to
-      :func:`pretrained` for it.
+    horizon_aware: meta-trained with each run's length as ``num_steps`` (the optimizer's
+      ``horizon_aware``); pass ``num_steps`` to :func:`pretrained` for it.
     family: the task family it was meta-trained on (``None`` if the file does not say).
     command: the ``meta-train`` command that wrote it (``None`` if the file does not say).
     provenance: the file's whole provenance dict.
@@ -101,12 +99,11 @@ def pretrained_info(name: str = "default") -> PretrainedInfo:
     tx = learned_opt.pretrained("default", num_steps=n if info.horizon_aware else None)
   """
   path = pretrained_path(name)
-  prov = serialization.provenance(path)
-  lopt, _ = serialization.load(path)
-  config = prov.get("config") or {}
+  lopt, _, prov = serialization.read(path)
+  task = (prov.get("config") or {}).get("task") or {}  # descriptive only: shown, never used
   return PretrainedInfo(name=name, path=path, architecture=lopt.name,
-                        horizon_aware=file_format.is_horizon_aware(prov),
-                        family=(config.get("task") or {}).get("family"),
+                        horizon_aware=lopt.horizon_aware,
+                        family=task.get("family") if isinstance(task, dict) else None,
                         command=prov.get("command"), provenance=prov)
 
 
@@ -138,10 +135,10 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
     apply (with ``optax.MultiSteps``, the number of real updates, not of micro-batches). They
     then follow the warm-up and decay they learned over a run of that length. Without it
     ``ψ = (0, 0)`` at every step: the optimizer sees each step as the first of a run, so it
-    neither warms up nor decays (an ``MLPOptimizer`` with ``init_scheme="adam"`` keeps its
-    initial rate; its ``exp(-k t/T)`` decay needs ``T``). It still descends, with the step it
-    learned for the start of a run, but it does not anneal, so it typically settles at a
-    higher loss than with ``num_steps``: not what was meta-trained. A
+    neither warms up nor decays (an ``MLPOptimizer`` from :func:`learned_opt.inits.adam_like`
+    keeps its initial rate; its ``exp(-k t/T)`` decay needs ``T``). It still descends, with the
+    step it learned for the start of a run, but it does not anneal, so it typically settles at
+    a higher loss than with ``num_steps``: not what was meta-trained. A
     :class:`NoHorizonWarning` says so, once per name and process (silence it with
     ``warnings.simplefilter("ignore", learned_opt.NoHorizonWarning)``). Beyond ``num_steps``
     updates ``t/T > 1`` extrapolates the learned schedule: pass the full length.
@@ -182,9 +179,8 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
     arXiv 2211.09760 (its optimizer, too, is given the run's length).
   """
   _check_num_steps(num_steps)
-  path = pretrained_path(name)
-  lopt, meta_params = serialization.load(path)
-  if not file_format.is_horizon_aware(serialization.provenance(path)):
+  lopt, meta_params = serialization.load(pretrained_path(name))  # one read, one check
+  if not lopt.horizon_aware:
     num_steps = None
   elif num_steps is None and name not in _WARNED:
     _WARNED.add(name)

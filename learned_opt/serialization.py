@@ -4,7 +4,7 @@ A file holds the meta-parameters as safetensors tensors, keyed by the ``/``-join
 array in the nested-dict pytree, and one metadata entry (safetensors' ``str -> str`` header
 metadata) with a JSON document::
 
-  {"format": "learned_opt", "format_version": 1, "name": <lopt.name>,
+  {"format": "learned_opt", "format_version": 2, "name": <lopt.name>,
    "config": <lopt.config()>, "tree": <nested dicts, null at each array>}
 
 Loading rebuilds the optimizer with ``registry()[name].from_config(config)`` and checks the
@@ -30,7 +30,8 @@ from learned_opt import base
 from learned_opt import file_format
 from learned_opt.file_format import FORMAT_NAME, FORMAT_VERSION, FileFormatError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FileFormatError", "load", "provenance", "save"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FileFormatError", "load", "provenance", "read",
+           "save"]
 
 
 def _flatten(tree: Any, prefix: str, out: dict[str, np.ndarray]) -> Any:
@@ -127,17 +128,19 @@ def save(path: str | os.PathLike, lopt: base.LearnedOptimizer, meta_params: Any,
     raise
 
 
-def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
-  """Reads a file written by :func:`save`; returns ``(lopt, meta_params)``.
+def read(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any, dict[str, Any]]:
+  """Reads a file written by :func:`save` once; returns ``(lopt, meta_params, provenance)``.
 
-  Only arrays and JSON are read: no code runs, whatever the file holds.
+  A format-v1 file is upgraded on the way (:func:`learned_opt.upgrade.upgrade_v1`): it gives
+  the same updates as with the code that wrote it. Only arrays and JSON are read: no code
+  runs, whatever the file holds.
 
   Args:
     path: a ``.safetensors`` file written by :func:`save`.
 
   Returns:
-    The rebuilt learned optimizer and its meta-parameters (nested dicts of ``jax.Array``),
-    bit-identical to what was saved.
+    The rebuilt learned optimizer, its meta-parameters (nested dicts of ``jax.Array``,
+    bit-identical to what was saved) and the provenance dict (``{}`` when none was saved).
 
   Raises:
     FileFormatError: (a ``ValueError``) if the file is missing, truncated, not a learned-optimizer
@@ -150,20 +153,31 @@ def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
   def fail(msg):
     return FileFormatError(f"{path}: {msg}")
 
-  data, doc = file_format.read_document(path)
+  contents = file_format.read(path)
   known = base.registry()
-  if doc["name"] not in known:
-    raise fail(f"unknown architecture {doc['name']!r}; registered: {sorted(known)} (import the "
-               "module that defines it before loading)")
+  if contents.name not in known:
+    raise fail(f"unknown architecture {contents.name!r}; registered: {sorted(known)} (import "
+               "the module that defines it before loading)")
   try:
-    lopt = known[doc["name"]].from_config(doc["config"])
+    lopt = known[contents.name].from_config(contents.config)
   except (TypeError, ValueError) as e:
-    raise fail(f"config not accepted by {doc['name']}: {e}") from None
-  meta_np = file_format.read_meta_params(path, data, doc)
-  meta_params = jax.tree.map(jnp.asarray, meta_np)
+    raise fail(f"config not accepted by {contents.name}: {e}") from None
+  meta_params = jax.tree.map(jnp.asarray, contents.meta_params)
   problem = _shape_mismatches(lopt, meta_params)
   if problem:
-    raise fail(f"tensors do not match {doc['name']} with this config: {problem}")
+    raise fail(f"tensors do not match {contents.name} with this config: {problem}")
+  return lopt, meta_params, contents.provenance
+
+
+def load(path: str | os.PathLike) -> tuple[base.LearnedOptimizer, Any]:
+  """Reads a file written by :func:`save`; returns ``(lopt, meta_params)`` (:func:`read`).
+
+  Example::
+
+    lopt, meta_params = learned_opt.load("opt.safetensors")
+    tx = lopt.transform(meta_params)
+  """
+  lopt, meta_params, _ = read(path)
   return lopt, meta_params
 
 
@@ -173,6 +187,4 @@ def provenance(path: str | os.PathLike) -> dict[str, Any]:
   Raises:
     FileFormatError: if the file is not a valid learned-optimizer file.
   """
-  path = os.fspath(path)
-  load(path)  # full validation first
-  return file_format.provenance(path, file_format.read_document(path)[1])
+  return read(path)[2]

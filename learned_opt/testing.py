@@ -21,6 +21,7 @@ Every check is also a function of its own (``CHECKS``), taking ``(lopt, meta_par
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -48,6 +49,19 @@ def every_rank_params(dtype=jnp.float32, seed: int = 0) -> dict[str, Any]:
   return {"scalar": jnp.asarray(0.7, dtype), "vec": jax.random.normal(k[0], (3,)).astype(dtype),
           "layer": {"mat": jax.random.normal(k[1], (3, 2)).astype(dtype),
                     "conv": jax.random.normal(k[2], (2, 1, 3, 2)).astype(dtype)}}
+
+
+def tree_digest(tree) -> str:
+  """sha256 over a tree's leaves, in tree order: each leaf's ``/``-joined path, then its bytes.
+
+  Two trees have the same digest when their paths, dtypes' bytes and values are identical: a
+  short way to pin meta-parameters or updates in a test.
+  """
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    h.update("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path).encode())
+    h.update(np.asarray(leaf).tobytes())
+  return h.hexdigest()
 
 
 def example_grads(params, seed: int = 1):

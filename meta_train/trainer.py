@@ -65,16 +65,19 @@ class MetaTrainer:
     steps_per_dispatch: outer steps run by one call of :meth:`step` (one ``lax.scan``).
     mesh: optional device mesh (:func:`meta_train.runtime.sharding.make_mesh`): the particles are
       sharded over it and the mean over particles becomes a collective.
+    start: ``key -> meta_params``, where meta-training starts (e.g. a start of
+      :mod:`learned_opt.inits` bound to the optimizer); default ``lopt.init``.
   """
 
   def __init__(self, estimator: est_lib.GradientEstimator, outer_optimizer=None,
-               steps_per_dispatch: int = 1, mesh=None):
+               steps_per_dispatch: int = 1, mesh=None, start=None):
     if not isinstance(steps_per_dispatch, int) or steps_per_dispatch <= 0:
       raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
     self.estimator = estimator
     self.outer_optimizer = (default_outer_optimizer() if outer_optimizer is None
                             else outer_optimizer)
     self.steps_per_dispatch = steps_per_dispatch
+    self.start = start
     self._init = jax.jit(self._init_impl)
     self._step = jax.jit(self._step_impl)
     # --- sharding hook (meta_train/runtime/sharding.py): particles split over `mesh` ---
@@ -94,13 +97,14 @@ class MetaTrainer:
     return self.estimator.family
 
   def init(self, key: jax.Array, meta_params: Any = None) -> MetaTrainerState:
-    """Initial state from ``key`` (typed or raw); ``meta_params`` default ``lopt.init``."""
+    """Initial state from ``key`` (typed or raw); ``meta_params`` default the trainer's start
+    (``lopt.init`` unless one was given)."""
     return self._init(unroll_lib.key_data(key), meta_params)
 
   def _init_impl(self, key, meta_params):
     k_theta, k_est, k_outer = jax.random.split(unroll_lib.wrap_key(key), 3)
     if meta_params is None:
-      meta_params = self.lopt.init(k_theta)
+      meta_params = (self.start or self.lopt.init)(k_theta)
     return MetaTrainerState(
         meta_params=meta_params,
         outer_opt_state=self.outer_optimizer.init(meta_params),

@@ -64,6 +64,7 @@ class AdafactorMLPRule:
     self.exp_mult = cfg.number("exp_mult")
     self.step_mult = cfg.number("step_mult")
     self.norm_eps = cfg.number("norm_eps")
+    cfg.ignore("horizon_aware")  # read by the optimizer, not by the update
     cfg.finish()
     if not self.num_momenta or not self.num_factored or not self.hidden_size:
       raise cfg.fail("needs hidden_size >= 1 and at least one momentum and one factored decay")

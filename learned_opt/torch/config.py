@@ -76,6 +76,13 @@ class ConfigReader:
       raise self.fail(f"config {key!r} must be a list of positive ints, got {value!r}")
     return tuple(int(v) for v in value)
 
+  def take_dict(self, key: str, default: Any = _MISSING) -> dict[str, Any] | None:
+    """A nested config object (a JSON object, or null for ``None``)."""
+    value = self._take(key, default)
+    if value is not None and not isinstance(value, dict):
+      raise self.fail(f"config {key!r} must be an object or null, got {value!r}")
+    return value
+
   def ignore(self, *keys: str) -> None:
     """Marks keys that do not change the update (speed knobs, initialisation settings)."""
     self._seen.update(keys)

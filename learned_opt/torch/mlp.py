@@ -8,9 +8,10 @@ network maps them to a direction ``d`` and a magnitude ``μ``:
 .. math::
   u = d \\cdot \\exp(a\\, μ) \\cdot b \\cdot e^{s}
 
-with ``e^s`` the learned schedule's multiplier (when the file has one) and, with
-``schedule_normalize``, ``d exp(a μ)`` divided by its RMS over the tensor and ``b`` replaced by
-``init_learning_rate``. See :class:`learned_opt.MLPOptimizer` for every option; this module
+with ``e^s`` the multiplier of a composed learned schedule (a ``chain`` file whose parts are
+``mlp`` and ``schedule``) and, when ``normalize_step`` sits between them, ``d exp(a μ)``
+divided by its RMS over the tensor and ``b`` replaced by its ``λ``. See
+:class:`learned_opt.MLPOptimizer` for every option; this module
 applies each of them as the optax transform does (same folding of the normalisers and step
 features into the first layer, same non-finite handling). Each parameter tensor is processed in
 chunks of :data:`CHUNK` elements: the chunk's features are written into one ``(F + 1, chunk)``
@@ -33,7 +34,8 @@ from learned_opt.torch import features as feats
 
 # Constants of learned_opt.mlp that the update reads (the schedule's clip, the ε under the mean
 # square of a normalised step).
-from learned_opt.mlp import SCHEDULE_LOG_CLIP, _STEP_NORM_EPS
+from learned_opt.experimental.normalize import _EPS as _STEP_NORM_EPS
+from learned_opt.schedule import LOG_CLIP as SCHEDULE_LOG_CLIP
 
 #: Elements per chunk of a parameter tensor (speed only: any value gives the same function).
 CHUNK = 1 << 14
@@ -62,7 +64,8 @@ class MLPRule:
 
   name = "mlp"
 
-  def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
+  def __init__(self, path: str, config: dict[str, Any], meta_params: Any, *,
+               schedule: dict[str, Any] | None = None, normalize_lr: float | None = None):
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.hidden_sizes = cfg.int_list("hidden_sizes")
     self.momentum_decays = cfg.number_list("momentum_decays")
@@ -72,19 +75,19 @@ class MLPRule:
     self.step_mult = cfg.number("step_mult")
     self.norm_eps = cfg.number("norm_eps")
     self.rsqrt_eps = cfg.number("rsqrt_eps")
-    # Options a file may predate: absent means off.
-    self.schedule_hidden_size = cfg.integer("schedule_hidden_size", 0)
-    self.schedule_normalize = cfg.flag("schedule_normalize", False)
-    self.tensor_features = cfg.flag("tensor_features", False)
-    self.tensor_grad_feature = cfg.flag("tensor_grad_feature", True)
-    self.tensor_features_initial = cfg.flag("tensor_features_initial", False)
-    self.schedule_loss_decays = (cfg.number_list("schedule_loss_decays")
-                                 if self.schedule_hidden_size else ())
-    # The step size of a normalised step; otherwise an initialisation setting.
-    self.init_learning_rate = (cfg.number("init_learning_rate") if self.schedule_normalize
-                               else None)
-    cfg.ignore("fuse_min_size", "init_scheme", "init_learning_rate", "init_decay",
-               "schedule_loss_decays")
+    tensor = cfg.take_dict("tensor", None)
+    self.tensor_features = tensor is not None
+    tensor = dict(tensor or {})
+    self.tensor_grad_feature = bool(tensor.pop("grad", True))
+    self.tensor_features_initial = bool(tensor.pop("held", False))
+    if tensor:
+      raise cfg.fail(f"unsupported config option(s) {sorted('tensor.' + k for k in tensor)}")
+    cfg.ignore("horizon_aware")  # read by the optimizer, not by the update
+    # Pieces composed after the rule (learned_opt.chain), given by load_rule.
+    self.schedule_hidden_size = int(schedule["hidden_size"]) if schedule else 0
+    self.schedule_loss_decays = tuple(schedule["loss_decays"]) if schedule else ()
+    self.schedule_normalize = normalize_lr is not None
+    self.init_learning_rate = normalize_lr  # the RMS of a normalised step
     cfg.finish()
     if not self.momentum_decays or not self.rms_decays:
       raise cfg.fail("learned_opt.torch needs at least one momentum and one rms decay, got "
@@ -287,13 +290,15 @@ class MLPRule:
         else:
           h = torch.mm(w, h, out=ws["out"])
       direction[a:b], magnitude[a:b] = h[0], h[1]
-    if self.schedule_normalize:
-      step = direction * torch.exp(self.exp_mult * magnitude)
-      step = step * feats.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
-    else:
-      step = direction * torch.exp(self.exp_mult * magnitude) * self.step_mult
-    if ctx.multiplier is not None:
-      step = step * ctx.multiplier
+    # As the chain of pieces does: the rule's step (nan where its features are not finite),
+    # then the per-tensor normalisation (nan entries count as zero), then the schedule.
+    step = direction * torch.exp(self.exp_mult * magnitude)
+    if not self.schedule_normalize:
+      step = step * self.step_mult
     if finite is not None:
       step = torch.where(finite, step, float("nan"))
+    if self.schedule_normalize:
+      step = step * feats.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
+    if ctx.multiplier is not None:
+      step = step * ctx.multiplier
     return step.view(param.shape)

@@ -45,10 +45,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
   optimizer (meta-trained seeing each run's length) should get it and warns once
   (:class:`learned_opt.NoHorizonWarning`) without; other shipped optimizers ignore it. For a
   path it is fed as given, as ``lopt.transform(θ, num_steps=...)`` does (the warning too, when
-  the file's provenance says horizon-aware).
+  the optimizer in the file is ``horizon_aware``).
 
   Parameters without a gradient are skipped (their statistics do not advance). With
-  ``tensor_features_initial``, a tensor's held features are those of its first update.
+  ``TensorFeatures(held=True)``, a tensor's held features are those of its first update. A
+  ``chain`` file applies when it is the MLP rule, optionally ``normalize_step``, then a
+  ``schedule``; other compositions are refused naming their parts.
 
   Args:
     params: an iterable of tensors or of param-group dicts (each may set its own ``lr``).

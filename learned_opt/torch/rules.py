@@ -63,14 +63,45 @@ def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
   """
   name = os.fspath(optimizer) if _is_name(optimizer) else None
   path = pretrained_path(name) if name else os.fspath(optimizer)
-  data, doc = file_format.read_document(path)
-  architecture = doc["name"]
+  contents = file_format.read(path)  # v1 files come back upgraded to v2
+  architecture, config, meta = contents.name, contents.config, contents.meta_params
+  horizon_aware = bool(config.get("horizon_aware", False))
+  if architecture == "chain":
+    rule, horizon_aware = _chain_rule(path, config, meta)
+    return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware)
   if architecture not in RULES:
     hint = (f" (a hand-designed baseline: use {_BASELINES[architecture]})"
             if architecture in _BASELINES else "")
     raise file_format.FileFormatError(
         f"{path}: learned_opt.torch cannot apply architecture {architecture!r}{hint}; it "
         f"applies {sorted(RULES)}")
-  rule = RULES[architecture](path, doc["config"], file_format.read_meta_params(path, data, doc))
-  aware = file_format.is_horizon_aware(file_format.provenance(path, doc))
-  return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=aware)
+  rule = RULES[architecture](path, config, meta)
+  return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware)
+
+
+# The chains learned_opt.torch applies: the MLP rule, optionally normalised, then a schedule.
+_CHAINS = (["mlp", "schedule"], ["mlp", "normalize_step", "schedule"])
+
+
+def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, bool]:
+  """The torch MLP rule applying a ``chain`` file (with its schedule), and its horizon flag."""
+  parts = config.get("parts")
+  names = [p.get("name") for p in parts] if isinstance(parts, list) and all(
+      isinstance(p, dict) for p in parts) else None
+  if names not in _CHAINS or not isinstance(meta, dict):
+    raise file_format.FileFormatError(
+        f"{path}: learned_opt.torch applies the chains {_CHAINS}, got parts {names}")
+  configs = {p["name"]: dict(p.get("config") or {}) for p in parts}
+  aware = any(bool(c.get("horizon_aware", False)) for c in configs.values())
+  sched = configs["schedule"]
+  unknown = sorted(set(sched) - {"hidden_size", "time_scales", "loss_decays", "horizon_aware"})
+  if unknown or sched.get("time_scales") != configs["mlp"].get("time_scales"):
+    raise file_format.FileFormatError(
+        f"{path}: learned_opt.torch applies a schedule with the rule's time_scales and no "
+        f"other option, got {sched}")
+  normalize = configs.get("normalize_step")
+  lr = float(normalize["learning_rate"]) if normalize is not None else None
+  flat = dict(meta.get("mlp") or {})
+  flat.update({f"sched_{k}": v for k, v in (meta.get("schedule") or {}).items()})
+  rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr)
+  return rule, aware

@@ -18,18 +18,20 @@ Example::
 from meta_train.config.parsing import ConfigError, diff, get_field, type_name
 from meta_train.config.schema import (PRESETS, RESUMABLE_FIELDS, EstimatorConfig, EstimatorName,
                                       EvalConfig, OptimizerConfig, OuterConfig, RunConfig,
-                                      RunSettings, TaskConfig, WandbConfig, fields_table,
-                                      from_dict, from_json, incompatible_fields, preset, to_dict,
-                                      to_json)
+                                      RunSettings, StartConfig, TaskConfig, WandbConfig,
+                                      fields_table, from_dict, from_json, incompatible_fields,
+                                      preset, to_dict, to_json)
 from meta_train.config.validation import (Built, apply_overrides, build, build_estimator,
-                                          build_family, build_optimizer, check_devices,
-                                          check_estimator_fields, resolve, validate)
+                                          build_family, build_optimizer, build_start,
+                                          check_devices, check_estimator_fields, resolve,
+                                          validate)
 
 __all__ = [
     "PRESETS", "RESUMABLE_FIELDS", "Built", "ConfigError", "EstimatorConfig", "EstimatorName",
-    "EvalConfig", "OptimizerConfig", "OuterConfig", "RunConfig", "RunSettings", "TaskConfig",
-    "WandbConfig", "apply_overrides", "build", "build_estimator", "build_family",
-    "build_optimizer", "check_devices", "check_estimator_fields", "diff", "fields_table",
+    "EvalConfig", "OptimizerConfig", "OuterConfig", "RunConfig", "RunSettings", "StartConfig",
+    "TaskConfig", "WandbConfig", "apply_overrides", "build", "build_estimator", "build_family",
+    "build_optimizer", "build_start", "check_devices", "check_estimator_fields", "diff",
+    "fields_table",
     "from_dict", "from_json", "get_field", "incompatible_fields", "preset", "resolve",
     "to_dict", "to_json", "type_name", "validate",
 ]

@@ -54,7 +54,7 @@ def hints(cls) -> dict[str, Any]:
     return {f.name: Any for f in dataclasses.fields(cls)}
 
 
-def _optional_inner(tp):
+def optional_inner(tp):
   """``X`` if ``tp`` is ``X | None`` / ``Optional[X]``, else None."""
   if typing.get_origin(tp) in (typing.Union, types.UnionType):
     args = [a for a in typing.get_args(tp) if a is not _NONE]
@@ -67,7 +67,7 @@ def type_name(tp) -> str:
   """A short readable name of a type annotation (for messages and ``--help``)."""
   if tp is Any:
     return "any"
-  inner = _optional_inner(tp)
+  inner = optional_inner(tp)
   if inner is not None:
     return f"{type_name(inner)} | None"
   origin = typing.get_origin(tp)
@@ -154,7 +154,7 @@ def convert(value: Any, tp, path: str, *, text: bool = False) -> Any:
   """
   if tp is Any or tp is object:
     return _freeze(_json_or_text(value) if text else value)
-  inner = _optional_inner(tp)
+  inner = optional_inner(tp)
   if inner is not None:
     if value is None or (text and value.strip().lower() in ("none", "null")):
       return None

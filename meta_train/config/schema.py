@@ -39,11 +39,26 @@ def _est(field: str, *, help: str):  # pylint: disable=redefined-builtin
 
 
 @dataclasses.dataclass(frozen=True)
+class StartConfig:
+  """Where meta-training starts: ``lopt.init`` or a start of :mod:`learned_opt.inits`."""
+
+  scheme: Literal["lecun", "adam_like"] = _f(
+      "lecun", help="lecun: lopt.init (random, tiny steps); adam_like: "
+                    "learned_opt.inits.adam_like (a normalised Adam step)")
+  learning_rate: float = _f(5e-3, help="adam_like: the RMS over each tensor of the first step")
+  decay: float = _f(0.0, help="adam_like: k of the initial decay exp(-k t/T) of the step")
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """The learned optimizer to meta-train: an architecture of ``learned_opt.registry()``."""
+  """The learned optimizer to meta-train: an architecture of ``learned_opt.registry()``.
+
+  Its ``horizon_aware`` field (when it has one) is set from ``estimator.horizon_aware``.
+  """
 
   name: str = _f("mlp", help="architecture name in learned_opt.registry()")
   kwargs: dict[str, Any] = _f(help="constructor arguments of the architecture", factory=dict)
+  start: StartConfig = _f(help="where meta-training starts", factory=StartConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +198,9 @@ DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadrat
                    "diffusion_toy2d", "diffusion_digits")
 DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
+# The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
+_ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+
 PRESETS: dict[str, RunConfig] = {
     # Under a minute on CPU, compile included: a few outer steps on 4-d quadratics.
     "smoke": RunConfig(
@@ -199,8 +217,7 @@ PRESETS: dict[str, RunConfig] = {
     # start with an initial decay, horizon-aware unrolls, the held-out (valid) meta-loss and a
     # cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
                                   max_horizon=200, sigma=0.01, meta_loss="valid",
@@ -216,8 +233,8 @@ PRESETS: dict[str, RunConfig] = {
     # costs ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
     # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0, "exp_mult": 1.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "exp_mult": 1.0},
+                                  _ADAM_START),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=500, sigma=0.01, meta_loss="valid",
@@ -232,8 +249,7 @@ PRESETS: dict[str, RunConfig] = {
     # the two diffusion families (2-D toy data with an MLP denoiser, 8x8 digits with a conv
     # one; every target, noise schedule and loss weighting they draw).
     "diffusion": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "init_scheme": "adam",
-                                          "init_decay": 3.0}),
+        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
         task=TaskConfig("mixture", {"members": DIFFUSION_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=300, sigma=0.01, meta_loss="valid",
@@ -282,13 +298,43 @@ def to_json(cfg: RunConfig) -> str:
   return json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n"
 
 
+# Optimizer kwargs that older configs (run directories, file provenance) used for the start.
+_OLD_START_KWARGS = {"init_learning_rate": "learning_rate", "init_decay": "decay"}
+
+
+def _upgrade_start(data: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Moves an older config's ``optimizer.kwargs.init_*`` into ``optimizer.start``.
+
+  Before starts were functions, ``MLPOptimizer`` took ``init_scheme`` (``"lecun"`` /
+  ``"adam"``), ``init_learning_rate`` and ``init_decay``; a config without a ``start`` section
+  that names them reads as the same start.
+  """
+  optimizer = data.get("optimizer") if isinstance(data, Mapping) else None
+  if not isinstance(optimizer, Mapping) or "start" in optimizer:
+    return data
+  kwargs = optimizer.get("kwargs")
+  if not isinstance(kwargs, Mapping) or "init_scheme" not in kwargs:
+    return data
+  kwargs = dict(kwargs)
+  scheme = kwargs.pop("init_scheme")
+  start = {"scheme": {"adam": "adam_like"}.get(scheme, scheme)}
+  for old, new in _OLD_START_KWARGS.items():
+    if old in kwargs:
+      value = kwargs.pop(old)
+      if start["scheme"] == "adam_like":  # the lecun start never read them
+        start[new] = value
+  return {**data, "optimizer": {**optimizer, "kwargs": kwargs, "start": start}}
+
+
 def from_dict(data: Mapping[str, Any]) -> RunConfig:
   """Builds a :class:`RunConfig` from :func:`to_dict`'s output; missing fields take defaults.
+
+  An older config's ``optimizer.kwargs.init_*`` become its ``optimizer.start``.
 
   Raises:
     ConfigError: for an unknown field or a value of the wrong type, naming its path.
   """
-  return parsing.from_dict(RunConfig, data)
+  return parsing.from_dict(RunConfig, _upgrade_start(data))
 
 
 def from_json(text: str) -> RunConfig:

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 from meta_train import errors
@@ -66,7 +67,12 @@ def _kwargs_entry_type(cfg: RunConfig, dict_path: str, name: str):
   if name not in known:
     raise ConfigError(f"{dict_path}.{name}", f"unknown field of {target.__name__}; known: "
                                              f"{', '.join(known)}")
-  return parsing.hints(target).get(name, Any)
+  hint = parsing.hints(target).get(name, Any)
+  inner = parsing.optional_inner(hint)
+  if dataclasses.is_dataclass(inner if inner is not None else hint):
+    # A nested frozen config (e.g. MLPOptimizer's tensor): given as its JSON object.
+    return dict[str, Any] | None if inner is not None else dict[str, Any]
+  return hint
 
 
 def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
@@ -181,6 +187,7 @@ class Built(NamedTuple):
   lopt: Any  # the learned optimizer
   family: Any  # the task family
   estimator: Any  # the meta-gradient estimator, for lopt and family
+  start: Any  # key -> the initial meta-parameters (optimizer.start)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -225,6 +232,7 @@ def build(cfg: RunConfig) -> Built:
       optimizer=dataclasses.replace(cfg.optimizer, kwargs=_check_kwargs(cfg, "optimizer")),
       task=dataclasses.replace(cfg.task, kwargs=_check_kwargs(cfg, "task")))
   lopt, family = build_optimizer(cfg), build_family(cfg)
+  start = build_start(cfg, lopt)
   estimator = build_estimator(cfg, lopt, family)
 
   _positive(cfg, "outer.lr")
@@ -250,7 +258,7 @@ def build(cfg: RunConfig) -> Built:
                                             f"({run.num_outer_steps}), got "
                                             f"{cfg.outer.warmup_steps}")
   _positive(cfg, "eval.num_tasks", "eval.num_seeds", "eval.num_steps")
-  return Built(cfg, lopt, family, estimator)
+  return Built(cfg, lopt, family, estimator, start)
 
 
 def check_devices(cfg: RunConfig, num_devices: int) -> None:
@@ -279,14 +287,54 @@ def check_devices(cfg: RunConfig, num_devices: int) -> None:
 
 
 def build_optimizer(cfg: RunConfig):
-  """The learned optimizer object ``learned_opt.registry()[name](**kwargs)``."""
+  """The learned optimizer ``learned_opt.registry()[name](**kwargs)``.
+
+  An architecture with a ``horizon_aware`` field gets ``estimator.horizon_aware`` there (it is
+  saved with the optimizer, so a file says whether to give it ``num_steps``); setting it in
+  ``optimizer.kwargs`` is refused.
+  """
   import learned_opt  # pylint: disable=import-outside-toplevel
   cls = learned_opt.registry()[cfg.optimizer.name]
+  kwargs = dict(cfg.optimizer.kwargs)
+  if "horizon_aware" in kwargs:
+    raise ConfigError("optimizer.kwargs.horizon_aware", "is set from estimator.horizon_aware; "
+                                                        "set that instead")
+  if dataclasses.is_dataclass(cls) and "horizon_aware" in {
+      f.name for f in dataclasses.fields(cls)}:
+    kwargs["horizon_aware"] = cfg.estimator.horizon_aware
   try:
-    return cls(**cfg.optimizer.kwargs)
+    return cls(**kwargs)
   except (TypeError, ValueError) as e:
     raise ConfigError("optimizer.kwargs", f"{cls.__name__} rejected {cfg.optimizer.kwargs}: "
                                           f"{e}") from None
+
+
+def build_start(cfg: RunConfig, lopt):
+  """``key -> meta_params`` for ``optimizer.start``: ``lopt.init`` or ``inits.adam_like``.
+
+  Raises:
+    ConfigError: naming ``optimizer.start.<field>`` for a setting the scheme does not use, or
+      one the start rejects (checked here by building it on shapes only).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  start = cfg.optimizer.start
+  if start.scheme == "lecun":
+    default = schema.StartConfig()
+    for name in ("learning_rate", "decay"):
+      if getattr(start, name) != getattr(default, name):
+        raise ConfigError(f"optimizer.start.{name}", "only applies with optimizer.start.scheme="
+                                                     "adam_like; remove it or set the scheme")
+    return lopt.init
+  fn = functools.partial(learned_opt.inits.adam_like, lopt, learning_rate=start.learning_rate,
+                         decay=start.decay)
+  try:
+    jax.eval_shape(fn, jax.random.key(0))
+  except ValueError as e:
+    field = "learning_rate" if "learning_rate" in str(e) else (
+        "decay" if str(e).startswith("decay") else "scheme")
+    raise ConfigError(f"optimizer.start.{field}", str(e)) from None
+  return fn
 
 
 def build_estimator(cfg: RunConfig, lopt, family):

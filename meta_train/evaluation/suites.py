@@ -80,8 +80,8 @@ class Optimizer:
 
   @property
   def horizon_aware(self) -> bool:
-    """Meta-trained with each run's horizon as ``num_steps`` (``estimator.horizon_aware``)."""
-    return bool((self.run_config.get("estimator") or {}).get("horizon_aware", False))
+    """Meta-trained with each run's horizon as ``num_steps`` (the optimizer's own field)."""
+    return bool(self.lopt.horizon_aware)
 
 
 def load_optimizer(spec: str) -> Optimizer:
@@ -100,8 +100,7 @@ def load_optimizer(spec: str) -> Optimizer:
                       f"learned_opt.save, or one of: "
                       f"{', '.join(PRETRAINED_PREFIX + n for n in learned_opt.list_pretrained())}")
   try:
-    lopt, meta_params = learned_opt.load(path)
-    provenance = learned_opt.provenance(path)
+    lopt, meta_params, provenance = learned_opt.read(path)  # one read, one check
   except (learned_opt.FileFormatError, ValueError, OSError) as e:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise EvalError(f"malformed optimizer file {spec!r}: {first}") from None

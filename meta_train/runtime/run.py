@@ -92,7 +92,8 @@ def build_trainer(cfg: config_lib.RunConfig | config_lib.Built, mesh=None):
   from meta_train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   built = cfg if isinstance(cfg, config_lib.Built) else config_lib.build(cfg)
   trainer = trainer_lib.MetaTrainer(built.estimator, outer_optimizer=build_outer_optimizer(
-      built.cfg), steps_per_dispatch=built.cfg.run.steps_per_dispatch, mesh=mesh)
+      built.cfg), steps_per_dispatch=built.cfg.run.steps_per_dispatch, mesh=mesh,
+      start=built.start)
   return trainer, built.lopt, built.family
 
 

@@ -7,6 +7,8 @@ reference implementation, the fused path, and error handling.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import jax
@@ -17,7 +19,8 @@ import pytest
 
 import learned_opt
 from learned_opt import features as F
-from learned_opt.mlp import MLPOptimizer
+from learned_opt import mlp as mlp_lib
+from learned_opt.mlp import MLPOptimizer, TensorFeatures
 
 SMALL = MLPOptimizer(hidden_sizes=(4, 3), momentum_decays=(0.5, 0.9), rms_decays=(0.9, 0.99),
                      time_scales=(1.0, 10.0, 100.0))
@@ -151,16 +154,17 @@ def test_state_is_the_moving_averages(small_run):
       lambda x: (x.shape, x.dtype), s2)
 
 
-def test_fused_path_matches_matmul_path():
+def test_fused_path_matches_matmul_path(monkeypatch):
   lopt = MLPOptimizer(hidden_sizes=(3, 2), momentum_decays=(0.9,), rms_decays=(0.99,),
-                      time_scales=(10.0,), fuse_min_size=0)
+                      time_scales=(10.0,))
   theta = lopt.init(jax.random.key(5))
   params = {"a": jax.random.normal(jax.random.key(1), (4, 6)), "b": jnp.ones((3,))}
   grads = _grads(params, seed=3)
+  monkeypatch.setattr(mlp_lib, "FUSE_MIN_SIZE", 0)  # read when the transform is built
   fused = lopt.scale_by(theta)
-  plain = MLPOptimizer(**{**lopt.config(), "hidden_sizes": (3, 2), "momentum_decays": (0.9,),
-                          "rms_decays": (0.99,), "time_scales": (10.0,),
-                          "fuse_min_size": 10**9}).scale_by(theta)
+  monkeypatch.setattr(mlp_lib, "FUSE_MIN_SIZE", 10**9)
+  plain = lopt.scale_by(theta)
+  assert "fuse_min_size" not in lopt.config()  # a speed knob, not part of the optimizer
   uf, _ = jax.jit(fused.update)(grads, fused.init(params), params)
   um, _ = jax.jit(plain.update)(grads, plain.init(params), params)
   for name in params:
@@ -276,250 +280,23 @@ def test_meta_gradient_and_vmap():
 def test_registered_and_config_round_trip():
   assert learned_opt.registry()["mlp"] is MLPOptimizer
   assert MLPOptimizer.from_config(SMALL.config()) == SMALL
+  # The saved config: what changes the updates, and whether to give it num_steps.
+  assert list(SMALL.config()) == ["hidden_sizes", "momentum_decays", "rms_decays", "time_scales",
+                                  "exp_mult", "step_mult", "norm_eps", "rsqrt_eps", "tensor",
+                                  "horizon_aware"]
+  assert len(dataclasses.fields(MLPOptimizer)) <= 10
+  with pytest.raises(ValueError, match="horizon_aware must be a bool"):
+    MLPOptimizer(horizon_aware="yes")
   theta = MLPOptimizer().init(jax.random.key(0))
   assert theta["w0"].shape == (12 + 13, 32) and theta["w2"].shape == (32, 2)
-
-
-# -- init_scheme="adam": the network starts as a per-tensor normalised Adam step ---------------
-
-
-def _descend(tx, f, x, n):
-  """``n`` steps of ``tx`` on ``f`` from ``x`` (one jitted scan); returns the final ``x``."""
-
-  def body(carry, _):
-    x, s = carry
-    u, s = tx.update(jax.grad(f)(x), s, x)
-    return (x + u, s), None
-
-  return jax.jit(lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=n)[0][0])(x)
-
-
-def test_adam_init_first_step_is_adams():
-  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_learning_rate=0.01)
-  tx = lopt.transform(lopt.init(jax.random.key(0)))
-  p = jnp.array([1.0, -2.0, 0.5, 3.0])
-  g = jnp.array([0.3, -2.0, 0.05, 5.0])
-  u, _ = tx.update(g, tx.init(p), p)
-  adam = optax.adam(0.01)
-  u_adam, _ = adam.update(g, adam.init(p), p)
-  np.testing.assert_allclose(u_adam, -0.01 * np.sign(g), rtol=1e-5)
-  np.testing.assert_allclose(u, u_adam, rtol=1e-3)
-
-
-def test_adam_init_step_is_normalised_momentum_ratio():
-  lopt = MLPOptimizer(hidden_sizes=(8, 4, 6), init_scheme="adam", init_learning_rate=0.02)
-  tx = lopt.transform(lopt.init(jax.random.key(1)))
-  p = jnp.zeros((5,))
-  gs = [jnp.array([1.0, -2.0, 0.5, 3.0, -0.1]), jnp.array([-0.5, -1.0, 0.5, 2.0, 0.3])]
-  state = tx.init(p)
-  m, v = jnp.zeros(5), jnp.zeros(5)
-  for g in gs:
-    u, state = tx.update(g, state, p)
-    m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
-  r = m / jnp.sqrt(v + lopt.rsqrt_eps)
-  np.testing.assert_allclose(u, -0.02 * r / jnp.sqrt(jnp.mean(r * r)), rtol=1e-3)
-
-
-def test_adam_init_descends_like_adam_where_random_init_does_not():
-  h = jnp.array([0.1, 1.0, 10.0, 100.0])
-  quad = lambda x: 0.5 * jnp.sum(h * x * x)
-  rosen = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
-  x0, r0 = jnp.array([1.0, -2.0, 0.5, 3.0]), jnp.array([-1.0, 1.0])
-  lopt = MLPOptimizer(hidden_sizes=(16, 16), init_scheme="adam", init_learning_rate=0.01)
-  tx = lopt.transform(lopt.init(jax.random.key(0)))
-  # Adam at the same rate: quadratic 33.5 -> 0.19 in 300 steps, Rosenbrock 4 -> ~0 in 2000.
-  assert float(quad(_descend(tx, quad, x0, 300))) < float(quad(_descend(optax.adam(0.01), quad,
-                                                                         x0, 300)))
-  # Rosenbrock 4 -> about 0.02: the start's step is RMS-normalised over the 2-entry tensor, so it
-  # does not shrink near the optimum the way Adam's does; the floor moved between jax versions
-  # (below 1e-2 with jax 0.4/0.5, 0.024 with 0.10), the descent did not.
-  assert float(rosen(_descend(tx, rosen, r0, 2000))) < 0.05
-  random = MLPOptimizer(hidden_sizes=(16, 16))
-  assert float(rosen(_descend(random.transform(random.init(jax.random.key(0))), rosen, r0,
-                              2000))) > 1.0
-
-
-def test_adam_init_errors_and_default_unchanged():
-  with pytest.raises(ValueError, match=r"init_scheme must be one of \['lecun', 'adam'\], got 'sgd'"):
-    MLPOptimizer(init_scheme="sgd")
-  with pytest.raises(ValueError, match="init_learning_rate must be > 0, got 0.0"):
-    MLPOptimizer(init_learning_rate=0.0)
-  with pytest.raises(ValueError, match=r"each of width >= 2, got hidden_sizes=\(8, 1\)"):
-    MLPOptimizer(hidden_sizes=(8, 1), init_scheme="adam").init(jax.random.key(0))
-  # The default scheme draws exactly what it always drew (shipped files are unaffected).
-  theta = MLPOptimizer().init(jax.random.key(0))
-  k0 = jax.random.split(jax.random.key(0), 3)[0]
-  np.testing.assert_array_equal(theta["w0"], jax.random.normal(k0, (25, 32)) / math.sqrt(25))
-
-
-def test_adam_init_decay_follows_the_run_fraction_only_with_num_steps():
-  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_learning_rate=0.01,
-                      init_decay=2.0)
-  theta = lopt.init(jax.random.key(0))
-  p, g = jnp.zeros((3,)), jnp.array([1.0, -2.0, 0.5])
-
-  def steps(num_steps, n):
-    tx = lopt.transform(theta, num_steps=num_steps)
-    state, out = tx.init(p), []
-    for _ in range(n):
-      u, state = tx.update(g, state, p)
-      out.append(u)
-    return out
-
-  decayed, plain = steps(10, 6), steps(None, 6)
-  for t in range(6):  # constant gradient: r̃ = sign(g), step t sees t/T = t/10
-    np.testing.assert_allclose(decayed[t], -0.01 * np.exp(-2.0 * t / 10) * np.sign(g), rtol=1e-3)
-    np.testing.assert_allclose(plain[t], -0.01 * np.sign(g), rtol=1e-3)
-  with pytest.raises(ValueError, match=r"width >= 3 \(init_decay > 0\), got hidden_sizes=\(8, 2\)"):
-    MLPOptimizer(hidden_sizes=(8, 2), init_scheme="adam", init_decay=1.0).init(jax.random.key(0))
-
-
-# -- the learned schedule (schedule_hidden_size > 0): a global step multiplier exp(s) ----------
-
-SCHED = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
-                     time_scales=(1.0, 10.0), schedule_hidden_size=4,
-                     schedule_loss_decays=(0.5, 0.9))
-PLAIN = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
-                     time_scales=(1.0, 10.0))
-
-
-def _run(lopt, theta, losses, num_steps=5, key="loss", jit=False):
-  """Steps of ``lopt`` on the tiny tree, one per entry of ``losses`` (None: no loss).
-
-  Eager by default (faster than compiling for a few steps of a tiny tree).
-  """
-  tx = lopt.transform(theta, num_steps=num_steps)
-  update = jax.jit(tx.update) if jit else tx.update
-  params = _params()
-  state, ups = tx.init(params), []
-  for i, loss in enumerate(losses):
-    extra = {} if loss is None else {key: jnp.asarray(loss, jnp.float32)}
-    u, state = update(_grads(params, seed=i + 1), state, params, **extra)
-    ups.append(u)
-  return ups, state[0]
-
-
-def test_schedule_at_init_gives_bit_identical_updates():
-  theta = SCHED.init(jax.random.key(3))
-  plain = PLAIN.init(jax.random.key(3))
-  # The update rule's draws are the lever-off ones; the schedule's output layer is zero.
-  assert set(theta) - set(plain) == {"sched_w0", "sched_b0", "sched_w1", "sched_b1"}
-  for k in plain:
-    np.testing.assert_array_equal(theta[k], plain[k])
-  np.testing.assert_array_equal(theta["sched_w1"], np.zeros((4, 1)))
-  assert theta["sched_w0"].shape == (2 + 2 + 3, 4)  # time, horizon, 2 EMAs + initial loss
-  ups, _ = _run(SCHED, theta, [2.0, 1.5, 1.7], jit=True)  # compiled, as in meta-training
-  ref, _ = _run(PLAIN, plain, [2.0, 1.5, 1.7], jit=True)
-  for u, r in zip(ups, ref):
-    for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(r)):
-      assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
-
-
-def test_loss_features_follow_the_moving_averages():
-  # Two steps, losses 2 then 1, decays (0.5, 0.9): e = (1.0, 0.2) then (1.0, 0.28);
-  # corrected (2.0, 2.0) then (1/0.75, 0.28/0.19).
-  emas, count, init = jnp.zeros(2), jnp.zeros([], jnp.int32), jnp.zeros([])
-  f1, emas, count, init = F.loss_features(jnp.asarray(2.0), emas, count, init, (0.5, 0.9))
-  np.testing.assert_allclose(f1, [0.0, 0.0, 0.0], atol=1e-6)
-  f2, emas, count, init = F.loss_features(jnp.asarray(1.0), emas, count, init, (0.5, 0.9))
-  np.testing.assert_allclose(emas, [1.0, 0.28], rtol=1e-6)
-  assert int(count) == 2 and float(init) == 2.0
-  np.testing.assert_allclose(f2, [math.log(0.75), math.log(0.19 / 0.28), math.log(0.5)],
-                             rtol=1e-5)
-  # Clipped at ±5: a loss 1e4 times below the first one.
-  f3, *_ = F.loss_features(jnp.asarray(2e-4), emas, count, init, (0.5, 0.9))
-  assert float(f3[-1]) == -5.0
-
-
-def test_schedule_state_and_multiplier_follow_the_loss():
-  # Hidden unit 0 reads the first loss feature (decay 0.5), the output is s = 2 relu(-f):
-  # losses 2, 1 give f = log(0.75) at step 2, so that step is scaled by exp(-2 log 0.75).
-  lopt, theta = SCHED, SCHED.init(jax.random.key(0))
-  col = lopt.num_shared_features
-  w0 = jnp.zeros_like(theta["sched_w0"]).at[col, 0].set(-1.0)
-  tuned = dict(theta, sched_w0=w0, sched_w1=jnp.zeros((4, 1)).at[0, 0].set(2.0))
-  for key in ("loss", "value"):  # the project's keyword and optax's
-    ups, state = _run(lopt, tuned, [2.0, 1.0], key=key)
-    ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(0)), [None, None])
-    np.testing.assert_allclose(state.schedule.loss_emas, [1.0, 0.28], rtol=1e-6)
-    assert int(state.schedule.loss_count) == 2 and float(state.schedule.initial_loss) == 2.0
-    _assert_tree_close(ups[0], ref[0], 1.0)
-    _assert_tree_close(ups[1], ref[1], math.exp(-2.0 * math.log(0.75)))
-
-
-def _assert_tree_close(u, ref, factor, rtol=1e-5):
-  for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(x, factor * np.asarray(y), rtol=rtol)
-
-
-def test_schedule_without_loss_or_with_bad_loss_is_safe():
-  lopt, theta = SCHED, SCHED.init(jax.random.key(0))
-  col = lopt.num_shared_features
-  w0 = jnp.zeros_like(theta["sched_w0"]).at[col, 0].set(-1.0)
-  tuned = dict(theta, sched_w0=w0, sched_w1=jnp.zeros((4, 1)).at[0, 0].set(2.0))
-  ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(0)), [None] * 3)
-  # No loss: zero loss features, the state stays at its start, the steps are the rule's.
-  ups, state = _run(lopt, tuned, [None] * 3)
-  assert int(state.schedule.loss_count) == 0
-  np.testing.assert_array_equal(state.schedule.loss_emas, [0.0, 0.0])
-  for u, r in zip(ups, ref):
-    _assert_tree_close(u, r, 1.0)
-  # Non-finite and non-positive losses are skipped: the state is the one of losses 2, 1.
-  ups, state = _run(lopt, tuned, [2.0, float("nan"), float("inf"), -1.0, 1.0])
-  np.testing.assert_allclose(state.schedule.loss_emas, [1.0, 0.28], rtol=1e-6)
-  assert int(state.schedule.loss_count) == 2
-  assert all(np.isfinite(np.asarray(x)).all() for u in ups for x in jax.tree.leaves(u))
-  with pytest.raises(ValueError, match=r"loss passed to the optimizer must be a scalar, got "
-                                       r"shape \(2,\)"):
-    lopt.transform(theta).update(_grads(_params()), lopt.transform(theta).init(_params()),
-                                 _params(), loss=jnp.ones(2))
-
-
-def test_schedule_config_errors_and_save_load(tmp_path):
-  with pytest.raises(ValueError, match="schedule_hidden_size must be an int >= 0 .* got -1"):
-    MLPOptimizer(schedule_hidden_size=-1)
-  with pytest.raises(ValueError, match=r"schedule_loss_decays must lie in \[0, 1\), got \(1.0,\)"):
-    MLPOptimizer(schedule_loss_decays=(1.0,))
-  assert MLPOptimizer.from_config(SCHED.config()) == SCHED
-  theta = SCHED.init(jax.random.key(7))
-  theta = dict(theta, sched_w1=theta["sched_w1"] + 0.25)  # a trained-looking schedule
-  path = tmp_path / "sched.safetensors"
-  learned_opt.save(path, SCHED, theta)
-  lopt2, theta2 = learned_opt.load(path)
-  assert lopt2 == SCHED
-  a, _ = _run(SCHED, theta, [2.0, 1.0, 1.2])
-  b, _ = _run(lopt2, theta2, [2.0, 1.0, 1.2])
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
-  with pytest.raises(ValueError, match="sched_w0"):  # the lever-off config rejects them
-    PLAIN.transform(theta)
-
-
-def test_normalized_schedule_starts_as_the_decaying_adam_like_step():
-  lopt = MLPOptimizer(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0,
-                      time_scales=(1.0, 10.0), schedule_hidden_size=4,
-                      schedule_loss_decays=(0.5, 0.9), schedule_normalize=True)
-  theta = lopt.init(jax.random.key(3))
-  # The decay lives in the schedule: s = -3 t/T; the rule's output is normalised per tensor.
-  ups, _ = _run(lopt, theta, [2.0, 1.5, 1.7])
-  ref, _ = _run(PLAIN, PLAIN.init(jax.random.key(3)), [None] * 3)
-  # Up to the ε of the feature normaliser: r̃'s RMS is not quite 1 (0.5 % off on the scalar
-  # leaf, whose |r| is small at step 3).
-  for u, r in zip(ups, ref):
-    _assert_tree_close(u, r, 1.0, rtol=1e-2)
-  for t, u in enumerate(ups):  # every tensor's step has RMS λ exp(-3 t/5) (T = 5)
-    for x in jax.tree.leaves(u):
-      np.testing.assert_allclose(np.sqrt(np.mean(np.square(x))), 5e-3 * math.exp(-0.6 * t),
-                                 rtol=1e-5)
-  with pytest.raises(ValueError, match="schedule_normalize=True needs a learned schedule"):
-    MLPOptimizer(schedule_normalize=True)
 
 
 # ------------------------------------------------------------------------------ per-tensor features
 
 
 TENSOR = MLPOptimizer(hidden_sizes=(4, 3), momentum_decays=(0.5, 0.9), rms_decays=(0.9,),
-                      time_scales=(1.0, 10.0), tensor_features=True)
+                      time_scales=(1.0, 10.0), tensor=TensorFeatures())
+NO_TENSOR = dataclasses.replace(TENSOR, tensor=None)
 
 
 def test_tensor_log_rms_values_and_clip():
@@ -545,7 +322,7 @@ def test_tensor_features_match_reference_with_hand_set_weights():
   tx = TENSOR.scale_by(zero)
   u0, _ = tx.update(grads, tx.init(params), params)
   plain = {k: v for k, v in theta.items() if k != "wt"}
-  ref = _reference_update(MLPOptimizer(**{**TENSOR.config(), "tensor_features": False}), plain,
+  ref = _reference_update(NO_TENSOR, plain,
                           grads, tx.init(params), params)
   for name in params:
     np.testing.assert_allclose(np.asarray(u0[name]), ref[name], rtol=2e-4, atol=1e-9)
@@ -557,7 +334,7 @@ def test_tensor_features_match_reference_with_hand_set_weights():
     z = np.clip(np.log10(rms) / 3.0, -3.0, 3.0)
     bias = np.asarray(theta["b0"]) + z @ np.asarray(theta["wt"])
     expected = _reference_update(
-        MLPOptimizer(**{**TENSOR.config(), "tensor_features": False}),
+        NO_TENSOR,
         dict(plain, b0=jnp.asarray(bias, jnp.float32)), {name: grads[name]},
         tx.init({name: params[name]}), {name: params[name]})[name]
     got, _ = TENSOR.scale_by(theta).update({name: grads[name]},
@@ -567,9 +344,10 @@ def test_tensor_features_match_reference_with_hand_set_weights():
 
 
 def test_tensor_features_leave_the_adam_start_and_other_draws_unchanged(tmp_path):
-  kw = dict(hidden_sizes=(8, 8), init_scheme="adam", init_decay=3.0, exp_mult=1.0)
-  on, off = MLPOptimizer(**kw, tensor_features=True), MLPOptimizer(**kw)
-  theta, ref = on.init(jax.random.key(4)), off.init(jax.random.key(4))
+  kw = dict(hidden_sizes=(8, 8), exp_mult=1.0)
+  on, off = MLPOptimizer(**kw, tensor=TensorFeatures()), MLPOptimizer(**kw)
+  start = lambda lopt: learned_opt.inits.adam_like(lopt, jax.random.key(4), decay=3.0)
+  theta, ref = start(on), start(off)
   assert set(theta) - set(ref) == {"wt"}
   for k in ref:
     np.testing.assert_array_equal(theta[k], ref[k])
@@ -590,14 +368,14 @@ def test_tensor_features_leave_the_adam_start_and_other_draws_unchanged(tmp_path
   path = tmp_path / "tensor.safetensors"
   learned_opt.save(path, on, dict(theta, wt=theta["wt"] + 0.5))
   lopt2, theta2 = learned_opt.load(path)
-  assert lopt2 == on and lopt2.tensor_features
+  assert lopt2 == on and lopt2.tensor == TensorFeatures(grad=True, held=False)
   np.testing.assert_array_equal(theta2["wt"], theta["wt"] + 0.5)
   with pytest.raises(ValueError, match="wt"):
     off.transform(theta)
 
 
 def test_tensor_features_without_the_gradients_scale():
-  lopt = MLPOptimizer(**{**TENSOR.config(), "tensor_grad_feature": False})
+  lopt = dataclasses.replace(TENSOR, tensor=TensorFeatures(grad=False))
   assert lopt.tensor_feature_names() == ["log_rms_param", "log_rms_mom_0.5*rsqrt_rms_0.9",
                                          "log_rms_mom_0.9*rsqrt_rms_0.9"]
   theta = lopt.init(jax.random.key(0))
@@ -611,12 +389,18 @@ def test_tensor_features_without_the_gradients_scale():
     u, _ = tx.update(grads, tx.init(params), params)
     v, _ = ref.update(grads, ref.init(params), params)
     np.testing.assert_allclose(u["a"], v["a"], rtol=1e-6)
-  with pytest.raises(ValueError, match="tensor_grad_feature=False only applies"):
-    MLPOptimizer(tensor_grad_feature=False)
+  # As a saved config: a nested object; as an argument, a dict of its fields works too.
+  assert lopt.config()["tensor"] == {"grad": False, "held": False}
+  assert MLPOptimizer(**{**TENSOR.config(), "tensor": {"grad": False}}) == lopt
+  assert MLPOptimizer.from_config(json.loads(json.dumps(lopt.config()))) == lopt
+  with pytest.raises(ValueError, match=r"tensor: unknown keys \['initial'\]"):
+    MLPOptimizer(tensor={"initial": True})
+  with pytest.raises(ValueError, match="tensor must be a TensorFeatures"):
+    MLPOptimizer(tensor=True)
 
 
 def test_tensor_features_initial_are_the_first_updates_held_for_the_run():
-  held = MLPOptimizer(**{**TENSOR.config(), "tensor_features_initial": True})
+  held = dataclasses.replace(TENSOR, tensor=TensorFeatures(held=True))
   theta = held.init(jax.random.key(0))
   assert set(theta) == set(TENSOR.init(jax.random.key(0)))  # the same meta-parameters
   params = {"a": jax.random.normal(jax.random.key(1), (5, 4)), "n": jnp.arange(3),
@@ -647,5 +431,3 @@ def test_tensor_features_initial_are_the_first_updates_held_for_the_run():
   assert np.max(np.abs(np.asarray(v2["a"]) - np.asarray(v1["a"]))) > 1e-2 * np.max(
       np.abs(np.asarray(v1["a"])))
   np.testing.assert_array_equal(u1["n"], grads["n"])
-  with pytest.raises(ValueError, match="tensor_features_initial=True only applies"):
-    MLPOptimizer(tensor_features_initial=True)

@@ -15,7 +15,7 @@ import learned_opt
 
 pretrained_module = importlib.import_module("learned_opt.pretrained")
 
-LAM, DECAY = 0.01, 3.0  # init_learning_rate and init_decay of the test files
+LAM, DECAY = 0.01, 3.0  # the Adam-like start of the test files (learning_rate, decay)
 
 
 def _quadratic_descends(tx, steps=200):
@@ -55,18 +55,21 @@ def _rms(u):
 def shipped(tmp_path, monkeypatch):
   """A package directory with two files: ``aware`` (meta-trained horizon-aware) and ``plain``.
 
-  Both are the untrained Adam-like start ``MLPOptimizer(init_scheme="adam", init_decay=3)``,
-  whose step has RMS ``λ exp(-3 t/T)`` over a tensor given ``num_steps = T`` and ``λ`` without.
+  Both are the untrained Adam-like start (``inits.adam_like(lopt, key, decay=3)``), whose step
+  has RMS ``λ exp(-3 t/T)`` over a tensor given ``num_steps = T`` and ``λ`` without; only
+  ``aware``'s optimizer is ``horizon_aware``. Their provenance's estimator says the opposite,
+  so a test reading it instead of the optimizer's field would fail.
   """
-  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4, 4), init_scheme="adam",
-                                  init_learning_rate=LAM, init_decay=DECAY)
-  theta = lopt.init(jax.random.key(1))
+  plain = learned_opt.MLPOptimizer(hidden_sizes=(4, 4))
+  aware = learned_opt.MLPOptimizer(hidden_sizes=(4, 4), horizon_aware=True)
+  theta = learned_opt.inits.adam_like(plain, jax.random.key(1), learning_rate=LAM, decay=DECAY)
   config = {"optimizer": {"name": "mlp"}, "task": {"family": "quadratic"}}
-  learned_opt.save(tmp_path / "aware.safetensors", lopt, theta, provenance={
+  learned_opt.save(tmp_path / "aware.safetensors", aware, theta, provenance={
       "producer": "meta-train", "command": "meta-train --preset quickstart",
-      "config": {**config, "estimator": {"name": "pes", "horizon_aware": True}}})
-  learned_opt.save(tmp_path / "plain.safetensors", lopt, theta, provenance={
-      "producer": "meta-train", "config": {**config, "estimator": {"name": "pes"}}})
+      "config": {**config, "estimator": {"name": "pes", "horizon_aware": False}}})
+  learned_opt.save(tmp_path / "plain.safetensors", plain, theta, provenance={
+      "producer": "meta-train", "config": {**config, "estimator": {"name": "pes",
+                                                                   "horizon_aware": True}}})
   monkeypatch.setattr(pretrained_module, "_DIR", str(tmp_path))
   monkeypatch.setattr(pretrained_module, "_WARNED", set())
   return tmp_path

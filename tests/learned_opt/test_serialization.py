@@ -36,7 +36,7 @@ def test_file_layout_is_plain_safetensors_with_json_metadata(saved):
   (n,) = struct.unpack("<Q", data[:8])
   header = json.loads(data[8:8 + n])
   doc = json.loads(header["__metadata__"]["learned_opt"])
-  assert doc["format"] == "learned_opt" and doc["format_version"] == 1
+  assert doc["format"] == "learned_opt" and doc["format_version"] == 2
   assert doc["name"] == "adafactor_mlp"
   assert doc["config"] == lopt.config()
   assert doc["config"]["momentum_decays"] == [0.9]

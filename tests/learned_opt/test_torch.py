@@ -27,6 +27,8 @@ import learned_opt
 torch = pytest.importorskip(
     "torch", reason="learned_opt.torch needs PyTorch (pip install 'learned_opt[torch]')")
 
+from learned_opt import mlp as jax_mlp  # noqa: E402
+from learned_opt.experimental import NormalizeStep  # noqa: E402
 from learned_opt import file_format  # noqa: E402
 from learned_opt.torch import LearnedOptimizer  # noqa: E402
 from learned_opt.torch import mlp as torch_mlp  # noqa: E402
@@ -179,42 +181,52 @@ def _perturbed(theta, seed: int, std: float = 0.1):
 
 # Random architectures: (optimizer, num_steps, lr). Together they set every config option of
 # both architectures to a value other than its default (test_archs_cover_every_option).
+_MLP = learned_opt.MLPOptimizer
+_TF = learned_opt.TensorFeatures
 ARCHS = {
-    "mlp_default": (learned_opt.MLPOptimizer(), None, 1.0),
-    "mlp_adam_start_horizon": (learned_opt.MLPOptimizer(
-        init_scheme="adam", init_decay=3.0, init_learning_rate=1e-2, exp_mult=1.0), 100, 1.0),
-    "mlp_fused_one_layer": (learned_opt.MLPOptimizer(hidden_sizes=(8,), fuse_min_size=16), 100,
-                            0.5),
-    "mlp_deep_features": (learned_opt.MLPOptimizer(
+    "mlp_default": (_MLP(), None, 1.0),
+    "mlp_adam_start_horizon": (_MLP(exp_mult=1.0, horizon_aware=True), 100, 1.0),
+    "mlp_fused_one_layer": (_MLP(hidden_sizes=(8,)), 100, 0.5),
+    "mlp_deep_features": (_MLP(
         hidden_sizes=(8, 6, 5), momentum_decays=(0.0, 0.9), rms_decays=(0.9, 0.999),
         time_scales=(1.0, 10.0, 100.0), norm_eps=1e-4, rsqrt_eps=1e-6, step_mult=1e-2), 250,
         1.0),
-    "mlp_schedule": (learned_opt.MLPOptimizer(
-        hidden_sizes=(8, 8), schedule_hidden_size=4, schedule_loss_decays=(0.5, 0.9)), 100, 1.0),
-    "mlp_schedule_normalize": (learned_opt.MLPOptimizer(
-        init_scheme="adam", init_decay=2.0, schedule_hidden_size=3, schedule_normalize=True),
+    "mlp_schedule": (learned_opt.chain(_MLP(hidden_sizes=(8, 8)), learned_opt.LearnedSchedule(
+        hidden_size=4, loss_decays=(0.5, 0.9))), 100, 1.0),
+    "mlp_schedule_normalize": (learned_opt.chain(
+        _MLP(step_mult=1.0), NormalizeStep(), learned_opt.LearnedSchedule(hidden_size=3)),
         100, 1.0),
-    "mlp_tensor_features": (learned_opt.MLPOptimizer(tensor_features=True), 100, 1.0),
-    "mlp_tensor_features_held": (learned_opt.MLPOptimizer(
-        tensor_features=True, tensor_grad_feature=False, tensor_features_initial=True), None,
-        2.0),
-    "mlp_everything": (learned_opt.MLPOptimizer(
-        hidden_sizes=(6, 5), rms_decays=(0.95, 0.99), schedule_hidden_size=5,
-        schedule_normalize=True, init_scheme="adam", init_decay=1.0, tensor_features=True,
-        tensor_features_initial=True, fuse_min_size=100), 100, 0.7),
+    "mlp_tensor_features": (_MLP(tensor=_TF()), 100, 1.0),
+    "mlp_tensor_features_held": (_MLP(tensor=_TF(grad=False, held=True)), None, 2.0),
+    "mlp_everything": (learned_opt.chain(
+        _MLP(hidden_sizes=(6, 5), rms_decays=(0.95, 0.99), tensor=_TF(held=True), step_mult=1.0),
+        NormalizeStep(learning_rate=1e-2), learned_opt.LearnedSchedule(hidden_size=5)), 100, 0.7),
     "adafactor_default": (learned_opt.AdafactorMLPOptimizer(), None, 1.0),
     "adafactor_small": (learned_opt.AdafactorMLPOptimizer(
         hidden_size=8, momentum_decays=(0.9,), factored_decays=(0.99,), time_scales=(1.0, 30.0),
-        exp_mult=0.1, step_mult=1e-2, norm_eps=1e-3), 100, 1.0),
+        exp_mult=0.1, step_mult=1e-2, norm_eps=1e-3, horizon_aware=True), 100, 1.0),
 }
+# Starts other than init (learned_opt.inits.adam_like's arguments), and FUSE_MIN_SIZE values
+# that put some tensors of the stream through the fused network.
+STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0),
+          "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
+FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
+
+
+def _parts(lopt):
+  return lopt.parts if isinstance(lopt, learned_opt.Chain) else (lopt,)
 
 
 def test_archs_cover_every_option():
-  """Every saved config option of each architecture takes a non-default value in ARCHS."""
-  for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer):
+  """Every saved config option of each piece takes a non-default value in ARCHS."""
+  for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer,
+              learned_opt.LearnedSchedule, NormalizeStep):
     default = cls().config()
-    changed = {k for lopt, _, _ in ARCHS.values() if type(lopt) is cls
-               for k, v in lopt.config().items() if v != default[k]}
+    changed = {k for lopt, _, _ in ARCHS.values() for part in _parts(lopt)
+               if type(part) is cls for k, v in part.config().items() if v != default[k]}
+    if cls in (learned_opt.LearnedSchedule, NormalizeStep):
+      # The schedule's time scales must be the rule's; a chain's flag is read off its rule.
+      changed = (changed | {"time_scales", "horizon_aware"}) & set(default)
     assert changed == set(default), f"{cls.name}: no ARCHS entry changes {set(default) - changed}"
 
 
@@ -225,9 +237,13 @@ def small_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_random_architecture_equals_optax(arch, tmp_path, small_chunks):
+def test_random_architecture_equals_optax(arch, tmp_path, small_chunks, monkeypatch):
   lopt, num_steps, lr = ARCHS[arch]
-  theta = _perturbed(lopt.init(jax.random.key(0)), seed=1)
+  monkeypatch.setattr(jax_mlp, "FUSE_MIN_SIZE", FUSE.get(arch, jax_mlp.FUSE_MIN_SIZE))
+  key = jax.random.key(0)
+  start = (learned_opt.inits.adam_like(lopt, key, **STARTS[arch]) if arch in STARTS
+           else lopt.init(key))
+  theta = _perturbed(start, seed=1)
   path = tmp_path / f"{arch}.safetensors"
   learned_opt.save(path, lopt, theta)
   grads, losses = gradient_stream(100, bad_step=40)
@@ -262,10 +278,10 @@ def test_large_tensor_agrees_to_the_accuracy_of_the_optax_sums(tmp_path, monkeyp
 
   Against the same torch optimizer run in one chunk: to 1e-5. Against optax: to 1e-3, the
   accuracy of the optax transform's own float32 sequential sums at this size (its two
-  formulations, ``fuse_min_size`` above and below the tensor's size, differ by as much).
+  formulations, ``FUSE_MIN_SIZE`` above and below the tensor's size, differ by as much).
   """
   shapes = {"big": (200, 200), "bias": (7,)}
-  lopt = learned_opt.MLPOptimizer(hidden_sizes=(8, 8), tensor_features=True)
+  lopt = learned_opt.MLPOptimizer(hidden_sizes=(8, 8), tensor=learned_opt.TensorFeatures())
   theta = _perturbed(lopt.init(jax.random.key(2)), seed=3)
   path = tmp_path / "opt.safetensors"
   learned_opt.save(path, lopt, theta)
@@ -518,7 +534,9 @@ def test_horizon_warning_and_num_steps_as_pretrained(monkeypatch, tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert LearnedOptimizer(p, path, num_steps=10).num_steps == 10
-  monkeypatch.setattr(file_format, "is_horizon_aware", lambda prov: False)
+  read = file_format.read
+  monkeypatch.setattr(file_format, "read", lambda path: read(path)._replace(
+      config={**read(path).config, "horizon_aware": False}))
   assert LearnedOptimizer(p, "default", num_steps=10).num_steps is None
 
 
@@ -574,13 +592,16 @@ def test_files_it_cannot_apply_give_clear_errors(tmp_path):
                          r"no 'rms_decays'"),
       "bad_value": (_rewrite(good, tmp_path / "d.safetensors",
                              lambda d: d["config"].update(tensor_features="yes")),
-                    r"'tensor_features' must be true or false"),
+                    r"unsupported config option\(s\) \['tensor_features'\]"),
+      "bad_v2_value": (_rewrite(good, tmp_path / "h.safetensors", lambda d: d.update(
+          format_version=2, config={**d["config"], "tensor": "yes"})),
+                       r"'tensor' must be an object or null"),
       "shape": (_rewrite(good, tmp_path / "e.safetensors", edit_tensors=lambda t: t.update(
           w1=np.zeros((3, 3), np.float32))), r"'w1' has shape \(3, 3\), expected \(16, 16\)"),
       "bf16_meta_params": (_rewrite(good, tmp_path / "f.safetensors", edit_tensors=lambda t: t.update(
           w1=t["w1"].astype(jnp.bfloat16))), r"'w1' is bfloat16; .* float32"),
       "newer_format": (_rewrite(good, tmp_path / "g.safetensors",
-                                lambda d: d.update(format_version=2)), r"newer"),
+                                lambda d: d.update(format_version=3)), r"newer"),
       "missing_file": (tmp_path / "nope.safetensors", r"no such file"),
   }
   for kind, (path, message) in cases.items():

@@ -4,9 +4,11 @@ import dataclasses
 import json
 import typing
 
+import jax
 import pytest
 
 import learned_opt
+from learned_opt import testing
 from meta_train import config as C
 from meta_train import unroll as ul
 from meta_train.estimators import registry
@@ -242,9 +244,12 @@ def test_fields_table_covers_every_leaf_field():
   paths = [r[0] for r in rows]
   assert "estimator.num_pairs" in paths and "run.checkpoint_every" in paths
   assert "optimizer.kwargs" in paths and "eval.enabled" in paths
-  n_leaves = sum(len(dataclasses.fields(getattr(C.RunConfig(), f.name)))
-                 for f in dataclasses.fields(C.RunConfig))
-  assert len(rows) == n_leaves
+  def leaves(obj):
+    return sum(leaves(getattr(obj, f.name)) if dataclasses.is_dataclass(getattr(obj, f.name))
+               else 1 for f in dataclasses.fields(obj))
+
+  assert len(rows) == leaves(C.RunConfig())
+  assert "optimizer.start.scheme" in paths
   assert all(help_text for _, _, _, help_text in rows)
 
 
@@ -276,3 +281,71 @@ def test_a_sections_own_check_becomes_a_config_error_naming_the_field():
   with pytest.raises(C.ConfigError) as err:
     C.from_json('{"eval": {"warmup_fraction": 1.5}}')
   assert err.value.path == "eval.warmup_fraction"
+
+
+# --- optimizer.start and the optimizer's horizon awareness -----------------------------------
+
+
+_sha = testing.tree_digest
+
+
+# sha256 of the presets' initial meta-parameters for key(11), recorded when the start was the
+# optimizer's init_scheme="adam" (+ init_decay=3.0) fields: the presets start where they did.
+_PRESET_STARTS = {
+    "quickstart": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
+    "diffusion": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
+    "default": "15b44f68c1b90e4ba3a1466f72b4a4a7c5f4d8518408f54ba0893c908e8b89a9",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
+def test_presets_keep_their_meta_parameter_starts(name):
+  built = C.build(C.preset(name))
+  assert built.cfg.optimizer.start == C.StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+  assert built.lopt.horizon_aware is built.cfg.estimator.horizon_aware is True
+  assert _sha(built.start(jax.random.key(11))) == _PRESET_STARTS[name]
+
+
+def test_start_section_lecun_default_and_strict_fields():
+  built = C.build(C.preset("smoke"))
+  assert built.cfg.optimizer.start.scheme == "lecun" and not built.lopt.horizon_aware
+  assert _sha(built.start(jax.random.key(3))) == _sha(built.lopt.init(jax.random.key(3)))
+  cfg = C.resolve("smoke", ["optimizer.start.scheme=adam_like", "optimizer.start.decay=2",
+                            "estimator.horizon_aware=true"])
+  built = C.build(cfg)
+  assert built.lopt.horizon_aware
+  want = learned_opt.inits.adam_like(built.lopt, jax.random.key(3), decay=2.0)
+  assert _sha(built.start(jax.random.key(3))) == _sha(want)
+  cases = [
+      (["optimizer.start.decay=2"], "optimizer.start.decay", "only applies with"),
+      (["optimizer.start.scheme=adam_like", "optimizer.start.learning_rate=0"],
+       "optimizer.start.learning_rate", "learning_rate must be > 0"),
+      (["optimizer.start.scheme=adam_like", "optimizer.kwargs.hidden_sizes=[8, 1]"],
+       "optimizer.start.scheme", "width >= 2"),
+      (["optimizer.kwargs.horizon_aware=true"], "optimizer.kwargs.horizon_aware",
+       "set from estimator.horizon_aware"),
+      (["optimizer.kwargs.init_scheme=adam"], "optimizer.kwargs.init_scheme",
+       "unknown field of MLPOptimizer"),
+  ]
+  for overrides, field, message in cases:
+    with pytest.raises(C.ConfigError, match=message) as e:
+      C.resolve("smoke", overrides)
+    assert e.value.path == field, overrides
+
+
+def test_nested_optimizer_config_from_the_command_line():
+  cfg = C.resolve("smoke", ['optimizer.kwargs.tensor={"grad": false}'])
+  built = C.build(cfg)
+  assert built.lopt.tensor == learned_opt.TensorFeatures(grad=False)
+  assert C.from_json(C.to_json(cfg)) == cfg
+
+
+def test_an_older_config_reads_its_init_kwargs_as_the_start():
+  old = C.to_dict(C.preset("smoke"))
+  old["optimizer"] = {"name": "mlp", "kwargs": {"hidden_sizes": [16, 16], "init_scheme": "adam",
+                                                "init_decay": 3.0, "exp_mult": 1.0}}
+  cfg = C.from_dict(old)
+  assert cfg.optimizer.kwargs == {"hidden_sizes": (16, 16), "exp_mult": 1.0}
+  assert cfg.optimizer.start == C.StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+  old["optimizer"]["kwargs"] = {"init_scheme": "lecun", "init_learning_rate": 0.1}
+  assert C.from_dict(old).optimizer == C.OptimizerConfig("mlp", {}, C.StartConfig())

@@ -395,13 +395,15 @@ def test_compare_concat_joins_runs_in_order_and_keeps_shared_keys():
 
 def test_learned_curves_and_trained_params_pass_the_loss_to_a_learned_schedule():
   problem = _quadratic_problem(num_tasks=1, num_seeds=1)
-  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4,), init_scheme="adam", time_scales=(1.0,),
-                                  schedule_hidden_size=2, schedule_loss_decays=(0.5,))
-  theta = lopt.init(jax.random.key(0))
+  lopt = learned_opt.chain(
+      learned_opt.MLPOptimizer(hidden_sizes=(4,), time_scales=(1.0,)),
+      learned_opt.LearnedSchedule(hidden_size=2, time_scales=(1.0,), loss_decays=(0.5,)))
+  theta = learned_opt.inits.adam_like(lopt, jax.random.key(0))
   # s = 3 relu(-log(ℓ / ê_0.5)): larger steps while the loss falls, so the loss matters.
-  col = lopt.num_shared_features
-  theta = dict(theta, sched_w0=theta["sched_w0"].at[:, 0].set(0.0).at[col, 0].set(-1.0),
-               sched_w1=theta["sched_w1"].at[0, 0].set(3.0))
+  col = 1 + 2  # after the time and horizon features
+  sched = theta["schedule"]
+  theta["schedule"] = dict(sched, w0=sched["w0"].at[:, 0].set(0.0).at[col, 0].set(-1.0),
+                           w1=sched["w1"].at[0, 0].set(3.0))
   tx = lopt.transform(theta)
   curves = curves_lib.learned_curves(problem.family, tx, problem.task_params, problem.keys, 5, 1)
   tp = jax.tree.map(lambda x: x[0], problem.task_params)
@@ -412,6 +414,6 @@ def test_learned_curves_and_trained_params_pass_the_loss_to_a_learned_schedule()
   final = float(task.loss(params, k_eval, task.eval_batch("train")))
   np.testing.assert_allclose(curves["train"][0, 0, -1], final, rtol=1e-5)
   # Without the loss the schedule stays at s = 0: a different run.
-  plain = lopt.transform(dict(theta, sched_w1=theta["sched_w1"] * 0.0))
+  plain = lopt.transform(dict(theta, schedule=dict(sched, w1=sched["w1"] * 0.0)))
   other = curves_lib.learned_curves(problem.family, plain, problem.task_params, problem.keys, 5, 1)
   assert abs(float(other["train"][0, 0, -1]) - final) > 1e-3 * abs(final)

@@ -268,14 +268,15 @@ def test_unroll_passes_each_steps_train_loss_to_the_optimizer():
   # An MLP optimizer with a learned schedule keeps moving averages of the loss it is given:
   # after 4 steps they must be those of the 4 train losses (here the normalised meta-losses
   # times the quadratic's reference loss).
-  lopt = learned_opt.MLPOptimizer(hidden_sizes=(4,), init_scheme="adam", time_scales=(1.0,),
-                                  schedule_hidden_size=2, schedule_loss_decays=(0.5,))
-  theta = lopt.init(jax.random.key(0))
+  lopt = learned_opt.chain(
+      learned_opt.MLPOptimizer(hidden_sizes=(4,), time_scales=(1.0,)),
+      learned_opt.LearnedSchedule(hidden_size=2, time_scales=(1.0,), loss_decays=(0.5,)))
+  theta = learned_opt.inits.adam_like(lopt, jax.random.key(0))
   ps = ul.fresh_particle(lopt, FAMILY, CONFIG, theta, ul.key_data(jax.random.key(3)))
   new_ps, out = jax.jit(lambda mp, p: ul.unroll(lopt, FAMILY, CONFIG, mp, p))(theta, ps)
   task = FAMILY.task(ps.task_params)
   losses = np.asarray(out.losses) * float(0.5 * task.init_scale**2 * jnp.trace(task.hessian))
-  schedule = new_ps.opt_state[0].schedule
+  schedule = new_ps.opt_state[0][1]  # the chain's state: (rule's, schedule's)
   ema = 0.0
   for loss in losses:
     ema = 0.5 * ema + 0.5 * loss

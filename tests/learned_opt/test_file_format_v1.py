@@ -1,0 +1,159 @@
+"""Format v2 and the v1 files it still reads (:mod:`learned_opt.upgrade`).
+
+The hashes below are sha256 of 100 updates on the fixed stream of ``update_stream.py``
+(``num_steps=200``), computed with the code that wrote format v1, before the optimizer was cut
+into pieces. A file must load and step bit-identically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import learned_opt
+from learned_opt import file_format
+from learned_opt import testing
+from learned_opt import upgrade
+from learned_opt.experimental import NormalizeStep
+
+
+def _sibling(name):
+  """A helper module next to this file (the tests are not a package)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__),
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+update_stream = _sibling("update_stream")
+
+_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+_QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "reports", "quickstart",
+                           "optimizer.safetensors")
+
+# Recorded with the format-v1 code (tests/learned_opt/update_stream.py, run before the change).
+SHIPPED = {
+    "default": "8f825a6320ef35f34eedd6fcfdf1ac0441784a75d9ca55fe91347cabb7f40776",
+    "diffusion": "cbfbe4467581f7255a9007301093be9bd897f5db97f77336d1a9db155d200e88",
+}
+QUICKSTART = "9f4d611a9f90a31ab31d45448fa2c8acf1e91af72968f34db04290af75e233cd"
+# v1 files with a learned schedule, written by the v1 code (fixtures/): (jitted 100, eager 30).
+FIXTURES = {
+    "v1_normalize.safetensors": (
+        "4ba5e4759e9994c07302d28d3d5d907c41371a1f5de3651c404fbb17ce7a2e41",
+        "65b2913a0cf077db8b09a8e19bcedbe65172a8ecfc0ef7a23d18cf20df85bb3b"),
+    "v1_schedule.safetensors": (
+        None,  # compiled, XLA reassociates the rule's b with the schedule's e^s (last bit)
+        "95858901fb37f1481ac998338a5af4c0f44a1b73c582e1907770d8bff5a45707"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_v1_files_give_the_same_updates(name):
+  path = learned_opt.pretrained_path(name)
+  assert file_format.read_document(path)[1]["format_version"] == 1  # kept as committed
+  lopt, theta = learned_opt.load_pretrained(name)
+  assert type(lopt) is learned_opt.MLPOptimizer and lopt.horizon_aware
+  assert update_stream.update_hash(lopt.transform(theta, num_steps=200)) == SHIPPED[name]
+
+
+def test_quickstart_report_file_gives_the_same_updates():
+  lopt, theta = learned_opt.load(_QUICKSTART)
+  assert update_stream.update_hash(lopt.transform(theta, num_steps=200)) == QUICKSTART
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES))
+def test_v1_schedule_files_load_as_chains_with_the_same_updates(fixture):
+  lopt, theta = learned_opt.load(os.path.join(_FIXTURES, fixture))
+  assert isinstance(lopt, learned_opt.Chain) and lopt.horizon_aware == (
+      fixture == "v1_schedule.safetensors")  # from the v1 provenance
+  assert lopt.parts[-1].name == "schedule"
+  assert isinstance(lopt.parts[1], NormalizeStep) == (fixture == "v1_normalize.safetensors")
+  tx = lopt.transform(theta, num_steps=200)
+  jitted, eager = FIXTURES[fixture]
+  assert update_stream.update_hash(tx, 30, jit=False) == eager
+  if jitted is not None:
+    assert update_stream.update_hash(tx) == jitted
+
+
+def test_v1_schedule_file_compiled_agrees_to_rounding():
+  lopt, theta = learned_opt.load(os.path.join(_FIXTURES, "v1_schedule.safetensors"))
+  tx = lopt.transform(theta, num_steps=200)
+  params = update_stream.params_tree()
+  grads = jax.tree.map(lambda p: 0.5 * p + 0.01, params)
+  a, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, loss=1.5))(grads, tx.init(params), params)
+  b, _ = tx.update(grads, tx.init(params), params, loss=1.5)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-9)  # float32 sums in either order
+
+
+def test_upgrade_maps_every_v1_key():
+  config = {"hidden_sizes": [8], "time_scales": [1.0, 10.0], "fuse_min_size": 1000,
+            "init_scheme": "adam", "init_learning_rate": 0.01, "init_decay": 1.0,
+            "schedule_hidden_size": 4, "schedule_loss_decays": [0.9], "schedule_normalize": True,
+            "tensor_features": True, "tensor_grad_feature": False,
+            "tensor_features_initial": True}
+  meta = {"w0": 0, "b0": 1, "sched_w0": 2, "sched_b0": 3, "sched_w1": 4, "sched_b1": 5, "wt": 6}
+  prov = {"config": {"estimator": {"horizon_aware": True}}}
+  name, new, theta = upgrade.upgrade_v1("mlp", config, meta, prov)
+  rule = {"hidden_sizes": [8], "time_scales": [1.0, 10.0], "step_mult": 1.0,
+          "tensor": {"grad": False, "held": True}, "horizon_aware": True}
+  assert name == "chain" and new == {"parts": [
+      {"name": "mlp", "config": rule},
+      {"name": "normalize_step", "config": {"learning_rate": 0.01, "horizon_aware": True}},
+      {"name": "schedule", "config": {"hidden_size": 4, "time_scales": [1.0, 10.0],
+                                      "loss_decays": [0.9], "horizon_aware": True}}]}
+  assert theta == {"mlp": {"w0": 0, "b0": 1, "wt": 6}, "normalize_step": {},
+                   "schedule": {"w0": 2, "b0": 3, "w1": 4, "b1": 5}}
+  # Without a schedule: the rule alone; no provenance: not horizon-aware.
+  name, new, _ = upgrade.upgrade_v1("mlp", {"hidden_sizes": [8], "schedule_hidden_size": 0,
+                                            "schedule_loss_decays": [0.9]}, {}, {})
+  assert (name, new) == ("mlp", {"hidden_sizes": [8], "tensor": None, "horizon_aware": False})
+  assert upgrade.upgrade_v1("adam", {"learning_rate": 1.0}, {}, prov)[1] == {"learning_rate": 1.0}
+  assert upgrade.upgrade_v1("adafactor_mlp", {}, {}, prov)[1] == {"horizon_aware": True}
+
+
+def _rewrite(src, dst, edit):
+  """Copies a file with its JSON document edited."""
+  data, doc = file_format.read_document(src)
+  edit(doc)
+  tensors = {k: np.array(v) for k, v in safetensors.numpy.load_file(str(src)).items()}
+  safetensors.numpy.save_file(tensors, str(dst), metadata={"learned_opt": json.dumps(doc)})
+  return dst
+
+
+def test_unknown_v1_and_v2_keys_are_refused_by_name(tmp_path):
+  good = learned_opt.pretrained_path("default")
+  bad = _rewrite(good, tmp_path / "v1.safetensors", lambda d: d["config"].update(lstm_size=8))
+  with pytest.raises(learned_opt.FileFormatError, match=r"unknown config keys \['lstm_size'\]"):
+    learned_opt.load(bad)
+  wrong = _rewrite(good, tmp_path / "v1t.safetensors",
+                   lambda d: d["config"].update(tensor_features="yes"))
+  with pytest.raises(learned_opt.FileFormatError, match=r"\['tensor_features'\]"):
+    learned_opt.load(wrong)
+  lopt, theta = learned_opt.load(good)
+  learned_opt.save(tmp_path / "v2.safetensors", lopt, theta)
+  bad = _rewrite(tmp_path / "v2.safetensors", tmp_path / "v2bad.safetensors",
+                 lambda d: d["config"].update(init_scheme="adam"))
+  with pytest.raises(learned_opt.FileFormatError, match=r"unknown config keys \['init_scheme'\]"):
+    learned_opt.load(bad)  # v1 keys are only understood in v1 files
+
+
+def test_v2_round_trip_is_bit_exact_and_records_horizon_awareness(tmp_path):
+  lopt, theta = learned_opt.load_pretrained("default")
+  path = tmp_path / "default_v2.safetensors"
+  learned_opt.save(path, lopt, theta, provenance={"start": {"scheme": "adam_like"}})
+  doc = file_format.read_document(path)[1]
+  assert doc["format_version"] == file_format.FORMAT_VERSION == 2
+  assert doc["config"]["horizon_aware"] is True and "init_scheme" not in doc["config"]
+  lopt2, theta2, prov = learned_opt.read(path)
+  assert lopt2 == lopt and prov == {"start": {"scheme": "adam_like"}}
+  testing.assert_bitwise_equal(theta2, theta)
+  assert update_stream.update_hash(lopt2.transform(theta2, num_steps=200)) == SHIPPED["default"]
