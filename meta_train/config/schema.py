@@ -42,9 +42,12 @@ def _est(field: str, *, help: str):  # pylint: disable=redefined-builtin
 class StartConfig:
   """Where meta-training starts: ``lopt.init`` or a start of :mod:`learned_opt.inits`."""
 
-  scheme: Literal["lecun", "adam_like"] = _f(
+  scheme: Literal["lecun", "adam_like", "tuned_adam_like"] = _f(
       "lecun", help="lecun: lopt.init (random, tiny steps); adam_like: "
-                    "learned_opt.inits.adam_like (a normalised Adam step)")
+                    "learned_opt.inits.adam_like (a normalised Adam step); tuned_adam_like: "
+                    "adam_like at the family's tuned constant-Adam rate, from a short sweep "
+                    "before meta-training (meta_train/recipe/tuned_start.py; recorded in the "
+                    "run directory's start.json and the optimizer's provenance)")
   learning_rate: float = _f(5e-3, help="adam_like: the RMS over each tensor of the first step")
   decay: float = _f(0.0, help="adam_like: k of the initial decay exp(-k t/T) of the step")
 

@@ -326,6 +326,10 @@ def build_start(cfg: RunConfig, lopt):
         raise ConfigError(f"optimizer.start.{name}", "only applies with optimizer.start.scheme="
                                                      "adam_like; remove it or set the scheme")
     return lopt.init
+  if start.scheme == "tuned_adam_like" and start.learning_rate != schema.StartConfig.learning_rate:
+    raise ConfigError("optimizer.start.learning_rate", "is the family's tuned Adam rate with "
+                                                       "scheme=tuned_adam_like; remove it or "
+                                                       "set scheme=adam_like")
   fn = functools.partial(learned_opt.inits.adam_like, lopt, learning_rate=start.learning_rate,
                          decay=start.decay)
   try:

@@ -13,11 +13,12 @@ with :math:`L_{t,s}(\\eta)` the loss on task ``t``'s fixed train evaluation set 
 ``num_steps`` steps from seed ``s`` (a diverged run counts as ``+inf``). The whole table of
 (rate, loss) comes back with it, for the provenance of whatever starts from it.
 
-It is a function of the family alone, not yet wired into meta-training: an Adam-like start
-(``init_scheme="adam"``, whose rate is ``init_learning_rate`` today) can take
+``optimizer.start.scheme=tuned_adam_like`` starts meta-training from it
+(:func:`meta_train.runtime.run.resolve_start`): :func:`learned_opt.inits.adam_like` at
 :attr:`TunedStart.learning_rate`, so that meta-training only has to improve on tuned Adam
-instead of finding the family's rate. Learned optimizers are measured against tuned Adam
-(VeLO, arXiv 2211.09760; Celo, arXiv 2501.12670); this is that baseline as a starting point.
+instead of finding the family's rate; the sweep goes into the run directory's ``start.json``
+and the optimizer file's provenance. Learned optimizers are measured against tuned Adam (VeLO,
+arXiv 2211.09760; Celo, arXiv 2501.12670); this is that baseline as a starting point.
 
 Example::
 

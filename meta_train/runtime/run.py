@@ -4,6 +4,7 @@ A run directory holds::
 
   config.json             the resolved RunConfig
   metrics.jsonl           one JSON object per logged step
+  start.json              optimizer.start.scheme=tuned_adam_like: the sweep it started from
   checkpoints/<step>/     orbax checkpoints of the whole MetaTrainerState (+ a digest)
   optimizer.safetensors   the learned optimizer (learned_opt.save), rewritten at every checkpoint
   meta_loss.png           meta-loss and meta-gradient norm against outer steps, at the end
@@ -46,6 +47,9 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
 META_LOSS_FIGURE = "meta_loss.png"
+START_FILE = "start.json"
+# Folded into the run's key for the tuned start's sweep (its own draws of the family).
+_START_TAG = 0x57A27
 
 
 class RunDirError(ValueError):
@@ -142,11 +146,12 @@ def prepare_run_dir(cfg: config_lib.RunConfig, run_dir: str,
 
 def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
                      cfg: config_lib.RunConfig | None = None, step: int | None = None,
-                     command: str | None = None) -> str:
+                     command: str | None = None, start: dict | None = None) -> str:
   """Writes ``run_dir/optimizer.safetensors`` with ``learned_opt.save`` (atomic).
 
-  The file's provenance records the producer, the outer step, the resolved config and (when
-  given) the command line that ran it, so a shipped optimizer says how to reproduce it.
+  The file's provenance records the producer, the outer step, the resolved config, (when
+  given) the command line that ran it and the tuned start's sweep, so a shipped optimizer says
+  how to reproduce it.
   """
   import learned_opt  # pylint: disable=import-outside-toplevel
   path = os.path.join(run_dir, OPTIMIZER_FILE)
@@ -154,6 +159,8 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
                 "config": None if cfg is None else config_lib.to_dict(cfg)}
   if command is not None:
     provenance["command"] = command
+  if start is not None:
+    provenance["start"] = start
   learned_opt.save(path, lopt, jax.device_get(meta_params), provenance=provenance)
   return path
 
@@ -167,6 +174,37 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
   return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval,
                                       horizon_aware=cfg.estimator.horizon_aware,
                                       family_name=cfg.task.family)
+
+
+def resolve_start(built: config_lib.Built, run_dir: str, write: bool
+                  ) -> tuple[config_lib.Built, dict | None]:
+  """``(built, start record)`` with ``optimizer.start.scheme=tuned_adam_like`` resolved.
+
+  That start is :func:`learned_opt.inits.adam_like` at the family's tuned constant-Adam rate:
+  :func:`meta_train.recipe.tuned_adam` sweeps the rate on draws of the family (runs of
+  ``estimator.max_horizon`` steps, keys folded from ``run.seed``) before meta-training, and the
+  sweep is kept in ``start.json``, so a resumed run starts from the same rate without
+  sweeping again. Other schemes come back unchanged, with ``None``.
+  """
+  start = built.cfg.optimizer.start
+  if start.scheme != "tuned_adam_like":
+    return built, None
+  import functools  # pylint: disable=import-outside-toplevel
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train import recipe  # pylint: disable=import-outside-toplevel
+  path = os.path.join(run_dir, START_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  else:
+    key = jax.random.fold_in(jax.random.key(built.cfg.run.seed), _START_TAG)
+    tuned = recipe.tuned_adam(built.family, key, num_steps=built.cfg.estimator.max_horizon)
+    record = {"scheme": start.scheme, "decay": start.decay, **tuned.provenance()}
+    if write:
+      _write_atomic(path, json.dumps(record, indent=2) + "\n")
+  fn = functools.partial(learned_opt.inits.adam_like, built.lopt,
+                         learning_rate=float(record["learning_rate"]), decay=start.decay)
+  return built._replace(start=fn), record
 
 
 def write_meta_loss_figure(run_dir: str) -> str | None:
@@ -245,6 +283,7 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
   config_lib.check_devices(cfg, mesh.size)  # before anything is compiled
   # --- end distributed hook ---
   prepare_run_dir(cfg, run_dir, write=writer)
+  built, start_record = resolve_start(built, run_dir, writer)
   trainer, lopt, family = build_trainer(built, mesh)
   total, k = cfg.run.num_outer_steps, cfg.run.steps_per_dispatch
 
@@ -286,6 +325,9 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
   logger = log_lib.RunLogger(metrics_file, wandb_sink=wandb_sink,
                              stdout=None if bar_on or not writer else stdout,
                              total_steps=total)
+  if start_record is not None:
+    say(f"meta-train: tuned Adam start at learning rate {start_record['learning_rate']:g} "
+        f"(the sweep is in {START_FILE})")
   if resumed_from is not None:
     written_on = (ckpt.restored_meta or {}).get("num_devices", "an unrecorded number of")
     say(f"meta-train: resumed {run_dir} from checkpoint step {resumed_from} on {mesh.size} "
@@ -320,7 +362,7 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
         host_state = dist_lib.to_host(state)  # a collective across processes
         if writer:
           ckpt.save(step, host_state, extra)
-          export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command)
+          export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command, start_record)
   except KeyboardInterrupt:
     if (writer and jax.process_count() == 1 and step not in ckpt.all_steps()
         and step > (resumed_from or 0)):
@@ -333,7 +375,7 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
   ckpt.close()
   progress.close()
   if writer:
-    export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command)
+    export_optimizer(run_dir, lopt, state.meta_params, cfg, step, command, start_record)
     write_meta_loss_figure(run_dir)
   eval_summary = None
   if cfg.eval.enabled and writer:

@@ -69,3 +69,60 @@ def test_the_grid_is_extended_when_the_best_rate_sits_at_its_edge():
 def test_bad_sizes_are_refused_before_any_run():
   with pytest.raises(ValueError, match="num_steps must be a positive int, got 0"):
     tuned_adam(_sphere(1.0), jax.random.key(0), num_steps=0)
+
+
+# --- the tuned start in meta-training (optimizer.start.scheme=tuned_adam_like) ------------
+
+_TINY = ["run.num_outer_steps=2", "run.checkpoint_every=2", "run.log_every=1",
+         "run.progress=off", "wandb.mode=disabled", "estimator.num_pairs=1",
+         "estimator.truncation_length=5", "estimator.min_horizon=10", "estimator.max_horizon=10",
+         "optimizer.start.scheme=tuned_adam_like", "optimizer.start.decay=1.0"]
+
+
+def test_the_tuned_start_is_adam_like_at_the_sweeps_rate_and_kept_for_resume(tmp_path):
+  import chex  # pylint: disable=import-outside-toplevel
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train import config as C  # pylint: disable=import-outside-toplevel
+  from meta_train.runtime import run as R  # pylint: disable=import-outside-toplevel
+  built = C.build(C.resolve("smoke", _TINY))
+  resolved, record = R.resolve_start(built, str(tmp_path), True)
+  # The sweep: tuned_adam on the run's own key, for runs of the training horizon.
+  key = jax.random.fold_in(jax.random.key(0), R._START_TAG)  # pylint: disable=protected-access
+  expected = tuned_adam(built.family, key, num_steps=10)
+  assert record["learning_rate"] == expected.learning_rate
+  assert record["table"] == expected.provenance()["table"] and record["decay"] == 1.0
+  theta = resolved.start(jax.random.key(5))
+  chex.assert_trees_all_equal(theta, learned_opt.inits.adam_like(
+      built.lopt, jax.random.key(5), learning_rate=expected.learning_rate, decay=1.0))
+  # A resumed run reads start.json instead of sweeping again (here: a changed rate is used).
+  path = tmp_path / R.START_FILE
+  path.write_text(path.read_text().replace(repr(expected.learning_rate), "0.125"))
+  again, record = R.resolve_start(built, str(tmp_path), True)
+  assert record["learning_rate"] == 0.125
+  chex.assert_trees_all_equal(again.start(jax.random.key(5)), learned_opt.inits.adam_like(
+      built.lopt, jax.random.key(5), learning_rate=0.125, decay=1.0))
+  # Other schemes are left as they are.
+  plain = C.build(C.resolve("smoke", []))
+  assert R.resolve_start(plain, str(tmp_path / "other"), True) == (plain, None)
+
+
+def test_a_tuned_start_run_records_its_sweep_in_the_optimizer_file(tmp_path):
+  import io  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train import config as C  # pylint: disable=import-outside-toplevel
+  from meta_train.runtime import run as R  # pylint: disable=import-outside-toplevel
+  out = io.StringIO()
+  R.run(C.resolve("smoke", _TINY), tmp_path / "r", stdout=out)
+  record = json.loads((tmp_path / "r" / R.START_FILE).read_text())
+  prov = learned_opt.provenance(str(tmp_path / "r" / R.OPTIMIZER_FILE))
+  assert prov["start"] == record and record["scheme"] == "tuned_adam_like"
+  assert f"tuned Adam start at learning rate {record['learning_rate']:g}" in out.getvalue()
+
+
+def test_a_tuned_start_takes_no_learning_rate():
+  from meta_train import config as C  # pylint: disable=import-outside-toplevel
+  with pytest.raises(C.ConfigError) as e:
+    C.build(C.resolve("smoke", _TINY + ["optimizer.start.learning_rate=0.01"]))
+  assert e.value.path == "optimizer.start.learning_rate"
+  assert "tuned Adam rate with scheme=tuned_adam_like" in str(e.value)
