@@ -1,5 +1,6 @@
 """What the repository commits: small reports with no path of the machine they were made on."""
 
+import json
 import os
 import re
 import subprocess
@@ -43,3 +44,14 @@ def test_reports_hold_no_machine_paths():
                                       ("see /work/runs/a", True), ("a/tmp/b", False)])
 def test_the_machine_path_pattern(line, bad):
   assert bool(MACHINE_PATH.search(line)) == bad
+
+
+def test_shipped_optimizer_files_hold_no_machine_paths():
+  from learned_opt import file_format  # pylint: disable=import-outside-toplevel
+  files = [f for f in _tracked("learned_opt/pretrained") + _tracked("reports")
+           if f.endswith(".safetensors")]
+  assert len(files) >= 3
+  for f in files:
+    _, doc = file_format.read_document(f)
+    text = json.dumps(doc.get("provenance") or {})
+    assert not MACHINE_PATH.search(text), (os.path.relpath(f, ROOT), MACHINE_PATH.search(text))
