@@ -142,6 +142,38 @@ same number of steps for every optimizer.
 """
 
 
+# Significant digits of the numbers in eval.json (the losses are float32: ~7 digits at most).
+JSON_DIGITS = 6
+
+
+def _rounded(value: Any) -> Any:
+  """``value`` with every float rounded to :data:`JSON_DIGITS` significant digits."""
+  if isinstance(value, float):
+    return float(f"{value:.{JSON_DIGITS}g}") if math.isfinite(value) else value
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_rounded(v) for v in value]
+  return value
+
+
+def json_text(document: Any) -> str:
+  """``document`` as indented JSON whose floats have :data:`JSON_DIGITS` significant digits
+  and whose lists of plain values (numbers, strings, nulls) sit on one line, so a report's
+  per-run arrays stay readable and small."""
+
+  def dump(value: Any, depth: int) -> str:
+    pad, inner = " " * depth, " " * (depth + 1)
+    if isinstance(value, dict) and value:
+      items = [f"{inner}{json.dumps(k)}: {dump(v, depth + 1)}" for k, v in value.items()]
+      return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+      return "[\n" + ",\n".join(inner + dump(v, depth + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value)
+
+  return dump(_rounded(document), 0) + "\n"
+
+
 def write(out_dir: str, results: Sequence[dict[str, Any]], meta: dict[str, Any],
           figures: Sequence[str] = ()) -> dict[str, str]:
   """Writes ``eval.json`` (``{"meta": ..., "results": [...]}``) and ``eval.md``.
@@ -153,8 +185,7 @@ def write(out_dir: str, results: Sequence[dict[str, Any]], meta: dict[str, Any],
   paths = {"json": os.path.join(out_dir, "eval.json"), "md": os.path.join(out_dir, "eval.md")}
   tmp = paths["json"] + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"meta": meta, "results": list(results)}, f, indent=1)
-    f.write("\n")
+    f.write(json_text({"meta": meta, "results": list(results)}))
   os.replace(tmp, paths["json"])
   lines = ["# meta-eval report", ""]
   if meta.get("command"):

@@ -51,3 +51,15 @@ def test_tuning_uses_each_seeds_time_smoothed_final():
   assert s["adam_best_learning_rate_per_task"] == [1e-3]
   assert s["final_loss_adam_tuned"] == [[3.0, 3.0, 3.0]]
   assert s["win_fraction"] == 0.0
+
+
+def test_report_json_rounds_to_six_digits_and_keeps_lists_on_one_line():
+  import json  # pylint: disable=import-outside-toplevel
+  from meta_train.evaluation import report  # pylint: disable=import-outside-toplevel
+  doc = {"a": [0.9166666666666666, 1e-07, None, float("inf")], "b": {"c": [1, 2]},
+         "s": "x [1,  2] y", "n": [[0.1234567, 2.0], ["u", "v"]]}
+  text = report.json_text(doc)
+  assert '"a": [0.916667, 1e-07, null, Infinity]' in text
+  assert '"c": [1, 2]' in text and '"s": "x [1,  2] y"' in text  # strings untouched
+  assert json.loads(text) == {"a": [0.916667, 1e-07, None, float("inf")], "b": {"c": [1, 2]},
+                              "s": "x [1,  2] y", "n": [[0.123457, 2.0], ["u", "v"]]}
