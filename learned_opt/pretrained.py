@@ -27,6 +27,7 @@ from typing import Any
 import optax
 
 from learned_opt import serialization
+from learned_opt import upgrade
 
 _DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 _SUFFIX = ".safetensors"
@@ -100,10 +101,9 @@ def pretrained_info(name: str = "default") -> PretrainedInfo:
   """
   path = pretrained_path(name)
   lopt, _, prov = serialization.read(path)
-  task = (prov.get("config") or {}).get("task") or {}  # descriptive only: shown, never used
   return PretrainedInfo(name=name, path=path, architecture=lopt.name,
                         horizon_aware=lopt.horizon_aware,
-                        family=task.get("family") if isinstance(task, dict) else None,
+                        family=upgrade.trained_family(prov),  # descriptive only: never used
                         command=prov.get("command"), provenance=prov)
 
 

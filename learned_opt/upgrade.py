@@ -34,6 +34,19 @@ _V1_TIME_SCALES = [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 
 _HORIZON_FIELD = ("mlp", "adafactor_mlp")
 
 
+def trained_family(provenance: dict[str, Any]) -> str | None:
+  """The task family a file was meta-trained on, as its provenance says (``None`` if it does
+  not): ``provenance["family"]``, which ``meta-train`` writes, or, in files written before it
+  did, the ``task.family`` of the config ``meta-train`` wrote into the provenance (read here,
+  with the other layouts of older files, so no other module of ``learned_opt`` reads it)."""
+  family = provenance.get("family")
+  if family is None:
+    config = provenance.get("config")
+    task = config.get("task") if isinstance(config, dict) else None
+    family = task.get("family") if isinstance(task, dict) else None
+  return family if isinstance(family, str) else None
+
+
 def v1_horizon_aware(provenance: dict[str, Any]) -> bool:
   """Whether a v1 file was meta-trained seeing each run's length as ``num_steps``.
 

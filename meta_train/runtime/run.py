@@ -156,6 +156,7 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
   import learned_opt  # pylint: disable=import-outside-toplevel
   path = os.path.join(run_dir, OPTIMIZER_FILE)
   provenance = {"producer": "meta-train", "outer_step": step,
+                "family": None if cfg is None else cfg.task.family,
                 "config": None if cfg is None else config_lib.to_dict(cfg)}
   if command is not None:
     provenance["command"] = command

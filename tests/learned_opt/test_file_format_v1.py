@@ -157,3 +157,12 @@ def test_v2_round_trip_is_bit_exact_and_records_horizon_awareness(tmp_path):
   assert lopt2 == lopt and prov == {"start": {"scheme": "adam_like"}}
   testing.assert_bitwise_equal(theta2, theta)
   assert update_stream.update_hash(lopt2.transform(theta2, num_steps=200)) == SHIPPED["default"]
+
+
+@pytest.mark.parametrize("provenance, family", [
+    ({"family": "digits_mlp", "config": {"task": {"family": "quadratic"}}}, "digits_mlp"),
+    ({"config": {"task": {"family": "quadratic"}}}, "quadratic"),  # written before "family"
+    ({"config": {"task": None}}, None), ({}, None), ({"family": 3}, None)])
+def test_the_trained_family_from_old_and_new_provenance(provenance, family):
+  from learned_opt import upgrade  # pylint: disable=import-outside-toplevel
+  assert upgrade.trained_family(provenance) == family

@@ -117,6 +117,7 @@ def test_a_tuned_start_run_records_its_sweep_in_the_optimizer_file(tmp_path):
   record = json.loads((tmp_path / "r" / R.START_FILE).read_text())
   prov = learned_opt.provenance(str(tmp_path / "r" / R.OPTIMIZER_FILE))
   assert prov["start"] == record and record["scheme"] == "tuned_adam_like"
+  assert prov["family"] == "quadratic"  # what learned_opt.pretrained_info reports
   assert f"tuned Adam start at learning rate {record['learning_rate']:g}" in out.getvalue()
 
 
