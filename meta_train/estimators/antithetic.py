@@ -86,7 +86,7 @@ def sign_deltas(delta: jax.Array, scale: float) -> jax.Array:
   """Each pair's loss differences replaced by ``scale`` times the sign of their mean.
 
   .. math::
-    \Delta_{i,t} \leftarrow s\, \mathrm{sign}\big(\tfrac1K \textstyle\sum_t \Delta_{i,t}\big)
+    \\Delta_{i,t} \\leftarrow s\\, \\mathrm{sign}\\big(\\tfrac1K \\textstyle\\sum_t \\Delta_{i,t}\\big)
 
   The estimate then carries which member of each pair did better, not by how much: a task
   whose losses are a hundred times larger no longer steers the meta-gradient a hundred times
