@@ -193,8 +193,8 @@ def test_two_processes_match_one_and_a_dead_peer_stops_the_other_then_resumes(tm
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(a))))
   with open(tmp_path / "audit.json", encoding="utf-8") as f:
     assert json.load(f) == []  # process 1 wrote nothing under the run directory
-  assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "metrics.jsonl",
-                                     "optimizer.safetensors"]
+  assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "meta_loss.png",
+                                     "metrics.jsonl", "optimizer.safetensors"]
   assert _steps(two) == [10, 20]
   with open(two / "metrics.jsonl", encoding="utf-8") as f:
     assert [json.loads(line)["step"] for line in f] == [5, 10, 15, 20]  # one writer, no dupes
