@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from meta_train.evaluation import measures
+
 COLORS = {"learned": "tab:red", "adam": "tab:blue", "adam_cosine": "tab:green",
           "adamw_cosine": "tab:olive", "sgd_cosine": "tab:brown", "muon_cosine": "tab:purple"}
 
@@ -145,15 +147,6 @@ def samples_figure(samples: dict, path: str, title: str) -> str:
   return path
 
 
-def running_mean(values: np.ndarray, window: int) -> np.ndarray:
-  """Trailing mean over the last ``window`` values (fewer at the start)."""
-  values = np.asarray(values, np.float64)
-  csum = np.concatenate([[0.0], np.cumsum(values)])
-  idx = np.arange(1, len(values) + 1)
-  lo = np.maximum(0, idx - window)
-  return (csum[idx] - csum[lo]) / (idx - lo)
-
-
 def meta_loss_figure(runs: dict, path: str, title: str, window: int = 10) -> str:
   """Meta-loss against outer steps (logged points, faint; trailing mean of ``window`` logged
   points, solid), one line per run, with the meta-gradient norm below.
@@ -179,9 +172,9 @@ def meta_loss_figure(runs: dict, path: str, title: str, window: int = 10) -> str
     steps = np.array([r["step"] for r in rows], np.float64)
     loss = np.array([r["meta_loss"] for r in rows], np.float64)
     ax.plot(steps, loss, color=color, alpha=0.25, lw=0.8)
-    ax.plot(steps, running_mean(loss, window), color=color, lw=1.6, label=label)
+    ax.plot(steps, measures.smooth(loss, window), color=color, lw=1.6, label=label)
     norms = np.array([r.get("grad_norm", np.nan) for r in rows], np.float64)
-    ax_g.plot(steps, running_mean(norms, window), color=color, lw=1.2)
+    ax_g.plot(steps, measures.smooth(norms, window), color=color, lw=1.2)
   ax.set_ylabel("meta-loss", fontsize=8)
   ax_g.set_ylabel("meta-gradient norm", fontsize=8)
   ax_g.set_yscale("log")

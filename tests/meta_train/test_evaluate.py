@@ -27,6 +27,8 @@ def test_smooth_is_a_trailing_moving_average_and_keeps_inf_local():
   x = np.array([[4.0, 2.0, 0.0, 2.0, 4.0]])
   np.testing.assert_allclose(M.smooth(x, 2), [[4.0, 3.0, 1.0, 1.0, 3.0]])
   np.testing.assert_array_equal(M.smooth(x, 1), x)
+  # Short at the start (the meta-loss figure's trailing mean is this one).
+  np.testing.assert_allclose(M.smooth(np.array([2.0, 4.0, 6.0]), 10), [2.0, 3.0, 4.0])
   y = M.smooth(np.array([1.0, np.inf, 1.0, 1.0]), 2)
   np.testing.assert_array_equal(y, [1.0, np.inf, np.inf, 1.0])  # no nan from inf - inf
 

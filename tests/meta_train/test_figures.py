@@ -42,12 +42,6 @@ def test_save_png_writes_a_palette_png(tmp_path):
   assert image.mode == "P" and image.size == (2 * figures.DPI, 2 * figures.DPI)
 
 
-def test_running_mean_is_trailing_and_short_at_the_start():
-  np.testing.assert_allclose(figures.running_mean(np.array([1.0, 2.0, 3.0, 4.0]), 2),
-                             [1.0, 1.5, 2.5, 3.5])
-  np.testing.assert_allclose(figures.running_mean(np.array([2.0, 4.0, 6.0]), 10), [2.0, 3.0, 4.0])
-
-
 def test_meta_loss_figure_draws_every_run(tmp_path):
   records = [{"step": s, "meta_loss": 1.0 / s, "grad_norm": 2.0} for s in range(10, 110, 10)]
   path = figures.meta_loss_figure({"a": records, "b": records[:3], "empty": []},
