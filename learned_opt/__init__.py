@@ -9,6 +9,7 @@ from learned_opt.mlp import MLPOptimizer, TensorFeatures
 from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
 from learned_opt.schedule import LearnedSchedule
 from learned_opt.chain import Chain, chain
+from learned_opt.orthogonalize import Orthogonalize
 from learned_opt import inits
 from learned_opt import experimental  # registers the pieces that older files may name
 from learned_opt.serialization import FileFormatError, load, provenance, read, save
@@ -25,6 +26,7 @@ __all__ = [
     "MLPOptimizer",
     "MetaParams",
     "NoHorizonWarning",
+    "Orthogonalize",
     "PretrainedInfo",
     "SGDMomentum",
     "TensorFeatures",

@@ -82,6 +82,11 @@ class UnrollConfig:
       first steps, where the loss is large; in log space a factor of 4 at the end of a run
       counts as much as a factor of 4 at its start, so annealing to a lower final loss pays
       (the log-loss meta-objectives of Metz et al. 2020, arXiv 2009.11243, Sec. 3.2).
+    end_weight: ``p``: each step's meta-loss is weighted by ``(p + 1) (t/T)^p``, ``t`` the
+      steps its run has done after it and ``T`` the run's horizon (the weights of a whole run
+      average to about 1). ``0`` weights every step alike; larger ``p`` moves the objective
+      towards the end of the run, which is where every goal is read (VeLO meta-trains on the
+      final loss, ``loss_type="last_recompute"``; Metz et al. 2022, arXiv 2211.09760, App. C).
     stagger: start each particle's first run at a random step in ``[0, horizon)``.
     horizon_aware: pass each run's horizon to the optimizer as ``num_steps`` (its horizon
       features; the optimizer must then be evaluated with ``num_steps`` too).
@@ -96,6 +101,7 @@ class UnrollConfig:
   max_horizon: int = 100
   meta_loss: str = "train"
   log_meta_loss: bool = False
+  end_weight: float = 0.0
   stagger: bool = True
   horizon_aware: bool = False
   param_scale: float = 1.0
@@ -117,6 +123,9 @@ class UnrollConfig:
     if self.meta_loss not in META_LOSSES:
       raise errors.FieldError(owner, "meta_loss", f"must be one of {list(META_LOSSES)}, "
                                                   f"got {self.meta_loss!r}")
+    if not (isinstance(self.end_weight, (int, float)) and 0.0 <= self.end_weight < 1e3):
+      raise errors.FieldError(owner, "end_weight", f"must be a number in [0, 1000) (0 weights "
+                                                   f"every step alike), got {self.end_weight!r}")
 
 
 class ParticleState(NamedTuple):
@@ -380,8 +389,12 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   inner = (particle.params, particle.opt_state)
   fresh_inner = (fresh.params, fresh.opt_state)
 
+  # Each step's run fraction t/T after it (the end-weighted meta-loss's clock).
+  done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
+  run_fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
+
   def body(carry, xs):
-    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh = xs
+    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh, fraction = xs
     # The run that ended at the previous step is replaced by the fresh run before this step.
     params, opt_state = _select(start_fresh, fresh_inner, carry)
     # Task parameters are loop invariants (not carried): selecting them here lets XLA fuse the
@@ -407,10 +420,12 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
     if config.log_meta_loss:
       norm = jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
+    if config.end_weight:
+      norm = norm * (config.end_weight + 1.0) * fraction ** config.end_weight
     return (new_params, opt_state), (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
 
   (params, opt_state), (losses, nonfinite) = jax.lax.scan(
-      body, inner, (data, index == until_reset, after_reset), length=num_steps)
+      body, inner, (data, index == until_reset, after_reset, run_fraction), length=num_steps)
   # A run ending at the last step is replaced after the scan.
   params, opt_state = _select(until_reset == num_steps, fresh_inner, (params, opt_state))
   reset = until_reset <= num_steps

@@ -109,6 +109,9 @@ class EstimatorConfig:
   log_meta_loss: bool = _est("log_meta_loss", help="meta-loss is the mean of log(normalised "
                                                    "loss + 1e-8) (weighs the end of a run as "
                                                    "much as its start)")
+  end_weight: float = _est("end_weight", help="p: each step's meta-loss weighted by (p+1) "
+                                             "(t/T)^p, t/T its run's fraction done (0: every "
+                                             "step alike; larger p: the end of the run)")
   horizon_aware: bool = _est("horizon_aware", help="pass each inner run's horizon to the "
                                                    "optimizer as num_steps (evaluate it with "
                                                    "num_steps too)")

@@ -67,6 +67,9 @@ def _kwargs_entry_type(cfg: RunConfig, dict_path: str, name: str):
   if name not in known:
     raise ConfigError(f"{dict_path}.{name}", f"unknown field of {target.__name__}; known: "
                                              f"{', '.join(known)}")
+  if getattr(target, "name", None) == "chain" and name == "parts":
+    # A chain's parts are given as their configs: [{"name": ..., "config": {...}}, ...].
+    return tuple[dict[str, Any], ...]
   hint = parsing.hints(target).get(name, Any)
   inner = parsing.optional_inner(hint)
   if dataclasses.is_dataclass(inner if inner is not None else hint):
@@ -291,19 +294,45 @@ def build_optimizer(cfg: RunConfig):
 
   An architecture with a ``horizon_aware`` field gets ``estimator.horizon_aware`` there (it is
   saved with the optimizer, so a file says whether to give it ``num_steps``); setting it in
-  ``optimizer.kwargs`` is refused.
+  ``optimizer.kwargs`` is refused. A chain is given as ``name="chain"`` and ``kwargs={"parts":
+  [{"name": ..., "config": {...}}, ...]}`` (:meth:`learned_opt.Chain.config`); each part with
+  a ``horizon_aware`` field gets it the same way.
   """
   import learned_opt  # pylint: disable=import-outside-toplevel
   cls = learned_opt.registry()[cfg.optimizer.name]
   kwargs = dict(cfg.optimizer.kwargs)
-  if "horizon_aware" in kwargs:
-    raise ConfigError("optimizer.kwargs.horizon_aware", "is set from estimator.horizon_aware; "
-                                                        "set that instead")
-  if dataclasses.is_dataclass(cls) and "horizon_aware" in {
-      f.name for f in dataclasses.fields(cls)}:
-    kwargs["horizon_aware"] = cfg.estimator.horizon_aware
+
+  def with_horizon(part_cls, part_kwargs, where):
+    part_kwargs = dict(part_kwargs)
+    if "horizon_aware" in part_kwargs:
+      raise ConfigError(f"{where}.horizon_aware", "is set from estimator.horizon_aware; set "
+                                                  "that instead")
+    if dataclasses.is_dataclass(part_cls) and "horizon_aware" in {
+        f.name for f in dataclasses.fields(part_cls)}:
+      part_kwargs["horizon_aware"] = cfg.estimator.horizon_aware
+    return part_kwargs
+
   try:
-    return cls(**kwargs)
+    if cls is learned_opt.Chain:
+      parts = kwargs.get("parts")
+      if set(kwargs) != {"parts"} or not isinstance(parts, (list, tuple)):
+        raise ConfigError("optimizer.kwargs", "a chain takes exactly {'parts': [{'name': ..., "
+                                              "'config': {...}}, ...]}, got "
+                                              f"{cfg.optimizer.kwargs}")
+      known = learned_opt.registry()
+      built = []
+      for i, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("name") not in known:
+          raise ConfigError(f"optimizer.kwargs.parts[{i}]", f"must be {{'name': <one of "
+                                                            f"{sorted(known)}>, 'config': "
+                                                            f"{{...}}}}, got {part!r}")
+        config = with_horizon(known[part["name"]], part.get("config", {}),
+                              f"optimizer.kwargs.parts[{i}].config")
+        built.append({"name": part["name"], "config": config})
+      return cls.from_config({"parts": built})
+    return cls(**with_horizon(cls, kwargs, "optimizer.kwargs"))
+  except ConfigError:
+    raise
   except (TypeError, ValueError) as e:
     raise ConfigError("optimizer.kwargs", f"{cls.__name__} rejected {cfg.optimizer.kwargs}: "
                                           f"{e}") from None

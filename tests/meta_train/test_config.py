@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import typing
 
 import jax
@@ -88,6 +89,28 @@ def test_overrides_are_parsed_against_field_types():
   assert C.build_family(cfg).init_scale == (0.5, 1.5)
   assert C.build_optimizer(cfg) == learned_opt.SGDMomentum(initial_learning_rate=0.1,
                                                           learn_momentum=True)
+
+
+def test_a_chain_is_built_from_its_parts_configs_with_the_horizon_set_on_each():
+  parts = ('[{"name": "mlp", "config": {"hidden_sizes": [8]}}, '
+           '{"name": "orthogonalize", "config": {"initial_mix": 0.5}}]')
+  cfg = C.apply_overrides(C.preset("quickstart"), ["optimizer.name=chain",
+                                                   f"optimizer.kwargs.parts={parts}"])
+  lopt = C.build_optimizer(cfg)
+  assert lopt == learned_opt.chain(
+      learned_opt.MLPOptimizer(hidden_sizes=(8,), horizon_aware=True),
+      learned_opt.Orthogonalize(initial_mix=0.5, horizon_aware=True))
+  assert C.from_json(C.to_json(cfg)) == cfg
+  assert set(C.build_start(cfg, lopt)(jax.random.key(0))) == {"mlp", "orthogonalize"}
+  bad = [('[{"name": "mlp", "config": {"horizon_aware": true}}]',
+          "optimizer.kwargs.parts[0].config.horizon_aware: is set from estimator.horizon_aware"),
+         ('[{"name": "adamw", "config": {}}]', "optimizer.kwargs.parts[0]: must be {'name': <one"),
+         ('[{"name": "mlp", "config": {"hidden": [8]}}]', "unknown config keys ['hidden']")]
+  for text, message in bad:
+    cfg = C.apply_overrides(C.preset("quickstart"), ["optimizer.name=chain",
+                                                     f"optimizer.kwargs.parts={text}"])
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+      C.build_optimizer(cfg)
 
 
 def test_changing_the_architecture_drops_the_preset_kwargs():

@@ -300,3 +300,22 @@ def test_log_meta_loss_is_the_log_of_each_steps_normalised_loss():
     np.testing.assert_allclose(out_b.losses, expected, rtol=1e-5)
     np.testing.assert_allclose(out_b.meta_loss, expected.mean(), rtol=1e-5)
     np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
+
+
+def test_end_weight_scales_each_steps_loss_by_its_run_fraction():
+  # Horizon 6, truncations of 4: the first unroll holds steps t = 1..4 of its run, the second
+  # t = 5, 6 and then t = 1, 2 of the next run. Each loss is weighted (p + 1) (t / 6)^p and the
+  # inner run itself is unchanged.
+  p = 2.0
+  weighted = dataclasses.replace(CONFIG, end_weight=p)
+  ps = ul.fresh_particle(LOPT, NOISY, CONFIG, THETA, ul.key_data(jax.random.key(5)))
+  for t in ([1, 2, 3, 4], [5, 6, 1, 2]):
+    new_a, out_a = _unroll_fn(NOISY, CONFIG)(THETA, ps)
+    new_b, out_b = _unroll_fn(NOISY, weighted)(THETA, ps)
+    w = (p + 1) * (np.asarray(t) / 6.0) ** p
+    np.testing.assert_allclose(out_b.losses, w * np.asarray(out_a.losses), rtol=1e-6)
+    np.testing.assert_allclose(out_b.meta_loss, np.mean(w * np.asarray(out_a.losses)), rtol=1e-6)
+    np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
+    ps = new_a
+  with pytest.raises(errors.FieldError, match="end_weight: must be a number in"):
+    ul.UnrollConfig(end_weight=-1.0)
