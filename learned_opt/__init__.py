@@ -10,6 +10,7 @@ from learned_opt.adafactor_mlp import AdafactorMLPOptimizer
 from learned_opt.schedule import LearnedSchedule
 from learned_opt.chain import Chain, chain
 from learned_opt.orthogonalize import Orthogonalize
+from learned_opt.param_scale import ParamScale
 from learned_opt import inits
 from learned_opt import experimental  # registers the pieces that older files may name
 from learned_opt.serialization import FileFormatError, load, provenance, read, save
@@ -27,6 +28,7 @@ __all__ = [
     "MetaParams",
     "NoHorizonWarning",
     "Orthogonalize",
+    "ParamScale",
     "PretrainedInfo",
     "SGDMomentum",
     "TensorFeatures",

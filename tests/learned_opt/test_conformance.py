@@ -156,8 +156,9 @@ def test_params_tree_mismatch_is_clear_valueerror(name):
   # A chain's first part reads the gradients, and names itself.
   name = lopt.parts[0].name if isinstance(lopt, learned_opt.Chain) else name
   # Updates and params agree with each other but not with the state built for `params` (a
-  # schedule or the harness alone holds no per-parameter state).
-  if not isinstance(lopt, (learned_opt.LearnedSchedule, learned_opt.Orthogonalize)):
+  # schedule or a stateless piece alone holds no per-parameter state).
+  if not isinstance(lopt, (learned_opt.LearnedSchedule, learned_opt.Orthogonalize,
+                           learned_opt.ParamScale)):
     with pytest.raises(ValueError) as info:
       tx.update(other, state, other)
     assert str(info.value) == (f"{name}: the updates tree does not match the optimizer state "

@@ -1,0 +1,83 @@
+"""A step measured against the parameter's own scale (VeLO's and Celo's parameter-scale factor).
+
+Composed after a rule, each tensor's step is multiplied by the tensor's RMS (at least a floor),
+so a quadratic's parameters of order 1 and a classifier's of order 0.05 get steps of their own
+order from the same rule::
+
+  lopt = learned_opt.chain(learned_opt.MLPOptimizer(), learned_opt.ParamScale())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_opt import base
+from learned_opt import features as feats_lib
+from learned_opt import tree_utils
+
+
+@base.register
+@dataclasses.dataclass(frozen=True)
+class ParamScale(base.LearnedOptimizer):
+  """Multiplies each tensor's update by ``max(rms(p), floor)`` and a learned ``e^β``.
+
+  .. math::
+    u \\leftarrow u \\cdot \\max\\big(\\mathrm{rms}(p),\\ ρ_0\\big) \\cdot e^{β}
+
+  ``rms`` counts the tensor's non-finite entries as zero;
+  ``θ = {"log_scale": β}``, started at ``-log(reference_rms)`` so that a tensor of RMS
+  ``reference_rms`` gets the rule's step unchanged. Needs ``params``; integer leaves and
+  ``None`` pass; each update keeps its dtype; a ``nan`` stays in its entry.
+
+  Attributes:
+    reference_rms: the parameter RMS whose step the start leaves unchanged.
+    floor: ``ρ_0``, the least scale (a zero-initialised bias still moves).
+    horizon_aware: meta-trained seeing each run's length as ``num_steps`` (unused here).
+
+  References:
+    Metz et al., VeLO, 2022, arXiv 2211.09760, Sec. 3 (steps scaled by the parameter's norm);
+    Moudgil et al., Celo, 2025, arXiv 2501.12670.
+  """
+
+  name = "param_scale"
+  reference_rms: float = 0.1
+  floor: float = 1e-2
+  horizon_aware: bool = False
+
+  def __post_init__(self):
+    for field in ("reference_rms", "floor"):
+      value = getattr(self, field)
+      if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
+
+  def init(self, key: jax.Array) -> base.MetaParams:
+    del key
+    return {"log_scale": jnp.asarray(-math.log(self.reference_rms), jnp.float32)}
+
+  def scale_by(self, meta_params, *, num_steps=None):
+    """``u max(rms(p), floor) e^β`` per tensor as an optax transformation (stateless)."""
+    del num_steps
+    base.check_meta_params(self.name, meta_params, {"log_scale": ()})
+    factor = jnp.exp(meta_params["log_scale"])
+
+    def one(u, p):
+      if u is None or not jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating):
+        return u
+      p = jnp.asarray(p)
+      q = feats_lib.finite_or_zero(p.astype(jnp.promote_types(p.dtype, jnp.float32)))
+      # sqrt(max(mean p², ρ0²)): no 0/0 in a derivative through a zero tensor.
+      scale = jnp.sqrt(jnp.maximum(jnp.mean(q * q), self.floor ** 2)) * factor
+      return (u * scale).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+      del extra_args
+      tree_utils.require_params(self.name, params)
+      tree_utils.check_trees(self.name, updates, ("params", params))
+      return jax.tree.map(one, updates, params, is_leaf=lambda x: x is None), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

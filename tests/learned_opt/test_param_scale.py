@@ -1,0 +1,66 @@
+"""The parameter-scale step (:mod:`learned_opt.param_scale`)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import learned_opt
+from learned_opt import inits
+from learned_opt import testing
+from learned_opt.param_scale import ParamScale
+
+
+def _apply(lopt, theta, updates, params):
+  tx = lopt.scale_by(theta)
+  return tx.update(updates, tx.init(params), params)[0]
+
+
+def test_each_tensor_is_scaled_by_its_rms_with_a_floor():
+  lopt = ParamScale(reference_rms=0.5, floor=0.01)
+  theta = lopt.init(jax.random.key(0))
+  assert float(theta["log_scale"]) == pytest.approx(math.log(2.0))
+  params = {"w": jnp.array([[3.0, -4.0], [0.0, 0.0]]), "b": jnp.zeros(3),
+            "n": jnp.array([2.0, jnp.nan]), "i": jnp.arange(2)}
+  updates = {"w": jnp.ones((2, 2)), "b": jnp.array([1.0, jnp.nan, -1.0]),
+             "n": jnp.array([1.0, 1.0]), "i": jnp.arange(2)}
+  out = _apply(lopt, theta, updates, params)
+  # rms(w) = sqrt((9 + 16) / 4) = 2.5; times e^β = 1 / 0.5.
+  np.testing.assert_allclose(out["w"], np.full((2, 2), 2.5 * 2.0), rtol=1e-6)
+  # A zero bias moves at the floor; its nan update stays in its entry.
+  np.testing.assert_allclose(out["b"], [0.02, np.nan, -0.02], rtol=1e-6)
+  # A nan parameter entry counts as zero: rms = sqrt(4 / 2).
+  np.testing.assert_allclose(out["n"], np.full(2, math.sqrt(2.0) * 2.0), rtol=1e-6)
+  np.testing.assert_array_equal(out["i"], [0, 1])
+  half = _apply(lopt, theta, {"w": jnp.ones((2, 2), jnp.bfloat16)},
+                {"w": params["w"].astype(jnp.bfloat16)})
+  assert half["w"].dtype == jnp.bfloat16
+
+
+def test_needs_params_and_rejects_bad_config():
+  tx = ParamScale().scale_by(ParamScale().init(jax.random.key(0)))
+  with pytest.raises(ValueError, match="param_scale"):
+    tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}), None)
+  for field in ("reference_rms", "floor"):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+      ParamScale(**{field: 0.0})
+
+
+def test_rule_then_param_scale_is_a_conforming_chain():
+  lopt = learned_opt.chain(learned_opt.MLPOptimizer(hidden_sizes=(4,)), ParamScale())
+  theta = inits.adam_like(lopt, jax.random.key(1), learning_rate=1e-2)
+  testing.check_learned_optimizer(lopt, theta, checks=(
+      "shapes_and_dtypes", "non_finite_gradients", "save_load_round_trip"))
+  # The step of a tensor of RMS 0.1 is the rule's; of RMS 1, ten times it.
+  g = {"a": jnp.linspace(-1.0, 1.0, 6), "b": jnp.linspace(-1.0, 1.0, 6)}
+  p = {"a": jnp.full(6, 0.1), "b": jnp.full(6, 1.0)}
+  tx = lopt.transform(theta)
+  step = tx.update(g, tx.init(p), p)[0]
+  rule = learned_opt.MLPOptimizer(hidden_sizes=(4,)).transform(theta["mlp"])
+  plain = rule.update(g, rule.init(p), p)[0]
+  np.testing.assert_allclose(step["a"], plain["a"], rtol=1e-5)
+  np.testing.assert_allclose(step["b"], 10.0 * np.asarray(plain["b"]), rtol=1e-5)
