@@ -65,7 +65,8 @@ class MLPRule:
   name = "mlp"
 
   def __init__(self, path: str, config: dict[str, Any], meta_params: Any, *,
-               schedule: dict[str, Any] | None = None, normalize_lr: float | None = None):
+               schedule: dict[str, Any] | None = None, normalize_lr: float | None = None,
+               pieces: tuple[Any, ...] = ()):
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.hidden_sizes = cfg.int_list("hidden_sizes")
     self.momentum_decays = cfg.number_list("momentum_decays")
@@ -88,6 +89,7 @@ class MLPRule:
     self.schedule_loss_decays = tuple(schedule["loss_decays"]) if schedule else ()
     self.schedule_normalize = normalize_lr is not None
     self.init_learning_rate = normalize_lr  # the RMS of a normalised step
+    self.pieces = tuple(pieces)  # per-tensor pieces between the rule and the schedule
     cfg.finish()
     if not self.momentum_decays or not self.rms_decays:
       raise cfg.fail("learned_opt.torch needs at least one momentum and one rms decay, got "
@@ -299,6 +301,9 @@ class MLPRule:
       step = torch.where(finite, step, float("nan"))
     if self.schedule_normalize:
       step = step * feats.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
+    step = step.view(param.shape)
+    for piece in self.pieces:  # learned_opt.torch.pieces, in the chain's order
+      step = piece(step, param)
     if ctx.multiplier is not None:
       step = step * ctx.multiplier
-    return step.view(param.shape)
+    return step

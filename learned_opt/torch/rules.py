@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from learned_opt import file_format
 from learned_opt.pretrained import pretrained_path
 from learned_opt.torch.adafactor_mlp import AdafactorMLPRule
+from learned_opt.torch import pieces as pieces_lib
 from learned_opt.torch.mlp import MLPRule
 
 #: Architecture name (a file's ``"name"``) -> torch rule class.
@@ -79,29 +80,44 @@ def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
   return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware)
 
 
-# The chains learned_opt.torch applies: the MLP rule, optionally normalised, then a schedule.
-_CHAINS = (["mlp", "schedule"], ["mlp", "normalize_step", "schedule"])
+# The chains learned_opt.torch applies: the MLP rule, optionally normalised, then any per-tensor
+# pieces (learned_opt.torch.pieces), then optionally a learned schedule.
+_CHAINS = "mlp, [normalize_step], [orthogonalize | param_scale ...], [schedule]"
+
+
+def _chain_names_ok(names: list[str] | None) -> bool:
+  if not names or names[0] != "mlp" or len(names) < 2:
+    return False
+  middle = names[1:-1] if names[-1] == "schedule" else names[1:]
+  if middle and middle[0] == "normalize_step":
+    middle = middle[1:]
+  return all(n in pieces_lib.PIECES for n in middle)
 
 
 def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, bool]:
-  """The torch MLP rule applying a ``chain`` file (with its schedule), and its horizon flag."""
+  """The torch MLP rule applying a ``chain`` file (with its pieces and schedule), and its
+  horizon flag."""
   parts = config.get("parts")
   names = [p.get("name") for p in parts] if isinstance(parts, list) and all(
       isinstance(p, dict) for p in parts) else None
-  if names not in _CHAINS or not isinstance(meta, dict):
+  if (not _chain_names_ok(names) or len(set(names)) != len(names)
+      or not isinstance(meta, dict)):
     raise file_format.FileFormatError(
-        f"{path}: learned_opt.torch applies the chains {_CHAINS}, got parts {names}")
+        f"{path}: learned_opt.torch applies chains of {_CHAINS}, got parts {names}")
   configs = {p["name"]: dict(p.get("config") or {}) for p in parts}
   aware = any(bool(c.get("horizon_aware", False)) for c in configs.values())
-  sched = configs["schedule"]
-  unknown = sorted(set(sched) - {"hidden_size", "time_scales", "loss_decays", "horizon_aware"})
-  if unknown or sched.get("time_scales") != configs["mlp"].get("time_scales"):
-    raise file_format.FileFormatError(
-        f"{path}: learned_opt.torch applies a schedule with the rule's time_scales and no "
-        f"other option, got {sched}")
+  sched = configs.get("schedule")
+  if sched is not None:
+    unknown = sorted(set(sched) - {"hidden_size", "time_scales", "loss_decays", "horizon_aware"})
+    if unknown or sched.get("time_scales") != configs["mlp"].get("time_scales"):
+      raise file_format.FileFormatError(
+          f"{path}: learned_opt.torch applies a schedule with the rule's time_scales and no "
+          f"other option, got {sched}")
   normalize = configs.get("normalize_step")
   lr = float(normalize["learning_rate"]) if normalize is not None else None
+  pieces = tuple(pieces_lib.PIECES[n](path, configs[n], meta.get(n)) for n in names
+                 if n in pieces_lib.PIECES)
   flat = dict(meta.get("mlp") or {})
   flat.update({f"sched_{k}": v for k, v in (meta.get("schedule") or {}).items()})
-  rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr)
+  rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr, pieces=pieces)
   return rule, aware

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -201,6 +202,12 @@ ARCHS = {
     "mlp_everything": (learned_opt.chain(
         _MLP(hidden_sizes=(6, 5), rms_decays=(0.95, 0.99), tensor=_TF(held=True), step_mult=1.0),
         NormalizeStep(learning_rate=1e-2), learned_opt.LearnedSchedule(hidden_size=5)), 100, 0.7),
+    "mlp_harness_param_scale_schedule": (learned_opt.chain(
+        _MLP(hidden_sizes=(8, 8), horizon_aware=True), learned_opt.Orthogonalize(steps=4),
+        learned_opt.ParamScale(floor=0.05), learned_opt.LearnedSchedule(hidden_size=4)),
+        100, 1.0),
+    "mlp_harness": (learned_opt.chain(_MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize()),
+                    None, 0.5),
     "adafactor_default": (learned_opt.AdafactorMLPOptimizer(), None, 1.0),
     "adafactor_small": (learned_opt.AdafactorMLPOptimizer(
         hidden_size=8, momentum_decays=(0.9,), factored_decays=(0.99,), time_scales=(1.0, 30.0),
@@ -209,6 +216,7 @@ ARCHS = {
 # Starts other than init (learned_opt.inits.adam_like's arguments), and FUSE_MIN_SIZE values
 # that put some tensors of the stream through the fused network.
 STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0),
+          "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
 
@@ -220,13 +228,16 @@ def _parts(lopt):
 def test_archs_cover_every_option():
   """Every saved config option of each piece takes a non-default value in ARCHS."""
   for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer,
-              learned_opt.LearnedSchedule, NormalizeStep):
+              learned_opt.LearnedSchedule, NormalizeStep, learned_opt.Orthogonalize,
+              learned_opt.ParamScale):
     default = cls().config()
     changed = {k for lopt, _, _ in ARCHS.values() for part in _parts(lopt)
                if type(part) is cls for k, v in part.config().items() if v != default[k]}
-    if cls in (learned_opt.LearnedSchedule, NormalizeStep):
-      # The schedule's time scales must be the rule's; a chain's flag is read off its rule.
-      changed = (changed | {"time_scales", "horizon_aware"}) & set(default)
+    if cls not in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer):
+      # The schedule's time scales must be the rule's; a chain's flag is read off its rule;
+      # the pieces' initial values only set their start (θ is in the file).
+      changed = (changed | {"time_scales", "horizon_aware", "initial_mix", "reference_rms"}
+                 ) & set(default)
     assert changed == set(default), f"{cls.name}: no ARCHS entry changes {set(default) - changed}"
 
 
@@ -604,6 +615,15 @@ def test_files_it_cannot_apply_give_clear_errors(tmp_path):
                                 lambda d: d.update(format_version=3)), r"newer"),
       "missing_file": (tmp_path / "nope.safetensors", r"no such file"),
   }
+  for i, parts in enumerate([(_MLP(), learned_opt.LearnedSchedule(), learned_opt.Orthogonalize()),
+                             (learned_opt.Orthogonalize(), _MLP())]):
+    lopt = learned_opt.chain(*parts)
+    path = tmp_path / f"chain{i}.safetensors"
+    learned_opt.save(path, lopt, lopt.init(jax.random.key(0)))
+    names = [p.name for p in parts]
+    cases[f"chain{i}"] = (path, re.escape(f"applies chains of mlp, [normalize_step], "
+                                          f"[orthogonalize | param_scale ...], [schedule], got "
+                                          f"parts {names}"))
   for kind, (path, message) in cases.items():
     with pytest.raises(learned_opt.FileFormatError, match=message) as info:
       LearnedOptimizer(p, path)

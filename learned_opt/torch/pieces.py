@@ -1,0 +1,79 @@
+"""The per-tensor pieces a chain composes after the rule, in PyTorch.
+
+:class:`OrthogonalizePiece` applies :class:`learned_opt.Orthogonalize` and
+:class:`ParamScalePiece` :class:`learned_opt.ParamScale` to one parameter tensor's float32
+step, as the optax transforms do (the same Newton–Schulz iteration, RMS matching, floor and
+non-finite handling). Each is built from its part's config and meta-parameters in a file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from learned_opt.orthogonalize import NS_COEFFS
+from learned_opt.orthogonalize import _EPS as _ORTH_EPS
+from learned_opt.torch import config as config_lib
+from learned_opt.torch import features as feats
+
+
+def newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+  """:func:`learned_opt.orthogonalize.newton_schulz` on a float32 or float64 matrix."""
+  a, b, c = NS_COEFFS
+  tall = x.shape[0] > x.shape[1]
+  y = x.T if tall else x
+  y = y / (torch.sqrt(torch.sum(y * y)) + _ORTH_EPS)
+  for _ in range(steps):
+    g = y @ y.T
+    y = a * y + (b * g + c * g @ g) @ y
+  return y.T if tall else y
+
+
+class OrthogonalizePiece:
+  """``learned_opt.Orthogonalize``: ``e^β((1 - σ(α)) u + σ(α) o)`` on each weight matrix."""
+
+  name = "orthogonalize"
+
+  def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
+    cfg = config_lib.ConfigReader(path, self.name, config)
+    self.steps = cfg.integer("steps")
+    cfg.ignore("initial_mix", "horizon_aware")  # the start's, and read off the rule
+    cfg.finish()
+    theta = config_lib.meta_tensors(cfg, meta_params, {"mix": (), "log_scale": ()})
+    self.mix = torch.sigmoid(theta["mix"])  # float32 scalars, as the optax transform's
+    self.scale = torch.exp(theta["log_scale"])
+
+  def __call__(self, step: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    if step.dim() != 2 or min(step.shape) <= 1:
+      return step
+    finite = torch.isfinite(step)
+    clean = torch.where(finite, step, torch.zeros_like(step))
+    o = newton_schulz(clean, self.steps)
+    o = o * (feats.inverse_rms(o, _ORTH_EPS) / feats.inverse_rms(clean, _ORTH_EPS))
+    mix, scale = self.mix.to(step.device), self.scale.to(step.device)
+    out = scale * ((1.0 - mix) * clean + mix * o)
+    return torch.where(finite, out, step)
+
+
+class ParamScalePiece:
+  """``learned_opt.ParamScale``: each tensor's step times ``max(rms(p), floor) e^β``."""
+
+  name = "param_scale"
+
+  def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
+    cfg = config_lib.ConfigReader(path, self.name, config)
+    self.floor = cfg.number("floor")
+    cfg.ignore("reference_rms", "horizon_aware")  # the start's, and read off the rule
+    cfg.finish()
+    theta = config_lib.meta_tensors(cfg, meta_params, {"log_scale": ()})
+    self.factor = torch.exp(theta["log_scale"])  # a float32 scalar, as the optax transform's
+
+  def __call__(self, step: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    p = feats.finite_or_zero(param.detach().to(torch.promote_types(param.dtype, torch.float32)))
+    mean_square = torch.clamp(torch.mean(p * p), min=self.floor ** 2)
+    return step * (torch.sqrt(mean_square) * self.factor.to(step.device))
+
+
+#: Part name -> torch piece class.
+PIECES = {piece.name: piece for piece in (OrthogonalizePiece, ParamScalePiece)}
