@@ -1,5 +1,6 @@
-"""learned_opt.testing: the exported checker passes every registered optimizer and names the
-check a broken optimizer fails."""
+"""learned_opt.testing: the exported checker passes working optimizers and names the check a
+broken optimizer fails. (Every registered optimizer meets each check one by one in
+test_conformance.py; here the checker itself runs on a hand-designed and a learned one.)"""
 
 import dataclasses
 
@@ -9,12 +10,11 @@ import optax
 import pytest
 
 import learned_opt
-from learned_opt import experimental
 from learned_opt import testing
 
 
-@pytest.mark.parametrize("name", sorted(set(learned_opt.registry()) - set(experimental.NAMES)))
-def test_every_registered_optimizer_passes_every_check(name):
+@pytest.mark.parametrize("name", ["adam", "mlp"])
+def test_working_optimizers_pass_every_check(name):
   lopt = learned_opt.registry()[name]()
   assert testing.check_learned_optimizer(lopt) == tuple(testing.CHECKS)
 
