@@ -207,6 +207,14 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 # The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 
+
+def in_harness(rule: dict[str, Any]) -> dict[str, Any]:
+  """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
+  orthogonalising harness (``learned_opt.Orthogonalize``: Muon's direction for each weight
+  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63)."""
+  return {"parts": ({"name": "mlp", "config": rule}, {"name": "orthogonalize", "config": {}})}
+
+
 PRESETS: dict[str, RunConfig] = {
     # Under a minute on CPU, compile included: a few outer steps on 4-d quadratics.
     "smoke": RunConfig(
@@ -219,11 +227,11 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
     # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits. The recipe
-    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13): an Adam-like
-    # start with an initial decay, horizon-aware unrolls, the held-out (valid) meta-loss and a
-    # cosine outer schedule.
+    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13, #59-#63): the
+    # MLP rule inside the orthogonalising harness, an Adam-like start with an initial decay,
+    # horizon-aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
+        optimizer=OptimizerConfig("chain", in_harness({"hidden_sizes": (16, 16)}), _ADAM_START),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
                                   max_horizon=200, sigma=0.01, meta_loss="valid",
