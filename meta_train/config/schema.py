@@ -277,17 +277,18 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 # Specialise to one family (`--set task.family=F`, a registered name or a user's own
-# `package.module:function`; default digits_mlp): quickstart's recipe (its optimizer, PES
-# horizon-aware unrolls, cosine outer schedule, evaluation) with the *train* meta-loss, the
-# loss a user who swaps out Adam reads. On a user's model from outside this repository (a
-# tabular MLP, train loss on 8 fresh inits) quickstart's valid meta-loss lost to tuned Adam 8
-# of 8 and the train one won 8 of 8 against tuned Adam and tuned cosine Adam; no committed
-# meta-eval report yet. Quickstart's unrolls, a little cheaper (the train meta-loss reuses the
-# inner steps' losses): on digits_mlp 8.2 minutes on 2 shared CPU cores (load ~10), evaluation
-# included.
+# `package.module:function`; default digits_mlp): quickstart's recipe (the rule inside the
+# orthogonalising harness, PES horizon-aware unrolls, the valid meta-loss, cosine outer
+# schedule, evaluation) started at the family's own tuned Adam rate (a user's family may want a
+# rate far from quickstart's 5e-3: the sweep runs before meta-training, run/start.json). The
+# objective is the valid meta-loss: on digits_mlp the train one lost on train loss itself, for
+# the plain rule and inside the harness (reports/experiments/LOG.md #54 against #53, #66
+# against #59). An adapter given one data mapping draws its valid batches from the same data,
+# and there the valid meta-loss is the train loss on fresh batches.
 PRESETS["specialize"] = dataclasses.replace(
     PRESETS["quickstart"],
-    estimator=dataclasses.replace(PRESETS["quickstart"].estimator, meta_loss="train"))
+    optimizer=dataclasses.replace(PRESETS["quickstart"].optimizer,
+                                  start=StartConfig("tuned_adam_like", decay=3.0)))
 
 
 def preset(name: str) -> RunConfig:
