@@ -12,6 +12,7 @@ Run from the repository root (or anywhere once the package is installed)::
 
   python -m benchmarks.step_speed                 # every registered architecture
   python -m benchmarks.step_speed --arch mlp adam --repeats 30
+  python -m benchmarks.step_speed --arch mlp mlp+orthogonalize   # a chain: parts joined by +
 
 The step of a compute-bound optimizer is stretched far more than Adam's short, memory-bound
 step when other processes share the cores: compare ratios taken on an otherwise idle machine.
@@ -60,14 +61,15 @@ def time_once(step, grads, state, params) -> float:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--arch", nargs="*", default=None,
-                      help="architectures to time (default: every registered one)")
+                      help="architectures to time (default: every registered one); "
+                           "a+b times learned_opt.chain(a(), b())")
   parser.add_argument("--repeats", type=int, default=20, help="timed steps per optimizer")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
   args = parser.parse_args(argv)
 
   registry = learned_opt.registry()
   names = args.arch or sorted(registry)
-  unknown = sorted(set(names) - set(registry))
+  unknown = sorted({part for name in names for part in name.split("+")} - set(registry))
   if unknown:
     parser.error(f"unknown architectures {unknown}; registered: {sorted(registry)}")
 
@@ -80,7 +82,8 @@ def main(argv=None) -> None:
 
   candidates = {"optax.adam": optax.adam(1e-3)}
   for name in names:
-    lopt = registry[name]()
+    parts = [registry[part]() for part in name.split("+")]
+    lopt = parts[0] if len(parts) == 1 else learned_opt.chain(*parts)
     candidates[name] = lopt.transform(lopt.init(key))
 
   compiled, compile_s, nbytes = {}, {}, {}
@@ -101,12 +104,13 @@ def main(argv=None) -> None:
       times[name].append(time_once(step, grads, state, params))
 
   adam_ms = 1e3 * float(np.median(times["optax.adam"]))
-  header = f"{'architecture':<16} {'compile s':>9} {'ms/step':>9} {'x adam':>8} {'state B/param':>13}"
+  width = max(16, *(len(name) for name in candidates))
+  header = f"{'architecture':<{width}} {'compile s':>9} {'ms/step':>9} {'x adam':>8} {'state B/param':>13}"
   print(header)
   print("-" * len(header))
   for name in candidates:
     ms = 1e3 * float(np.median(times[name]))
-    print(f"{name:<16} {compile_s[name]:9.2f} {ms:9.2f} {ms / adam_ms:8.1f} "
+    print(f"{name:<{width}} {compile_s[name]:9.2f} {ms:9.2f} {ms / adam_ms:8.1f} "
           f"{nbytes[name] / n_params:13.2f}")
 
 
