@@ -389,12 +389,8 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   inner = (particle.params, particle.opt_state)
   fresh_inner = (fresh.params, fresh.opt_state)
 
-  # Each step's run fraction t/T after it (the end-weighted meta-loss's clock).
-  done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
-  run_fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
-
   def body(carry, xs):
-    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh, fraction = xs
+    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh = xs
     # The run that ended at the previous step is replaced by the fresh run before this step.
     params, opt_state = _select(start_fresh, fresh_inner, carry)
     # Task parameters are loop invariants (not carried): selecting them here lets XLA fuse the
@@ -420,12 +416,14 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
     if config.log_meta_loss:
       norm = jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
-    if config.end_weight:
-      norm = norm * (config.end_weight + 1.0) * fraction ** config.end_weight
     return (new_params, opt_state), (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
 
   (params, opt_state), (losses, nonfinite) = jax.lax.scan(
-      body, inner, (data, index == until_reset, after_reset, run_fraction), length=num_steps)
+      body, inner, (data, index == until_reset, after_reset), length=num_steps)
+  if config.end_weight:  # each step's weight (p + 1) (t/T)^p, t/T its run's fraction after it
+    done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
+    fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
+    losses = losses * ((config.end_weight + 1.0) * fraction ** config.end_weight)
   # A run ending at the last step is replaced after the scan.
   params, opt_state = _select(until_reset == num_steps, fresh_inner, (params, opt_state))
   reset = until_reset <= num_steps
