@@ -69,11 +69,28 @@ def _eval_losses(task, k_eval):
 MAX_PARALLEL_RUNS = 32
 
 
+def even_batches(num_runs: int, max_parallel: int) -> tuple[int, int]:
+  """``(batch, padded)``: the fewest groups of at most ``max_parallel`` runs, all of one size
+  ``batch``, covering ``num_runs`` (``padded = batch * groups >= num_runs``).
+
+  One size, so the program holds one copy of the training loop: ``lax.map``'s remainder group
+  would compile a second one (on CPU the compile is most of an evaluation's time).
+  """
+  groups = -(-num_runs // max_parallel)
+  batch = -(-num_runs // groups)
+  return batch, batch * groups
+
+
 def _map_runs(one_run, args, num_runs: int, max_parallel: int = MAX_PARALLEL_RUNS):
   """``one_run(*a)`` for every run of ``args`` (leading axis ``num_runs``), jitted, at most
-  ``max_parallel`` side by side."""
-  return jax.jit(lambda a: jax.lax.map(lambda x: one_run(*x), a,
-                                       batch_size=min(max_parallel, num_runs)))(args)
+  ``max_parallel`` side by side, in groups of one size (the last padded with copies of run 0,
+  whose results are dropped)."""
+  batch, padded = even_batches(num_runs, max_parallel)
+  if padded > num_runs:
+    fill = np.zeros(padded - num_runs, np.int32)
+    args = jax.tree.map(lambda x: jnp.concatenate([x, x[fill]]), args)
+  out = jax.jit(lambda a: jax.lax.map(lambda x: one_run(*x), a, batch_size=batch))(args)
+  return jax.tree.map(lambda x: x[:num_runs], out)
 
 
 def _flat_runs(hparams, task_params, keys):

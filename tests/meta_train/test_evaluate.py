@@ -190,6 +190,32 @@ def _quadratic_problem(num_tasks=2, num_seeds=2, metric=None):
   return B.Problem(family, "quadratic:test", tp, keys, metric)
 
 
+@pytest.mark.parametrize("num_runs, max_parallel, expected", [
+    (48, 32, (24, 48)), (336, 32, (31, 341)), (7, 32, (7, 7)), (64, 32, (32, 64)), (5, 1, (1, 5))])
+def test_runs_go_in_groups_of_one_size(num_runs, max_parallel, expected):
+  assert curves_lib.even_batches(num_runs, max_parallel) == expected
+
+
+def test_a_grid_with_a_remainder_traces_the_training_loop_once():
+  """8 runs, 3 side by side: three groups of 3 (one padded run), one copy of the loop."""
+  problem = _quadratic_problem()
+  built = []
+
+  def make_tx(lr):
+    built.append(lr)
+    return optax.adam(lr)
+
+  rates = np.array([1e-2, 3e-2])
+  grouped = curves_lib.training_curves(problem.family, make_tx, rates, problem.task_params,
+                                       problem.keys, 6, 2, max_parallel=3)
+  assert len(built) == 1  # lax.map's remainder group would trace (and compile) it twice
+  full = curves_lib.training_curves(problem.family, optax.adam, rates, problem.task_params,
+                                    problem.keys, 6, 2)
+  assert grouped["train"].shape == full["train"].shape == (2, 2, 2, 4)
+  np.testing.assert_allclose(grouped["train"], full["train"], rtol=1e-6)
+  np.testing.assert_allclose(grouped["test"], full["test"], rtol=1e-6)
+
+
 def test_grid_program_matches_optax_adam_and_measures_the_fixed_sets():
   problem = _quadratic_problem()
   curves = curves_lib.training_curves(problem.family, optax.adam, np.array([1e-2, 3e-2]),
