@@ -242,12 +242,13 @@ PRESETS: dict[str, RunConfig] = {
         eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
     ),
     # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
-    # on the MLP classifiers, the quadratics and both diffusion families, one particle group per
-    # member (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it
-    # costs ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
+    # (the rule inside the orthogonalising harness; reports/experiments/LOG.md #69) on the MLP
+    # classifiers, the quadratics and both diffusion families, one particle group per member
+    # (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it costs
+    # ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
     # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16), "exp_mult": 1.0},
+        optimizer=OptimizerConfig("chain", in_harness({"hidden_sizes": (16, 16), "exp_mult": 1.0}),
                                   _ADAM_START),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,

@@ -38,6 +38,8 @@ _FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # The quickstart report's file as format v1 wrote it (before quickstart's harness; kept here
 # when reports/quickstart/optimizer.safetensors was regenerated).
 _QUICKSTART = os.path.join(_FIXTURES, "v1_quickstart.safetensors")
+# The shipped `default` as format v1 wrote it (before the harness default replaced it).
+_V1_DEFAULT = os.path.join(_FIXTURES, "v1_default.safetensors")
 
 # Recorded with the format-v1 code (tests/learned_opt/update_stream.py, run before the change).
 SHIPPED = {
@@ -56,11 +58,16 @@ FIXTURES = {
 }
 
 
+def _v1_shipped(name):
+  """The v1 file once shipped as ``name`` (``diffusion`` still is)."""
+  return _V1_DEFAULT if name == "default" else learned_opt.pretrained_path(name)
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_v1_files_give_the_same_updates(name):
-  path = learned_opt.pretrained_path(name)
+  path = _v1_shipped(name)
   assert file_format.read_document(path)[1]["format_version"] == 1  # kept as committed
-  lopt, theta = learned_opt.load_pretrained(name)
+  lopt, theta = learned_opt.load(path)
   assert type(lopt) is learned_opt.MLPOptimizer and lopt.horizon_aware
   assert update_stream.update_hash(lopt.transform(theta, num_steps=200)) == SHIPPED[name]
 
@@ -131,7 +138,7 @@ def _rewrite(src, dst, edit):
 
 
 def test_unknown_v1_and_v2_keys_are_refused_by_name(tmp_path):
-  good = learned_opt.pretrained_path("default")
+  good = _V1_DEFAULT
   bad = _rewrite(good, tmp_path / "v1.safetensors", lambda d: d["config"].update(lstm_size=8))
   with pytest.raises(learned_opt.FileFormatError, match=r"unknown config keys \['lstm_size'\]"):
     learned_opt.load(bad)
@@ -148,7 +155,7 @@ def test_unknown_v1_and_v2_keys_are_refused_by_name(tmp_path):
 
 
 def test_v2_round_trip_is_bit_exact_and_records_horizon_awareness(tmp_path):
-  lopt, theta = learned_opt.load_pretrained("default")
+  lopt, theta = learned_opt.load(_V1_DEFAULT)
   path = tmp_path / "default_v2.safetensors"
   learned_opt.save(path, lopt, theta, provenance={"start": {"scheme": "adam_like"}})
   doc = file_format.read_document(path)[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def _one_torch_thread():
 # a feature far out in its tensor's tail carries that error into the update amplified by up to
 # sqrt(n). The torch side sums pairwise (accurate to ~1e-8); at these sizes both agree to
 # 1e-5. test_large_tensor_agrees_to_the_accuracy_of_the_optax_sums covers large tensors.
+# The `default` once shipped, as format v1 wrote it (tests/learned_opt/fixtures).
+V1_DEFAULT = os.path.join(os.path.dirname(__file__), "fixtures", "v1_default.safetensors")
 SHAPES = {"scalar": (), "bias": (5,), "matrix": (7, 3), "conv": (2, 3, 4, 5), "wide": (24, 40)}
 
 
@@ -545,10 +548,10 @@ def test_horizon_warning_and_num_steps_as_pretrained(monkeypatch, tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert LearnedOptimizer(p, path, num_steps=10).num_steps == 10
-  read = file_format.read
+  read = file_format.read  # a plain rule whose config says it never saw a horizon
   monkeypatch.setattr(file_format, "read", lambda path: read(path)._replace(
       config={**read(path).config, "horizon_aware": False}))
-  assert LearnedOptimizer(p, "default", num_steps=10).num_steps is None
+  assert LearnedOptimizer(p, "diffusion", num_steps=10).num_steps is None
 
 
 def test_training_never_calls_jax(monkeypatch):
@@ -589,7 +592,7 @@ def test_files_it_cannot_apply_give_clear_errors(tmp_path):
   p = [torch.zeros(3, requires_grad=True)]
   adam = tmp_path / "adam.safetensors"
   learned_opt.save(adam, learned_opt.Adam(), learned_opt.Adam().init(jax.random.key(0)))
-  good = learned_opt.pretrained_path("default")
+  good = V1_DEFAULT  # a plain v1 rule file (edited below into each bad case)
   cases = {
       "baseline": (adam, r"cannot apply architecture 'adam'.*torch\.optim\.Adam"),
       "unknown_architecture": (_rewrite(good, tmp_path / "a.safetensors",
