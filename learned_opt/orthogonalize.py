@@ -63,10 +63,27 @@ def newton_schulz(x: jax.Array, steps: int = 5) -> jax.Array:
   return y.T if tall else y
 
 
-def is_matrix(u) -> bool:
-  """Whether the harness orthogonalises ``u``: a floating 2-D tensor, both sides > 1."""
+def as_matrix_shape(shape, kernels: bool = False) -> tuple[int, int] | None:
+  """The matrix the harness orthogonalises a tensor of ``shape`` as, or ``None`` to leave it.
+
+  A 2-D tensor is itself; with ``kernels``, a tensor of 3 or more axes whose last axis is its
+  output (flax and haiku: a conv kernel ``(h, w, in, out)``) is the ``(fan-in, out)`` matrix,
+  as Muon orthogonalises conv filters (Jordan et al. 2024). Both sides must exceed 1.
+  """
+  if len(shape) == 2:
+    rows, cols = shape
+  elif kernels and len(shape) >= 3:
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+  else:
+    return None
+  return (rows, cols) if min(rows, cols) > 1 else None
+
+
+def is_matrix(u, kernels: bool = False) -> bool:
+  """Whether the harness orthogonalises ``u``: a floating tensor :func:`as_matrix_shape`
+  takes."""
   return (u is not None and jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating)
-          and u.ndim == 2 and min(u.shape) > 1)
+          and as_matrix_shape(tuple(u.shape), kernels) is not None)
 
 
 @base.register
@@ -85,9 +102,13 @@ class Orthogonalize(base.LearnedOptimizer):
   leaves them to Adam). Non-finite entries count as zero in the orthogonalisation and keep
   their value, so a ``nan`` stays in its entry. Each update keeps its dtype.
 
+  With ``kernels``, conv kernels are mixed too, each as its ``(fan-in, out)`` matrix
+  (:func:`as_matrix_shape`; the last axis is the output, as in flax and haiku).
+
   Attributes:
     initial_mix: ``σ(α)`` of :meth:`init` (``β`` starts at 0), in ``(0, 1)``.
     steps: Newton–Schulz iterations.
+    kernels: also orthogonalise tensors of 3 or more axes as ``(fan-in, out)`` matrices.
     horizon_aware: meta-trained seeing each run's length as ``num_steps`` (unused here).
 
   References:
@@ -98,6 +119,7 @@ class Orthogonalize(base.LearnedOptimizer):
   name = "orthogonalize"
   initial_mix: float = 0.9
   steps: int = 5
+  kernels: bool = False
   horizon_aware: bool = False
 
   def __post_init__(self):
@@ -105,6 +127,8 @@ class Orthogonalize(base.LearnedOptimizer):
       raise ValueError(f"initial_mix must be in (0, 1), got {self.initial_mix!r}")
     if not (isinstance(self.steps, int) and self.steps >= 1):
       raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+    if not isinstance(self.kernels, bool):
+      raise ValueError(f"kernels must be a bool, got {self.kernels!r}")
 
   def init(self, key: jax.Array) -> base.MetaParams:
     del key
@@ -119,11 +143,12 @@ class Orthogonalize(base.LearnedOptimizer):
     scale = jnp.exp(meta_params["log_scale"])
 
     def one(u):
-      if not is_matrix(u):
+      if not is_matrix(u, self.kernels):
         return u
       finite = jnp.isfinite(u)
       clean = jnp.where(finite, u, 0).astype(jnp.promote_types(u.dtype, jnp.float32))
-      o = newton_schulz(clean, self.steps)
+      o = newton_schulz(clean.reshape(as_matrix_shape(u.shape, True)), self.steps)
+      o = o.reshape(u.shape)
       o = o * (feats_lib.inverse_rms(o, _EPS) / feats_lib.inverse_rms(clean, _EPS))
       out = scale * ((1.0 - mix) * clean + mix * o)
       return jnp.where(finite, out, u).astype(u.dtype)

@@ -8,6 +8,7 @@ non-finite handling). Each is built from its part's config and meta-parameters i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -30,6 +31,24 @@ def newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
   return y.T if tall else y
 
 
+def matrix_shape(shape: tuple[int, ...], kernels: bool) -> tuple[int, int] | None:
+  """The matrix :class:`OrthogonalizePiece` orthogonalises a step of ``shape`` as, or ``None``.
+
+  PyTorch's layout puts a conv weight's output first, ``(out, in, kh, kw)``: with ``kernels``
+  it is the ``(out, fan-in)`` matrix (Muon's PyTorch convention), the transpose of the one
+  :func:`learned_opt.orthogonalize.as_matrix_shape` takes from flax's ``(kh, kw, in, out)``,
+  with the fan-in's entries in another order: the same orthogonalisation (Newton–Schulz
+  commutes with transposes and permutations of rows and columns).
+  """
+  if len(shape) == 2:
+    rows, cols = shape
+  elif kernels and len(shape) >= 3:
+    rows, cols = shape[0], math.prod(shape[1:])
+  else:
+    return None
+  return (rows, cols) if min(rows, cols) > 1 else None
+
+
 class OrthogonalizePiece:
   """``learned_opt.Orthogonalize``: ``e^β((1 - σ(α)) u + σ(α) o)`` on each weight matrix."""
 
@@ -38,6 +57,7 @@ class OrthogonalizePiece:
   def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.steps = cfg.integer("steps")
+    self.kernels = cfg.flag("kernels", False)  # files written before the option: False
     cfg.ignore("initial_mix", "horizon_aware")  # the start's, and read off the rule
     cfg.finish()
     theta = config_lib.meta_tensors(cfg, meta_params, {"mix": (), "log_scale": ()})
@@ -45,11 +65,12 @@ class OrthogonalizePiece:
     self.scale = torch.exp(theta["log_scale"])
 
   def __call__(self, step: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    if step.dim() != 2 or min(step.shape) <= 1:
+    shape = matrix_shape(tuple(step.shape), self.kernels)
+    if shape is None:
       return step
     finite = torch.isfinite(step)
     clean = torch.where(finite, step, torch.zeros_like(step))
-    o = newton_schulz(clean, self.steps)
+    o = newton_schulz(clean.reshape(shape), self.steps).reshape(step.shape)
     o = o * (feats.inverse_rms(o, _ORTH_EPS) / feats.inverse_rms(clean, _ORTH_EPS))
     mix, scale = self.mix.to(step.device), self.scale.to(step.device)
     out = scale * ((1.0 - mix) * clean + mix * o)

@@ -106,3 +106,30 @@ def test_rule_in_the_harness_is_a_conforming_chain_with_an_adam_like_start():
   assert 0.5 * rms(plain) < rms(step) <= rms(plain) * (1 + 1e-5)
   cond = lambda a: (lambda s: s.max() / s.min())(np.linalg.svd(np.asarray(a), compute_uv=False))
   assert cond(step) < 0.5 * cond(plain), (cond(step), cond(plain))
+
+
+@pytest.mark.parametrize("shape, kernels, matrix", [
+    ((3, 3, 4, 8), True, (36, 8)), ((3, 3, 4, 8), False, None), ((5, 4), False, (5, 4)),
+    ((3, 1, 1), True, None), ((2, 3, 1), True, None), ((7,), True, None)])
+def test_which_tensors_are_matrices(shape, kernels, matrix):
+  from learned_opt.orthogonalize import as_matrix_shape  # pylint: disable=import-outside-toplevel
+  assert as_matrix_shape(shape, kernels) == matrix
+
+
+def test_with_kernels_a_conv_kernel_is_mixed_as_its_fan_in_by_out_matrix():
+  """A (3, 3, 4, 8) kernel: the step is the mix computed on the (36, 8) matrix, reshaped back;
+  without ``kernels`` it passes unchanged."""
+  u = jnp.asarray(_ill_conditioned((36, 8), cond=50.0, seed=4), jnp.float32)
+  theta = Orthogonalize(initial_mix=0.6).init(jax.random.key(0))
+  kernel = u.reshape(3, 3, 4, 8)
+  as_matrix = _apply(theta, {"w": u})["w"]
+  out = _apply(theta, {"k": kernel}, Orthogonalize(kernels=True))["k"]
+  assert out.shape == (3, 3, 4, 8)
+  np.testing.assert_allclose(out.reshape(36, 8), as_matrix, rtol=1e-6, atol=1e-8)
+  assert not np.allclose(out, kernel, rtol=1e-2)
+  np.testing.assert_array_equal(_apply(theta, {"k": kernel})["k"], kernel)
+  bad = kernel.at[0, 1, 2, 3].set(jnp.nan)
+  out = _apply(theta, {"k": bad}, Orthogonalize(kernels=True))["k"]
+  assert np.isnan(out[0, 1, 2, 3]) and np.isfinite(out).sum() == out.size - 1
+  with pytest.raises(ValueError, match="kernels must be a bool"):
+    Orthogonalize(kernels=1)

@@ -211,6 +211,8 @@ ARCHS = {
         100, 1.0),
     "mlp_harness": (learned_opt.chain(_MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize()),
                     None, 0.5),
+    "mlp_harness_kernels": (learned_opt.chain(
+        _MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize(kernels=True)), 100, 1.0),
     "adafactor_default": (learned_opt.AdafactorMLPOptimizer(), None, 1.0),
     "adafactor_small": (learned_opt.AdafactorMLPOptimizer(
         hidden_size=8, momentum_decays=(0.9,), factored_decays=(0.99,), time_scales=(1.0, 30.0),
@@ -222,6 +224,15 @@ STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0),
           "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
+# Tensors given to torch in its own layout where the update depends on it: the stream's "conv"
+# is a flax kernel (kh, kw, in, out); torch holds a conv weight as (out, in, kh, kw).
+TORCH_LAYOUTS = {"mlp_harness_kernels": {"conv": (3, 2, 0, 1)}}
+
+
+def _to_layout(arrays: dict[str, np.ndarray], perms, inverse: bool = False):
+  """``arrays`` with each named tensor's axes permuted (``inverse``: back)."""
+  return {k: np.transpose(v, np.argsort(perms[k]) if inverse else perms[k]) if k in perms else v
+          for k, v in arrays.items()}
 
 
 def _parts(lopt):
@@ -263,8 +274,11 @@ def test_random_architecture_equals_optax(arch, tmp_path, small_chunks, monkeypa
   grads, losses = gradient_stream(100, bad_step=40)
   params = initial_params()
   jax_trace = run_jax(lopt.transform(theta, lr, num_steps=num_steps), params, grads, losses)
+  perms = TORCH_LAYOUTS.get(arch, {})
   torch_trace = run_torch(lambda ps: LearnedOptimizer(ps.values(), path, num_steps=num_steps,
-                                                      lr=lr), params, grads, losses)
+                                                      lr=lr), _to_layout(params, perms),
+                          [_to_layout(g, perms) for g in grads], losses)
+  torch_trace = [tuple(_to_layout(x, perms, inverse=True) for x in step) for step in torch_trace]
   assert_traces_close(torch_trace, jax_trace)
   # The bad gradient entries of step 40 gave nan updates there and nowhere else.
   updates = torch_trace[40][0]
