@@ -56,6 +56,8 @@ _STEP_ROLES = 3
 _VALID_BATCH, _VALID_LOSS = 0, 1
 # The stream of a run's parameter scales (task augmentation): far above any step's data ids.
 _SCALES = 0xFFFFFFFF
+# The stream of the batches a run's final loss is recomputed on (``final_batches``).
+_FINAL = 0xFFFFFFFE
 
 
 def _fold_in_many(key: jax.Array, data: jax.Array) -> jax.Array:
@@ -87,6 +89,11 @@ class UnrollConfig:
       average to about 1). ``0`` weights every step alike; larger ``p`` moves the objective
       towards the end of the run, which is where every goal is read (VeLO meta-trains on the
       final loss, ``loss_type="last_recompute"``; Metz et al. 2022, arXiv 2211.09760, App. C).
+    final_batches: ``n > 0``: the meta-loss is the run's *final* normalised loss, recomputed
+      on ``n`` fresh batches of the meta-loss split (``meta_loss``) and averaged, instead of
+      the mean over its steps (VeLO's ``loss_type="last_recompute"``; Metz et al. 2022, arXiv
+      2211.09760, App. C). Only an unroll that is one whole run has a final loss: full-horizon
+      ES takes it, the truncated estimators refuse it. ``0``: the mean over steps.
     stagger: start each particle's first run at a random step in ``[0, horizon)``.
     horizon_aware: pass each run's horizon to the optimizer as ``num_steps`` (its horizon
       features; the optimizer must then be evaluated with ``num_steps`` too).
@@ -102,6 +109,7 @@ class UnrollConfig:
   meta_loss: str = "train"
   log_meta_loss: bool = False
   end_weight: float = 0.0
+  final_batches: int = 0
   stagger: bool = True
   horizon_aware: bool = False
   param_scale: float = 1.0
@@ -126,6 +134,14 @@ class UnrollConfig:
     if not (isinstance(self.end_weight, (int, float)) and 0.0 <= self.end_weight < 1e3):
       raise errors.FieldError(owner, "end_weight", f"must be a number in [0, 1000) (0 weights "
                                                    f"every step alike), got {self.end_weight!r}")
+    if (isinstance(self.final_batches, bool) or not isinstance(self.final_batches, int)
+        or self.final_batches < 0):
+      raise errors.FieldError(owner, "final_batches", f"must be an int >= 0 (0: the mean over "
+                                                      f"steps), got {self.final_batches!r}")
+    if self.final_batches and self.end_weight:
+      raise errors.FieldError(owner, "end_weight", "weights the steps' losses, which "
+                                                   "final_batches replaces by the final loss; "
+                                                   "set one of them")
 
 
 class ParticleState(NamedTuple):
@@ -425,17 +441,57 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
     losses = losses * ((config.end_weight + 1.0) * fraction ** config.end_weight)
   # A run ending at the last step is replaced after the scan.
+  final_params = params
   params, opt_state = _select(until_reset == num_steps, fresh_inner, (params, opt_state))
   reset = until_reset <= num_steps
   task_params = _select(reset, fresh.task_params, particle.task_params)
-  particle = ParticleState(
+  new_particle = ParticleState(
       task_params=task_params, params=params, opt_state=opt_state,
       step=jnp.where(reset, num_steps - until_reset, particle.step + num_steps).astype(jnp.int32),
       horizon=jnp.where(reset, fresh.horizon, particle.horizon),
       run_key=jnp.where(reset, fresh.run_key, particle.run_key))
-  out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=jnp.sum(nonfinite),
-                     meta_loss=jnp.mean(losses), reset=reset)
-  return particle, out
+  meta_loss, nonfinite = jnp.mean(losses), jnp.sum(nonfinite)
+  if config.final_batches:  # the run's last parameters (read before a reset replaces them)
+    final, bad = final_loss(family, config, particle.task_params, particle.run_key,
+                            final_params)
+    meta_loss, nonfinite = final, nonfinite + bad
+  out = UnrollOutput(losses=losses, after_reset=after_reset, nonfinite=nonfinite,
+                     meta_loss=meta_loss, reset=reset)
+  return new_particle, out
+
+
+def final_loss(family: task_base.TaskFamily, config: UnrollConfig, task_params: Any,
+               run_key: jax.Array, params: Any) -> tuple[jax.Array, jax.Array]:
+  """The run's final meta-loss, recomputed on ``config.final_batches`` fresh batches.
+
+  .. math::
+    \\hat L = \\frac{1}{n} \\sum_{i=1}^{n} \\hat\\ell(θ_T;\\ b_i),\\qquad b_i \\sim
+    \\text{split } \\mathtt{meta\\_loss}
+
+  with ``ℓ̂`` the task's normalised loss (non-finite: its ceiling), each batch and loss key
+  drawn from the run key's own stream; ``log_meta_loss`` takes the log of ``L̂``.
+
+  Returns:
+    ``(L̂, number of non-finite batch losses)``.
+  """
+  task = family.task(task_params)
+  scales = param_scales(config, params, run_key)
+  keys = jax.random.split(jax.random.fold_in(wrap_key(run_key), _FINAL), config.final_batches)
+
+  def one(k):
+    k_batch, k_loss = jax.random.split(k)
+    raw = task.loss(_scaled(params, scales), k_loss,
+                    task.sample_batch(k_batch, config.meta_loss))
+    finite = jnp.isfinite(raw)
+    norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)),
+                     jnp.asarray(task.ceiling, jnp.float32))
+    return norm.astype(jnp.float32), (~finite).astype(jnp.int32)
+
+  norms, bad = jax.vmap(one)(keys)
+  value = jnp.mean(norms)
+  if config.log_meta_loss:
+    value = jnp.log(jnp.maximum(value, 0.0) + LOG_META_LOSS_EPS)
+  return value, jnp.sum(bad)
 
 
 def _step_data(family: task_base.TaskFamily, config: UnrollConfig, task_params: Any,

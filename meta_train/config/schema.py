@@ -112,6 +112,10 @@ class EstimatorConfig:
   end_weight: float = _est("end_weight", help="p: each step's meta-loss weighted by (p+1) "
                                              "(t/T)^p, t/T its run's fraction done (0: every "
                                              "step alike; larger p: the end of the run)")
+  final_batches: int = _est("final_batches", help="the meta-loss is the run's final "
+                                                  "loss recomputed on this many fresh batches "
+                                                  "(VeLO's last_recompute; 0: the mean over "
+                                                  "steps)")
   horizon_aware: bool = _est("horizon_aware", help="pass each inner run's horizon to the "
                                                    "optimizer as num_steps (evaluate it with "
                                                    "num_steps too)")

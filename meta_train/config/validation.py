@@ -150,6 +150,8 @@ def check_estimator_fields(spec: schema.EstimatorConfig) -> None:
       continue
     if field in ("num_pairs", "num_particles"):
       hint = f"its count of inner trainings is estimator.{count}"
+    elif field == "final_batches":
+      hint = "a truncated unroll has no final loss; full_es recomputes it"
     elif field in registry.UNROLL_FIELDS:
       hint = ("it unrolls each inner training whole, from its first step, over "
               "estimator.max_horizon")

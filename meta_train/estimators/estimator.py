@@ -79,8 +79,9 @@ class Estimator:
       raise errors.FieldError(type(self).__name__, "unroll",
                               f"must be an UnrollConfig, got {self.unroll!r}")
 
-  # Unroll settings the estimator does not read (refused when set: see ``registry``).
-  unused_unroll_fields: ClassVar[tuple[str, ...]] = ()
+  # Unroll settings the estimator does not read (refused when set: see ``registry``). A
+  # truncated unroll has no final loss to recompute: only full-horizon ES reads final_batches.
+  unused_unroll_fields: ClassVar[tuple[str, ...]] = ("final_batches",)
 
   @classmethod
   def unroll_config(cls, **fields: Any) -> unroll_lib.UnrollConfig:

@@ -177,6 +177,8 @@ def test_estimators_check_their_own_fields_and_full_es_needs_fixed_horizon():
     ("tbptt", "sigma", "0.1", "it takes estimator.num_particles besides the unroll's fields"),
     ("es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
     ("pes", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
+    ("pes", "final_batches", "4", "a truncated unroll has no final loss; full_es recomputes it"),
+    ("tbptt", "final_batches", "4", "a truncated unroll has no final loss; full_es recomputes it"),
     ("full_es", "num_particles", "16", "its count of inner trainings is estimator.num_pairs"),
     ("full_es", "truncation_length", "5", "it unrolls each inner training whole, from its first "
                                           "step, over estimator.max_horizon"),

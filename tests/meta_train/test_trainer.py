@@ -103,6 +103,9 @@ def test_make_estimator(name, cls, own):
   assert registry.ESTIMATORS[name] is cls and cls.name == name
   whole = name == "full_es"  # one unroll of the whole horizon: no truncation, no stagger
   unroll = tuple(f for f in _UNROLL if not (whole and f in ("truncation_length", "stagger")))
+  if whole:  # ... and a final loss to recompute
+    unroll = unroll[:unroll.index("end_weight") + 1] + ("final_batches",) + unroll[
+        unroll.index("end_weight") + 1:]
   assert registry.estimator_fields(name) == unroll + tuple(own)
   truncation = {} if whole else {"truncation_length": 5}
   est = make_estimator(name, LOPT, FAMILY, min_horizon=40, max_horizon=40, meta_loss="valid",
@@ -131,12 +134,12 @@ _PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma", "sign_delta"))
      "FullES.min_horizon: full_es unrolls one fixed horizon: must equal max_horizon (20), got 10"),
     ("full_es", {"truncation_length": 5, "min_horizon": 20, "max_horizon": 20},
      "estimator 'full_es' has no field 'truncation_length'; its fields: min_horizon, max_horizon, "
-     "meta_loss, log_meta_loss, end_weight, horizon_aware, param_scale, num_pairs, sigma, "
-     "sign_delta"),
+     "meta_loss, log_meta_loss, end_weight, final_batches, horizon_aware, param_scale, num_pairs, "
+     "sigma, sign_delta"),
     ("full_es", {"stagger": False}, "estimator 'full_es' has no field 'stagger'; its fields: "
                                     "min_horizon, max_horizon, meta_loss, log_meta_loss, "
-                                    "end_weight, horizon_aware, param_scale, num_pairs, sigma, "
-                                    "sign_delta"),
+                                    "end_weight, final_batches, horizon_aware, param_scale, "
+                                    "num_pairs, sigma, sign_delta"),
     ("tbptt", {"truncation_length": 30, "min_horizon": 20, "max_horizon": 20},
      "UnrollConfig.truncation_length: must not exceed min_horizon (20), got 30"),
     ("tbptt", {"num_particles": 0}, "TBPTT.num_particles: must be > 0, got 0"),

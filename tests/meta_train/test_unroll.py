@@ -319,3 +319,36 @@ def test_end_weight_scales_each_steps_loss_by_its_run_fraction():
     ps = new_a
   with pytest.raises(errors.FieldError, match="end_weight: must be a number in"):
     ul.UnrollConfig(end_weight=-1.0)
+
+
+def test_final_batches_make_the_meta_loss_the_final_loss_recomputed_on_fresh_batches():
+  # One whole run of 6 steps in one unroll (full-horizon ES's unroll). With final_batches=3 the
+  # meta-loss is the final parameters' normalised train loss averaged over 3 fresh batches of the
+  # run's own stream; the per-step losses and the inner run are unchanged.
+  whole = ul.UnrollConfig(truncation_length=6, min_horizon=6, max_horizon=6, stagger=False,
+                          meta_loss="train")
+  final = dataclasses.replace(whole, final_batches=3)
+  ps = ul.fresh_particle(LOPT, NOISY, whole, THETA, ul.key_data(jax.random.key(7)))
+  new_a, out_a = _unroll_fn(NOISY, whole)(THETA, ps)
+  new_b, out_b = _unroll_fn(NOISY, final)(THETA, ps)
+  np.testing.assert_array_equal(out_a.losses, out_b.losses)
+  np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])  # reset to the next run
+  # The run's last parameters: the same run, one step longer, is not reset after 6 steps.
+  longer = ul.UnrollConfig(truncation_length=6, min_horizon=7, max_horizon=7, stagger=False,
+                           meta_loss="train")
+  ps7 = ul.fresh_particle(LOPT, NOISY, longer, THETA, ul.key_data(jax.random.key(7)))
+  last = _unroll_fn(NOISY, longer)(THETA, ps7)[0].params
+  task = NOISY.task(ps.task_params)
+  keys = jax.random.split(jax.random.fold_in(ul.wrap_key(ps.run_key), 0xFFFFFFFE), 3)
+  norms = []
+  for k in keys:
+    k_batch, k_loss = jax.random.split(k)
+    norms.append(float(task.normalizer(task.loss(last, k_loss,
+                                                 task.sample_batch(k_batch, "train")))))
+  assert len(set(norms)) == 3  # three different batches
+  np.testing.assert_allclose(out_b.meta_loss, np.mean(norms), rtol=1e-4)
+  assert abs(float(out_b.meta_loss) - float(out_a.meta_loss)) > 1e-3
+  with pytest.raises(errors.FieldError, match="final_batches: must be an int >= 0"):
+    ul.UnrollConfig(final_batches=-1)
+  with pytest.raises(errors.FieldError, match="end_weight: weights the steps' losses"):
+    ul.UnrollConfig(final_batches=2, end_weight=1.0)
