@@ -147,7 +147,7 @@ class Orthogonalize(base.LearnedOptimizer):
         return u
       finite = jnp.isfinite(u)
       clean = jnp.where(finite, u, 0).astype(jnp.promote_types(u.dtype, jnp.float32))
-      o = newton_schulz(clean.reshape(as_matrix_shape(u.shape, True)), self.steps)
+      o = newton_schulz(clean.reshape(as_matrix_shape(u.shape, self.kernels)), self.steps)
       o = o.reshape(u.shape)
       o = o * (feats_lib.inverse_rms(o, _EPS) / feats_lib.inverse_rms(clean, _EPS))
       out = scale * ((1.0 - mix) * clean + mix * o)

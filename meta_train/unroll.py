@@ -427,12 +427,10 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
       raw = loss
     else:
       raw = loss_fn(new_params, wrap_key(k_valid), valid_batch)
-    finite = jnp.isfinite(raw)
-    ceiling = jnp.asarray(task.ceiling, jnp.float32)
-    norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
+    norm, bad = _normalised(task, raw)
     if config.log_meta_loss:
-      norm = jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
-    return (new_params, opt_state), (norm.astype(jnp.float32), (~finite).astype(jnp.int32))
+      norm = _log_loss(norm)
+    return (new_params, opt_state), (norm, bad)
 
   (params, opt_state), (losses, nonfinite) = jax.lax.scan(
       body, inner, (data, index == until_reset, after_reset), length=num_steps)
@@ -480,18 +478,26 @@ def final_loss(family: task_base.TaskFamily, config: UnrollConfig, task_params: 
 
   def one(k):
     k_batch, k_loss = jax.random.split(k)
-    raw = task.loss(_scaled(params, scales), k_loss,
-                    task.sample_batch(k_batch, config.meta_loss))
-    finite = jnp.isfinite(raw)
-    norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)),
-                     jnp.asarray(task.ceiling, jnp.float32))
-    return norm.astype(jnp.float32), (~finite).astype(jnp.int32)
+    return _normalised(task, task.loss(_scaled(params, scales), k_loss,
+                                       task.sample_batch(k_batch, config.meta_loss)))
 
   norms, bad = jax.vmap(one)(keys)
   value = jnp.mean(norms)
-  if config.log_meta_loss:
-    value = jnp.log(jnp.maximum(value, 0.0) + LOG_META_LOSS_EPS)
-  return value, jnp.sum(bad)
+  return (_log_loss(value) if config.log_meta_loss else value), jnp.sum(bad)
+
+
+def _normalised(task, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(normalised loss, 1 if non-finite)``: the task's normaliser of ``raw``, its ceiling when
+  ``raw`` is not finite (float32, int32)."""
+  finite = jnp.isfinite(raw)
+  ceiling = jnp.asarray(task.ceiling, jnp.float32)
+  norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
+  return norm.astype(jnp.float32), (~finite).astype(jnp.int32)
+
+
+def _log_loss(norm: jax.Array) -> jax.Array:
+  """``log(max(ℓ̂, 0) + ε)`` of ``log_meta_loss``."""
+  return jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
 
 
 def _step_data(family: task_base.TaskFamily, config: UnrollConfig, task_params: Any,

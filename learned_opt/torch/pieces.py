@@ -8,12 +8,12 @@ non-finite handling). Each is built from its part's config and meta-parameters i
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from learned_opt.orthogonalize import NS_COEFFS
+from learned_opt.orthogonalize import as_matrix_shape
 from learned_opt.orthogonalize import _EPS as _ORTH_EPS
 from learned_opt.torch import config as config_lib
 from learned_opt.torch import features as feats
@@ -40,13 +40,8 @@ def matrix_shape(shape: tuple[int, ...], kernels: bool) -> tuple[int, int] | Non
   with the fan-in's entries in another order: the same orthogonalisation (Newton–Schulz
   commutes with transposes and permutations of rows and columns).
   """
-  if len(shape) == 2:
-    rows, cols = shape
-  elif kernels and len(shape) >= 3:
-    rows, cols = shape[0], math.prod(shape[1:])
-  else:
-    return None
-  return (rows, cols) if min(rows, cols) > 1 else None
+  flax_like = as_matrix_shape(tuple(reversed(shape)), kernels)  # output axis last
+  return None if flax_like is None else flax_like[::-1]
 
 
 class OrthogonalizePiece:
