@@ -147,11 +147,28 @@ class DiffusionTask(base.Task):
     base.check_split(split)
     return self.source.sample(self.dataset, key, n, split)
 
+  def apply_denoiser(self, params, x: jax.Array, c_noise: jax.Array) -> jax.Array:
+    """``denoiser.apply`` on ``(B, d)`` inputs, in chunks of ``batch_size`` examples when ``B``
+    is larger (``lax.map``; the last chunk zero-padded and its padding dropped).
+
+    The same outputs as one call; the evaluation sets (:meth:`eval_batch`, up to 4,096 noisy
+    examples) run about 4x faster on a CPU as chunks of a training batch's size than as one
+    convolution over all of them (benchmarks/eval_chunks.py).
+    """
+    n, chunk = x.shape[0], self.batch_size
+    if n <= chunk:
+      return self.denoiser.apply(params, x, c_noise)
+    pad = -n % chunk
+    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, x.shape[1])
+    cs = jnp.pad(jnp.broadcast_to(c_noise, (n,)), (0, pad)).reshape(-1, chunk)
+    out = jax.lax.map(lambda a: self.denoiser.apply(params, a[0], a[1]), (xs, cs))
+    return out.reshape((-1,) + out.shape[2:])[:n]
+
   def model_output(self, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
     """The raw network output ``F(c_in x; c_noise)`` at per-example (or scalar) σ."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
     pc = targets.preconditioning(self.target, sigma, self.sigma_data)
-    return self.denoiser.apply(params, pc.c_in[:, None] * x, pc.c_noise)
+    return self.apply_denoiser(params, pc.c_in[:, None] * x, pc.c_noise)
 
   def denoise(self, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
     """The x0 estimate ``D(x; σ)`` of noisy ``x`` (shape ``(B, d)``), whatever the target."""
@@ -174,7 +191,7 @@ class DiffusionTask(base.Task):
     noise = z[:, 1:]
     x = x0 + sigma[:, None] * noise
     pc = targets.preconditioning(self.target, sigma, self.sigma_data)
-    out = self.denoiser.apply(params, pc.c_in[:, None] * x, pc.c_noise)
+    out = self.apply_denoiser(params, pc.c_in[:, None] * x, pc.c_noise)
     # F* = ((1 − c_skip) x0 − c_skip σ ε)/c_out, the output that makes D = x0.
     tgt = ((pc.one_minus_c_skip[:, None] * x0 - (pc.c_skip * sigma)[:, None] * noise)
            / pc.c_out[:, None])

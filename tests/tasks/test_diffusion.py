@@ -1,5 +1,6 @@
 """Tests of the diffusion task families: formulas, conversions, samplers, metrics, configs."""
 
+import dataclasses
 import itertools
 import math
 
@@ -394,3 +395,24 @@ def test_im2col_conv_matches_lax_conv():
   ref = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
   np.testing.assert_allclose(denoisers._conv(p, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("denoiser", ["conv", "mlp"])
+def test_chunked_denoiser_equals_one_call(denoiser):
+  """Batches larger than ``batch_size`` run in chunks (the last padded): the same outputs, and
+  the same evaluation loss, as one call over the whole batch."""
+  family = diffusion.DigitsFamily(denoiser=denoiser, batch_size=16)
+  task = family.task(family.sample(jax.random.key(0)))
+  params = task.init(jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (37, 64))  # 16 + 16 + 5
+  c_noise = jnp.linspace(-1.0, 1.0, 37)
+  whole = task.denoiser.apply(params, x, c_noise)
+  np.testing.assert_allclose(task.apply_denoiser(params, x, c_noise), whole, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(task.apply_denoiser(params, x[:16], c_noise[:16]), whole[:16])
+  # The loss on the test split's evaluation set (4 x 149 examples, not a multiple of 16).
+  batch = task.eval_batch("test")
+  assert batch["x0"].shape[0] % 16
+  unchunked = dataclasses.replace(task, batch_size=batch["x0"].shape[0])
+  key = jax.random.key(3)
+  np.testing.assert_allclose(task.loss(params, key, batch), unchunked.loss(params, key, batch),
+                             rtol=1e-5)
