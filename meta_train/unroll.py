@@ -101,6 +101,13 @@ class UnrollConfig:
       tensor as ``p = s q`` with ``s`` log-uniform in ``[1/param_scale, param_scale]`` (per
       tensor, drawn from the run key); the optimizer sees ``q`` and ``∂L/∂q = s ∂L/∂p``, the
       losses are unchanged (Celo, arXiv 2501.12670, Sec. 4; VeLO, arXiv 2211.09760, App. C).
+    loss_clip: ``c > 0``: every normalised loss is clipped at ``c`` (a non-finite one counts
+      as ``c``) instead of at the task's ``ceiling``. The registered families' normalisers
+      start a run near 1, so ``c`` is about ``c`` times a run's initial loss:
+      learned_optimization clips at about 1.3x it (``lopt_truncated_step.py``), so that a
+      diverging particle costs a bounded amount and the meta-gradient follows directions,
+      not the magnitude of a few exploded losses (VeLO, arXiv 2211.09760, App. C). ``0``: the
+      task's ceiling.
   """
 
   truncation_length: int = 20
@@ -113,6 +120,7 @@ class UnrollConfig:
   stagger: bool = True
   horizon_aware: bool = False
   param_scale: float = 1.0
+  loss_clip: float = 0.0
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -138,6 +146,10 @@ class UnrollConfig:
         or self.final_batches < 0):
       raise errors.FieldError(owner, "final_batches", f"must be an int >= 0 (0: the mean over "
                                                       f"steps), got {self.final_batches!r}")
+    if not (isinstance(self.loss_clip, (int, float)) and not isinstance(self.loss_clip, bool)
+            and 0.0 <= self.loss_clip < math.inf):
+      raise errors.FieldError(owner, "loss_clip", f"must be a finite number >= 0 (0: the task's "
+                                                  f"ceiling), got {self.loss_clip!r}")
     if self.final_batches and self.end_weight:
       raise errors.FieldError(owner, "end_weight", "weights the steps' losses, which "
                                                    "final_batches replaces by the final loss; "
@@ -427,7 +439,7 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
       raw = loss
     else:
       raw = loss_fn(new_params, wrap_key(k_valid), valid_batch)
-    norm, bad = _normalised(task, raw)
+    norm, bad = _normalised(task, raw, config.loss_clip)
     if config.log_meta_loss:
       norm = _log_loss(norm)
     return (new_params, opt_state), (norm, bad)
@@ -479,19 +491,24 @@ def final_loss(family: task_base.TaskFamily, config: UnrollConfig, task_params: 
   def one(k):
     k_batch, k_loss = jax.random.split(k)
     return _normalised(task, task.loss(_scaled(params, scales), k_loss,
-                                       task.sample_batch(k_batch, config.meta_loss)))
+                                       task.sample_batch(k_batch, config.meta_loss)),
+                       config.loss_clip)
 
   norms, bad = jax.vmap(one)(keys)
   value = jnp.mean(norms)
   return (_log_loss(value) if config.log_meta_loss else value), jnp.sum(bad)
 
 
-def _normalised(task, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(normalised loss, 1 if non-finite)``: the task's normaliser of ``raw``, its ceiling when
-  ``raw`` is not finite (float32, int32)."""
+def _normalised(task, raw: jax.Array, clip: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """``(normalised loss, 1 if non-finite)``: the task's normaliser of ``raw`` clipped at
+  ``clip`` (``0``: none), the ceiling (or ``clip``) when ``raw`` is not finite (float32, int32)."""
   finite = jnp.isfinite(raw)
   ceiling = jnp.asarray(task.ceiling, jnp.float32)
-  norm = jnp.where(finite, task.normalizer(jnp.where(finite, raw, 0.0)), ceiling)
+  norm = task.normalizer(jnp.where(finite, raw, 0.0))
+  if clip:
+    ceiling = jnp.minimum(ceiling, jnp.float32(clip))
+    norm = jnp.minimum(norm, ceiling)
+  norm = jnp.where(finite, norm, ceiling)
   return norm.astype(jnp.float32), (~finite).astype(jnp.int32)
 
 

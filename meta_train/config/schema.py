@@ -122,6 +122,10 @@ class EstimatorConfig:
   param_scale: float = _est("param_scale", help="task augmentation: parameter tensors rescaled "
                                                 "by log-uniform factors in [1/x, x] per run "
                                                 "(1: none)")
+  loss_clip: float = _est("loss_clip", help="clip each normalised loss at this value, a "
+                                            "non-finite one counting as it (about x the "
+                                            "initial loss; learned_optimization: 1.3; 0: the "
+                                            "task's ceiling)")
   group_by_member: bool = _f(False, help="with a mixture family: one particle group per "
                                         "member family, combined with the mixture's weights "
                                         "(meta_train/estimators/grouped.py)")
@@ -212,11 +216,14 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 
 
-def in_harness(rule: dict[str, Any]) -> dict[str, Any]:
+def in_harness(rule: dict[str, Any], kernels: bool = False) -> dict[str, Any]:
   """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
   orthogonalising harness (``learned_opt.Orthogonalize``: Muon's direction for each weight
-  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63)."""
-  return {"parts": ({"name": "mlp", "config": rule}, {"name": "orthogonalize", "config": {}})}
+  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63); with ``kernels``, conv
+  kernels as their (fan-in, out) matrices too (LOG #74)."""
+  harness = {"kernels": True} if kernels else {}
+  return {"parts": ({"name": "mlp", "config": rule},
+                    {"name": "orthogonalize", "config": harness})}
 
 
 PRESETS: dict[str, RunConfig] = {

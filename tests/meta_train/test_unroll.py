@@ -321,6 +321,30 @@ def test_end_weight_scales_each_steps_loss_by_its_run_fraction():
     ul.UnrollConfig(end_weight=-1.0)
 
 
+def test_loss_clip_clips_each_steps_normalised_loss_and_counts_nonfinite_as_the_clip():
+  # The same particle unrolled with and without loss_clip: each step's normalised loss is
+  # min(ℓ̂, c), the meta-loss their mean, the inner run itself unchanged.
+  ps = ul.fresh_particle(LOPT, NOISY, CONFIG, THETA, ul.key_data(jax.random.key(5)))
+  new_a, out_a = _unroll_fn(NOISY, CONFIG)(THETA, ps)
+  plain = np.asarray(out_a.losses, np.float64)
+  c = float(np.median(plain))
+  assert plain.min() < c < plain.max()
+  clipped = dataclasses.replace(CONFIG, loss_clip=c)
+  new_b, out_b = _unroll_fn(NOISY, clipped)(THETA, ps)
+  np.testing.assert_allclose(out_b.losses, np.minimum(plain, c), rtol=1e-6)
+  np.testing.assert_allclose(out_b.meta_loss, np.minimum(plain, c).mean(), rtol=1e-6)
+  np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
+  # A non-finite raw loss is the clip (below the ceiling), and counted.
+  task = NOISY.task(ps.task_params)
+  norm, bad = ul._normalised(task, jnp.float32(jnp.nan), 1.3)
+  assert float(norm) == pytest.approx(1.3) and int(bad) == 1
+  norm, bad = ul._normalised(task, jnp.float32(jnp.nan))
+  assert float(norm) == task.ceiling and int(bad) == 1
+  for bad_clip in (-1.0, float("inf"), True):
+    with pytest.raises(errors.FieldError, match="loss_clip: must be a finite number >= 0"):
+      ul.UnrollConfig(loss_clip=bad_clip)
+
+
 def test_final_batches_make_the_meta_loss_the_final_loss_recomputed_on_fresh_batches():
   # One whole run of 6 steps in one unroll (full-horizon ES's unroll). With final_batches=3 the
   # meta-loss is the final parameters' normalised train loss averaged over 3 fresh batches of the
