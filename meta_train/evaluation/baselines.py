@@ -20,7 +20,9 @@ over rates, tasks and seeds).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -30,6 +32,9 @@ import optax
 from meta_train.evaluation import cache as cache_lib
 from meta_train.evaluation import curves as curves_lib
 from meta_train.evaluation import measures
+
+# One line per grid that runs (cached grids are silent); ``meta-eval`` prints them to stderr.
+LOG = logging.getLogger(__name__)
 
 # (num_steps, warmup_fraction) -> (traced learning rate -> optax transform)
 Maker = Callable[[int, float], curves_lib.TransformFactory]
@@ -189,9 +194,13 @@ def run_grid(problem: Problem, baseline: Baseline, num_steps: int, learning_rate
   found = {lr: cache.get(keys[lr]) for lr in lrs}
   missing = [lr for lr in lrs if found[lr] is None]
   if missing:
+    t0 = time.perf_counter()
     make = baseline.make(num_steps, config.warmup_fraction)
     curves = curves_lib.training_curves(problem.family, make, np.array(missing),
                                         problem.task_params, problem.keys, num_steps, every)
+    LOG.info("meta-eval:     %s: %s, %d steps, %d rate(s) x %d runs in %.0fs",
+             problem.family_id.split(":")[0], baseline.name, num_steps, len(missing),
+             int(np.prod(problem.keys.shape)), time.perf_counter() - t0)
     for i, lr in enumerate(missing):
       arrays = {split: c[i] for split, c in curves.items()}
       cache.put(keys[lr], arrays)

@@ -13,6 +13,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import logging
 import dataclasses
 import os
 import platform
@@ -79,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
                  help="tuned baselines to compare with (default: all: "
                       f"{','.join(config_lib.BASELINES)}; long_horizon: adam)")
   return p
+
+
+class _Stderr(logging.Handler):
+  """Writes each record to the current ``sys.stderr`` (looked up at every line)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _log_grids_to_stderr() -> None:
+  """Progress: one stderr line per baseline grid that runs (``baselines.LOG``), once."""
+  from meta_train.evaluation import baselines  # pylint: disable=import-outside-toplevel
+  if not any(isinstance(h, _Stderr) for h in baselines.LOG.handlers):
+    baselines.LOG.addHandler(_Stderr())
+  baselines.LOG.setLevel(logging.INFO)
 
 
 def _fail(message: str) -> int:
@@ -172,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   cache = cache_lib.CurveCache(None if args.no_cache else (args.cache_dir or
                                                             cache_lib.default_dir()))
   say = lambda m: print(m, file=sys.stderr, flush=True)
+  _log_grids_to_stderr()
   t0 = time.perf_counter()
   all_results, entries = [], []
   for opt in optimizers:

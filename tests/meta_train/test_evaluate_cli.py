@@ -199,7 +199,10 @@ def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
           "--num-steps", "4", "--cache-dir", str(cache), "--baselines", "adam,adam_cosine",
           "--draws", "report"]
   assert cli.main(args + ["--out", str(out), "--wandb", "offline"]) == 0
-  printed = capsys.readouterr().out
+  captured = capsys.readouterr()
+  printed = captured.out
+  # Progress on stderr: a line per baseline grid that ran (constant Adam's runs 4N steps).
+  assert ": adam, 16 steps, " in captured.err and ": adam_cosine, 4 steps, " in captured.err
   data = json.loads((out / "eval.json").read_text())
   results = data["results"]
   assert [(r["optimizer"], r["baseline"]) for r in results] == [
@@ -226,6 +229,7 @@ def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
   assert glob.glob(str(out / "curves_in_distribution_*.png"))
   # Second run: every baseline curve comes from the cache, the numbers are identical.
   assert cli.main(args + ["--out", str(tmp_path / "again")]) == 0
+  assert " steps, " not in capsys.readouterr().err  # no grid ran: every curve was cached
   again = json.loads((tmp_path / "again" / "eval.json").read_text())
   assert again["meta"]["cache"]["misses"] == 0
   timing = lambda rs: [{k: v for k, v in r.items()
