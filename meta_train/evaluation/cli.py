@@ -95,6 +95,7 @@ def _log_grids_to_stderr() -> None:
   if not any(isinstance(h, _Stderr) for h in baselines.LOG.handlers):
     baselines.LOG.addHandler(_Stderr())
   baselines.LOG.setLevel(logging.INFO)
+  baselines.LOG.propagate = False  # once, even where a library has configured the root logger
 
 
 def _fail(message: str) -> int:

@@ -255,19 +255,33 @@ def test_runs_of_different_lengths_share_their_first_steps():
   np.testing.assert_allclose(long["train"][..., :3], short["train"], rtol=1e-6)
 
 
-def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path, caplog):
+class _Lines(logging.Handler):
+  """Keeps the messages of the records it is given."""
+
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
+def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path, request):
   problem = _quadratic_problem()
   cfg = ev.EvalConfig(num_tasks=2, num_seeds=2, num_steps=8, learning_rates=(1e-2, 3e-2))
   cache = cache_lib.CurveCache(str(tmp_path))
   adam = B.get("adam")
-  caplog.set_level(logging.INFO, logger=B.LOG.name)
+  handler, level = _Lines(), B.LOG.level
+  B.LOG.addHandler(handler)
+  B.LOG.setLevel(logging.INFO)
+  request.addfinalizer(lambda: (B.LOG.removeHandler(handler), B.LOG.setLevel(level)))
   runs, best = B.tuned_grid(problem, adam, 8, 8, cfg, cache)
   # One progress line per grid that ran: the first two rates, then one per extension.
-  lines = [r.getMessage() for r in caplog.records if r.name == B.LOG.name]
+  lines = list(handler.lines)
   assert len(lines) == len(runs.learning_rates) - 1
   assert lines[0].startswith(f"meta-eval:     {problem.family_id.split(':')[0]}: adam, 8 steps, "
                              "2 rate(s) x 4 runs in ")
-  caplog.clear()
+  handler.lines.clear()
   lrs = runs.learning_rates.tolist()
   assert lrs[:2] == [1e-2, 3e-2] and len(lrs) > 2
   # Every added rate is half a decade above the previous top; the best rate is interior
@@ -278,7 +292,7 @@ def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path, caplog):
   before = cache.misses
   runs2, best2 = B.tuned_grid(problem, adam, 8, 8, cfg, cache)
   assert cache.misses == before  # every rate read back
-  assert not [r for r in caplog.records if r.name == B.LOG.name]  # cached grids are silent
+  assert not handler.lines  # cached grids are silent
   np.testing.assert_array_equal(runs2.curves["train"], runs.curves["train"])
   np.testing.assert_array_equal(best2["test"], best["test"])
 

@@ -3,8 +3,10 @@ run with its report, cache and offline wandb run read back."""
 
 import glob
 import json
+import logging
 import os
 import struct
+import sys
 import time
 
 import jax
@@ -192,7 +194,10 @@ def read_table(items, files_dir, key):
     return json.load(f)
 
 
-def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
+def test_end_to_end_report_cache_and_wandb(tmp_path, capsys, request):
+  handler = logging.StreamHandler(sys.stderr)  # a root handler, as a library's basicConfig adds
+  logging.getLogger().addHandler(handler)
+  request.addfinalizer(lambda: logging.getLogger().removeHandler(handler))
   opt_path = _save(tmp_path / "opt.safetensors")
   out, cache = tmp_path / "report", tmp_path / "cache"
   args = [opt_path, "--suite", "in_distribution", "--num-tasks", "2", "--num-seeds", "2",
@@ -203,6 +208,8 @@ def test_end_to_end_report_cache_and_wandb(tmp_path, capsys):
   printed = captured.out
   # Progress on stderr: a line per baseline grid that ran (constant Adam's runs 4N steps).
   assert ": adam, 16 steps, " in captured.err and ": adam_cosine, 4 steps, " in captured.err
+  grid_lines = [l for l in captured.err.splitlines() if " steps, " in l]
+  assert len(grid_lines) == len(set(grid_lines))  # each once, with a root handler configured too
   data = json.loads((out / "eval.json").read_text())
   results = data["results"]
   assert [(r["optimizer"], r["baseline"]) for r in results] == [
