@@ -85,9 +85,10 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
   typed by the architecture's / family's dataclass field. Changing ``optimizer.name`` (or
   ``task.family``) drops the preset's kwargs of the old one (unless a whole
   ``optimizer.kwargs={...}`` is given); per-entry kwargs overrides then apply. Likewise
-  changing ``estimator.name`` puts the old estimator's own settings back to their defaults,
-  and giving ``estimator.member_pairs`` the count it replaces (unless given too, and then
-  refused by :func:`check_estimator_fields`).
+  changing ``optimizer.start.scheme`` to ``lecun`` puts the preset's start settings back to
+  their defaults, changing ``estimator.name`` puts the old estimator's own settings back to
+  their defaults, and giving ``estimator.member_pairs`` the count it replaces (unless given
+  too, and then refused by :func:`check_estimator_fields`).
 
   Raises:
     ConfigError: unknown field or unparsable value, naming the field path.
@@ -107,9 +108,25 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
       cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, kwargs={})})
   for path, text in entries:
     cfg = parsing.set_field(cfg, path, text, entry_type=_kwargs_entry_type)
+  cfg = _start_of_its_scheme(cfg, old, {path for path, _ in plain})
   given = {path.split(".", 1)[1] for path, _ in plain if path.startswith("estimator.")}
   return dataclasses.replace(cfg, estimator=_drop_ignored_fields(cfg.estimator, old.estimator,
                                                                  given))
+
+
+def _start_of_its_scheme(cfg: RunConfig, before: RunConfig, given: set[str]) -> RunConfig:
+  """``cfg`` with the preset's ``adam_like`` settings back at their defaults when an override
+  switched ``optimizer.start.scheme`` to ``lecun`` (which reads none of them); settings given
+  on the command line stay, to be refused by :func:`build_start`."""
+  start = cfg.optimizer.start
+  if (start.scheme != "lecun" or before.optimizer.start.scheme == "lecun"
+      or "optimizer.start" in given):
+    return cfg
+  default = schema.StartConfig()
+  reset = {f: getattr(default, f) for f in ("learning_rate", "decay")
+           if f"optimizer.start.{f}" not in given}
+  return dataclasses.replace(cfg, optimizer=dataclasses.replace(
+      cfg.optimizer, start=dataclasses.replace(start, **reset)))
 
 
 def _foreign_fields(spec: schema.EstimatorConfig) -> list[str]:

@@ -121,6 +121,20 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
   assert cfg.optimizer.kwargs == {"b1": 0.5}
 
 
+def test_switching_the_start_to_lecun_drops_the_presets_adam_like_settings():
+  base = C.preset("quickstart")
+  assert base.optimizer.start.scheme == "adam_like" and base.optimizer.start.decay != 0.0
+  cfg = C.apply_overrides(base, ["optimizer.start.scheme=lecun"])
+  assert cfg.optimizer.start == C.schema.StartConfig()
+  lopt = learned_opt.MLPOptimizer()
+  assert C.validation.build_start(cfg, lopt) == lopt.init
+  # A setting given on the command line stays, and is refused by name.
+  given = C.apply_overrides(base, ["optimizer.start.scheme=lecun", "optimizer.start.decay=1.0"])
+  assert given.optimizer.start.decay == 1.0
+  with pytest.raises(C.ConfigError, match="optimizer.start.decay"):
+    C.validation.build_start(given, lopt)
+
+
 @pytest.mark.parametrize("override, field, words", [
     ("estimator.num_pair=4", "estimator.num_pair", "unknown field"),
     ("estimatr.name=pes", "estimatr.name", "unknown field"),
