@@ -216,14 +216,11 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 
 
-def in_harness(rule: dict[str, Any], kernels: bool = False) -> dict[str, Any]:
+def in_harness(rule: dict[str, Any]) -> dict[str, Any]:
   """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
   orthogonalising harness (``learned_opt.Orthogonalize``: Muon's direction for each weight
-  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63); with ``kernels``, conv
-  kernels as their (fan-in, out) matrices too (LOG #74)."""
-  harness = {"kernels": True} if kernels else {}
-  return {"parts": ({"name": "mlp", "config": rule},
-                    {"name": "orthogonalize", "config": harness})}
+  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63)."""
+  return {"parts": ({"name": "mlp", "config": rule}, {"name": "orthogonalize", "config": {}})}
 
 
 PRESETS: dict[str, RunConfig] = {

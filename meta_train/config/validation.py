@@ -123,8 +123,8 @@ def _start_of_its_scheme(cfg: RunConfig, before: RunConfig, given: set[str]) -> 
       or "optimizer.start" in given):
     return cfg
   default = schema.StartConfig()
-  reset = {f: getattr(default, f) for f in ("learning_rate", "decay")
-           if f"optimizer.start.{f}" not in given}
+  reset = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+           if f.name != "scheme" and f"optimizer.start.{f.name}" not in given}
   return dataclasses.replace(cfg, optimizer=dataclasses.replace(
       cfg.optimizer, start=dataclasses.replace(start, **reset)))
 

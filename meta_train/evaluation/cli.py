@@ -13,8 +13,8 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import logging
 import dataclasses
+import logging
 import os
 import platform
 import shlex

@@ -152,7 +152,7 @@ class DiffusionTask(base.Task):
     is larger (``lax.map``; the last chunk zero-padded and its padding dropped).
 
     The same outputs as one call; the evaluation sets (:meth:`eval_batch`, up to 4,096 noisy
-    examples) run about 4x faster on a CPU as chunks of a training batch's size than as one
+    examples) run about 3x faster on a CPU as chunks of a training batch's size than as one
     convolution over all of them (benchmarks/eval_chunks.py).
     """
     n, chunk = x.shape[0], self.batch_size
