@@ -42,14 +42,23 @@ def _est(field: str, *, help: str):  # pylint: disable=redefined-builtin
 class StartConfig:
   """Where meta-training starts: ``lopt.init`` or a start of :mod:`learned_opt.inits`."""
 
-  scheme: Literal["lecun", "adam_like", "tuned_adam_like"] = _f(
+  scheme: Literal["lecun", "adam_like", "tuned_adam_like", "file"] = _f(
       "lecun", help="lecun: lopt.init (random, tiny steps); adam_like: "
                     "learned_opt.inits.adam_like (a normalised Adam step); tuned_adam_like: "
                     "adam_like at the family's tuned constant-Adam rate, from a short sweep "
                     "before meta-training (meta_train/recipe/tuned_start.py; recorded in the "
-                    "run directory's start.json and the optimizer's provenance)")
+                    "run directory's start.json and the optimizer's provenance); file: the "
+                    "parts of the optimizer file optimizer.start.path, by name (the others: "
+                    "lopt.init; meta_train/recipe/frozen.py)")
   learning_rate: float = _f(5e-3, help="adam_like: the RMS over each tensor of the first step")
   decay: float = _f(0.0, help="adam_like: k of the initial decay exp(-k t/T) of the step")
+  path: str | None = _f(None, help="file: an optimizer file (learned_opt.save; a relative path "
+                                   "is read from the working directory) or pretrained:NAME")
+
+
+# Which optimizer.start fields each scheme reads (the others must keep their defaults).
+START_FIELDS = {"lecun": (), "adam_like": ("learning_rate", "decay"),
+                "tuned_adam_like": ("decay",), "file": ("path",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,9 @@ class OptimizerConfig:
   name: str = _f("mlp", help="architecture name in learned_opt.registry()")
   kwargs: dict[str, Any] = _f(help="constructor arguments of the architecture", factory=dict)
   start: StartConfig = _f(help="where meta-training starts", factory=StartConfig)
+  frozen: tuple[str, ...] = _f((), help="parts of a chain meta-training leaves at the start "
+                                        "file's values (optimizer.start.scheme=file): Celo's "
+                                        "second phase, a schedule meta-trained on a frozen rule")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,16 +115,17 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 
 def _start_of_its_scheme(cfg: RunConfig, before: RunConfig, given: set[str]) -> RunConfig:
-  """``cfg`` with the preset's ``adam_like`` settings back at their defaults when an override
-  switched ``optimizer.start.scheme`` to ``lecun`` (which reads none of them); settings given
-  on the command line stay, to be refused by :func:`build_start`."""
+  """``cfg`` with the preset's start settings that the new scheme does not read
+  (``schema.START_FIELDS``) back at their defaults when an override switched
+  ``optimizer.start.scheme`` (e.g. to ``lecun``, which reads none of them); settings given on
+  the command line stay, to be refused by :func:`build_start`."""
   start = cfg.optimizer.start
-  if (start.scheme != "lecun" or before.optimizer.start.scheme == "lecun"
-      or "optimizer.start" in given):
+  if start.scheme == before.optimizer.start.scheme or "optimizer.start" in given:
     return cfg
   default = schema.StartConfig()
   reset = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
-           if f.name != "scheme" and f"optimizer.start.{f.name}" not in given}
+           if f.name != "scheme" and f.name not in schema.START_FIELDS[start.scheme]
+           and f"optimizer.start.{f.name}" not in given}
   return dataclasses.replace(cfg, optimizer=dataclasses.replace(
       cfg.optimizer, start=dataclasses.replace(start, **reset)))
 
@@ -255,6 +256,7 @@ def build(cfg: RunConfig) -> Built:
       task=dataclasses.replace(cfg.task, kwargs=_check_kwargs(cfg, "task")))
   lopt, family = build_optimizer(cfg), build_family(cfg)
   start = build_start(cfg, lopt)
+  lopt, start = build_frozen(cfg, lopt, start)
   estimator = build_estimator(cfg, lopt, family)
 
   _positive(cfg, "outer.lr")
@@ -358,7 +360,8 @@ def build_optimizer(cfg: RunConfig):
 
 
 def build_start(cfg: RunConfig, lopt):
-  """``key -> meta_params`` for ``optimizer.start``: ``lopt.init`` or ``inits.adam_like``.
+  """``key -> meta_params`` for ``optimizer.start``: ``lopt.init``, ``inits.adam_like`` or an
+  optimizer file's parts (:func:`meta_train.recipe.frozen.from_file`, read here once).
 
   Raises:
     ConfigError: naming ``optimizer.start.<field>`` for a setting the scheme does not use, or
@@ -367,17 +370,29 @@ def build_start(cfg: RunConfig, lopt):
   import jax  # pylint: disable=import-outside-toplevel
   import learned_opt  # pylint: disable=import-outside-toplevel
   start = cfg.optimizer.start
+  default = schema.StartConfig()
+  for name in (f.name for f in dataclasses.fields(default) if f.name != "scheme"):
+    if name in schema.START_FIELDS[start.scheme] or getattr(start, name) == getattr(default, name):
+      continue
+    if start.scheme == "tuned_adam_like" and name == "learning_rate":
+      raise ConfigError("optimizer.start.learning_rate", "is the family's tuned Adam rate with "
+                                                         "scheme=tuned_adam_like; remove it or "
+                                                         "set scheme=adam_like")
+    users = [s for s, fields in schema.START_FIELDS.items() if name in fields]
+    raise ConfigError(f"optimizer.start.{name}", f"only applies with optimizer.start.scheme="
+                                                 f"{' or '.join(users)}; remove it or set the "
+                                                 f"scheme")
   if start.scheme == "lecun":
-    default = schema.StartConfig()
-    for name in ("learning_rate", "decay"):
-      if getattr(start, name) != getattr(default, name):
-        raise ConfigError(f"optimizer.start.{name}", "only applies with optimizer.start.scheme="
-                                                     "adam_like; remove it or set the scheme")
     return lopt.init
-  if start.scheme == "tuned_adam_like" and start.learning_rate != schema.StartConfig.learning_rate:
-    raise ConfigError("optimizer.start.learning_rate", "is the family's tuned Adam rate with "
-                                                       "scheme=tuned_adam_like; remove it or "
-                                                       "set scheme=adam_like")
+  if start.scheme == "file":
+    if not start.path:
+      raise ConfigError("optimizer.start.path", "scheme=file needs the optimizer file to start "
+                                                "from (a path, or pretrained:NAME)")
+    from meta_train.recipe import frozen as frozen_lib  # pylint: disable=import-outside-toplevel
+    try:
+      return frozen_lib.from_file(lopt, start.path)
+    except ValueError as e:
+      raise ConfigError("optimizer.start.path", str(e)) from None
   fn = functools.partial(learned_opt.inits.adam_like, lopt, learning_rate=start.learning_rate,
                          decay=start.decay)
   try:
@@ -387,6 +402,32 @@ def build_start(cfg: RunConfig, lopt):
         "decay" if str(e).startswith("decay") else "scheme")
     raise ConfigError(f"optimizer.start.{field}", str(e)) from None
   return fn
+
+
+def build_frozen(cfg: RunConfig, lopt, start):
+  """``(lopt, start)`` with ``optimizer.frozen``'s parts fixed at the start file's values
+  (:func:`meta_train.recipe.frozen.freeze`); unchanged when nothing is frozen.
+
+  Raises:
+    ConfigError: naming ``optimizer.frozen`` (not a chain, a name that is not a part or that
+      the file does not hold, every part frozen, a start that is not a file).
+  """
+  names = cfg.optimizer.frozen
+  if not names:
+    return lopt, start
+  if cfg.optimizer.name != "chain":
+    raise ConfigError("optimizer.frozen", f"freezes parts of a chain; optimizer.name is "
+                                          f"{cfg.optimizer.name!r}")
+  if len(set(names)) != len(names):
+    raise ConfigError("optimizer.frozen", f"names a part twice: {list(names)}")
+  if cfg.optimizer.start.scheme != "file":
+    raise ConfigError("optimizer.frozen", "keeps parts at an optimizer file's values: set "
+                                          "optimizer.start.scheme=file and optimizer.start.path")
+  from meta_train.recipe import frozen as frozen_lib  # pylint: disable=import-outside-toplevel
+  try:
+    return frozen_lib.freeze(lopt, cfg.optimizer.start.path, names)
+  except ValueError as e:
+    raise ConfigError("optimizer.frozen", str(e)) from None
 
 
 def build_estimator(cfg: RunConfig, lopt, family):

@@ -4,7 +4,8 @@ A run directory holds::
 
   config.json             the resolved RunConfig
   metrics.jsonl           one JSON object per logged step
-  start.json              optimizer.start.scheme=tuned_adam_like: the sweep it started from
+  start.json              optimizer.start.scheme=tuned_adam_like: the sweep it started from;
+                          scheme=file: the start file's path and sha256
   checkpoints/<step>/     orbax checkpoints of the whole MetaTrainerState (+ a digest)
   optimizer.safetensors   the learned optimizer (learned_opt.save), rewritten at every checkpoint
   meta_loss.png           meta-loss and meta-gradient norm against outer steps, at the end
@@ -154,6 +155,8 @@ def export_optimizer(run_dir: str, lopt: Any, meta_params: Any,
   how to reproduce it.
   """
   import learned_opt  # pylint: disable=import-outside-toplevel
+  from meta_train.recipe import frozen  # pylint: disable=import-outside-toplevel
+  lopt, meta_params = frozen.exported(lopt, meta_params)  # frozen parts: the whole chain
   path = os.path.join(run_dir, OPTIMIZER_FILE)
   provenance = {"producer": "meta-train", "outer_step": step,
                 "family": None if cfg is None else cfg.task.family,
@@ -172,6 +175,8 @@ def run_evaluation(cfg: config_lib.RunConfig, lopt, meta_params, family, run_dir
   Writes ``eval.json``, ``eval.md`` and ``eval_curves.png`` next to the optimizer file.
   """
   from meta_train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  from meta_train.recipe import frozen  # pylint: disable=import-outside-toplevel
+  lopt, meta_params = frozen.exported(lopt, meta_params)
   return eval_lib.evaluate_and_report(lopt, meta_params, family, run_dir, cfg.eval,
                                       horizon_aware=cfg.estimator.horizon_aware,
                                       family_name=cfg.task.family)
@@ -185,9 +190,16 @@ def resolve_start(built: config_lib.Built, run_dir: str, write: bool
   :func:`meta_train.recipe.tuned_adam` sweeps the rate on draws of the family (runs of
   ``estimator.max_horizon`` steps, keys folded from ``run.seed``) before meta-training, and the
   sweep is kept in ``start.json``, so a resumed run starts from the same rate without
-  sweeping again. Other schemes come back unchanged, with ``None``.
+  sweeping again. ``scheme=file`` comes back unchanged with the file's sha256 as its record
+  (kept in ``start.json`` too: a resumed run refuses a start file that changed since). Other
+  schemes come back unchanged, with ``None``.
+
+  Raises:
+    RunDirError: the start file differs from the one the run in ``run_dir`` began from.
   """
   start = built.cfg.optimizer.start
+  if start.scheme == "file":
+    return built, _file_start_record(start.path, os.path.join(run_dir, START_FILE), write)
   if start.scheme != "tuned_adam_like":
     return built, None
   import functools  # pylint: disable=import-outside-toplevel
@@ -206,6 +218,23 @@ def resolve_start(built: config_lib.Built, run_dir: str, write: bool
   fn = functools.partial(learned_opt.inits.adam_like, built.lopt,
                          learning_rate=float(record["learning_rate"]), decay=start.decay)
   return built._replace(start=fn), record
+
+
+def _file_start_record(start_path: str, record_path: str, write: bool) -> dict:
+  """``{"scheme": "file", "path", "sha256"}`` of the start file, checked against (or written
+  to) ``record_path``."""
+  from meta_train.recipe import frozen  # pylint: disable=import-outside-toplevel
+  record = {"scheme": "file", "path": start_path, "sha256": frozen.file_digest(start_path)}
+  if os.path.exists(record_path):
+    with open(record_path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if saved.get("sha256") != record["sha256"]:
+      raise RunDirError(f"refusing to resume: the start file {start_path} is not the one the "
+                        f"run began from (sha256 {saved.get('sha256')}, now "
+                        f"{record['sha256']}); use another --run-dir")
+  elif write:
+    _write_atomic(record_path, json.dumps(record, indent=2) + "\n")
+  return record
 
 
 def write_meta_loss_figure(run_dir: str) -> str | None:
@@ -326,7 +355,11 @@ def run(cfg: config_lib.RunConfig | config_lib.Built, run_dir: str | os.PathLike
   logger = log_lib.RunLogger(metrics_file, wandb_sink=wandb_sink,
                              stdout=None if bar_on or not writer else stdout,
                              total_steps=total)
-  if start_record is not None:
+  if start_record is not None and start_record["scheme"] == "file":
+    frozen = cfg.optimizer.frozen
+    say(f"meta-train: starting from {start_record['path']}"
+        + (f"; frozen: {', '.join(frozen)}" if frozen else ""))
+  elif start_record is not None:
     say(f"meta-train: tuned Adam start at learning rate {start_record['learning_rate']:g} "
         f"(the sweep is in {START_FILE})")
   if resumed_from is not None:
