@@ -177,6 +177,19 @@ def check_time_scales(time_scales: Sequence[float]) -> tuple[float, ...]:
   return scales
 
 
+def check_loss_decays(loss_decays: Sequence[float]) -> tuple[float, ...]:
+  """Validates the decays of the loss's moving averages (:func:`loss_features`); returns them
+  as a tuple of floats.
+
+  Raises:
+    ValueError: if any decay lies outside ``[0, 1)``.
+  """
+  decays = tuple(float(d) for d in loss_decays)
+  if not all(0.0 <= d < 1.0 for d in decays):
+    raise ValueError(f"loss_decays must lie in [0, 1), got {decays!r}")
+  return decays
+
+
 def tanh_time_features(step: jax.Array, timescales: Sequence[float]) -> jax.Array:
   """Training-step embedding ``tanh(t / τ - 1)`` for each timescale ``τ``.
 

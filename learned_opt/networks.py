@@ -1,4 +1,5 @@
-"""The per-parameter network of the MLP learned optimizers, in its two compiled forms.
+"""The networks of the learned optimizers: the MLP rule's per-parameter network, in its two
+compiled forms, and the one-hidden-layer scalar head of the schedule and the controller.
 
 Both compute the same ReLU MLP elementwise over parameter-shaped arrays (up to float rounding
 order); :class:`learned_opt.MLPOptimizer` picks one per tensor by size (``FUSE_MIN_SIZE``):
@@ -8,12 +9,17 @@ order); :class:`learned_opt.MLPOptimizer` picks one per tensor by size (``FUSE_M
   materialised and the loop runs at the machine's FMA rate, at a compile cost of a few seconds
   per large tensor;
 * :func:`matmul_mlp` uses matmuls on ``[N, width]`` (compiles instantly), for small tensors.
+
+:func:`head` maps one feature vector to one scalar (:class:`learned_opt.LearnedSchedule`'s
+log multiplier, :class:`learned_opt.TensorController`'s action); :func:`head_init` starts it
+at exactly zero.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +72,38 @@ def matmul_mlp(xs: Sequence[jax.Array], layers: Sequence[tuple[jax.Array, jax.Ar
   cols = [h[:, i] for i in range(w.shape[0])]
   return [functools.reduce(jnp.add, [c * w[i, j] for i, c in enumerate(cols)]).reshape(shape)
           + b[j] for j in range(w.shape[1])]
+
+
+def check_hidden_size(hidden_size: Any) -> int:
+  """Validates a head's hidden width; returns it.
+
+  Raises:
+    ValueError: unless it is an int >= 1 (a bool is not).
+  """
+  if not (isinstance(hidden_size, int) and not isinstance(hidden_size, bool)
+          and hidden_size >= 1):
+    raise ValueError(f"hidden_size must be an int >= 1, got {hidden_size!r}")
+  return hidden_size
+
+
+def head_shapes(fan_in: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+  """The meta-parameter shapes of :func:`head`: ``w0 (F, H), b0 (H,), w1 (H, 1), b1 (1,)``."""
+  return {"w0": (fan_in, hidden_size), "b0": (hidden_size,), "w1": (hidden_size, 1),
+          "b1": (1,)}
+
+
+def head_init(key: jax.Array, fan_in: int, hidden_size: int) -> dict[str, jax.Array]:
+  """LeCun-normal ``w0``, zero ``b0`` and a zero output layer: the head starts at exactly 0."""
+  return {"w0": jax.random.normal(key, (fan_in, hidden_size), jnp.float32) / math.sqrt(fan_in),
+          "b0": jnp.zeros((hidden_size,), jnp.float32),
+          "w1": jnp.zeros((hidden_size, 1), jnp.float32), "b1": jnp.zeros((1,), jnp.float32)}
+
+
+def head(meta_params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  """The scalar ``W_1^T relu(W_0^T x + b_0) + b_1``, in the wider of float32 and ``w0``'s type
+  (float64 meta-parameters: in float64)."""
+  w0 = meta_params["w0"]
+  dtype = jnp.promote_types(w0.dtype, jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+  h = jax.nn.relu(jnp.dot(x.astype(dtype), w0.astype(dtype), precision=hi) + meta_params["b0"])
+  return jnp.dot(h, meta_params["w1"].astype(dtype), precision=hi)[0] + meta_params["b1"][0]

@@ -14,7 +14,6 @@ Its output layer starts at zero, so a fresh schedule multiplies by exactly ``1``
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -24,6 +23,7 @@ import optax
 from learned_opt import base
 from learned_opt import features as feats_lib
 from learned_opt import mlp as mlp_lib
+from learned_opt import networks
 from learned_opt import tree_utils
 
 # Bound on the log-multiplier ``s``: the step is scaled by at most e^±10.
@@ -89,14 +89,9 @@ class LearnedSchedule(base.LearnedOptimizer):
   horizon_aware: bool = False
 
   def __post_init__(self):
-    if not (isinstance(self.hidden_size, int) and not isinstance(self.hidden_size, bool)
-            and self.hidden_size >= 1):
-      raise ValueError(f"hidden_size must be an int >= 1, got {self.hidden_size!r}")
+    networks.check_hidden_size(self.hidden_size)
     object.__setattr__(self, "time_scales", feats_lib.check_time_scales(self.time_scales))
-    decays = tuple(float(d) for d in self.loss_decays)
-    if not all(0.0 <= d < 1.0 for d in decays):
-      raise ValueError(f"loss_decays must lie in [0, 1), got {decays!r}")
-    object.__setattr__(self, "loss_decays", decays)
+    object.__setattr__(self, "loss_decays", feats_lib.check_loss_decays(self.loss_decays))
     if not isinstance(self.horizon_aware, bool):
       raise ValueError(f"horizon_aware must be a bool, got {self.horizon_aware!r}")
 
@@ -107,26 +102,17 @@ class LearnedSchedule(base.LearnedOptimizer):
 
   def init(self, key: jax.Array) -> base.MetaParams:
     """LeCun-normal ``w0``, zero ``b0``, and a zero output layer (``s = 0``)."""
-    fan_in, h = self.num_inputs, self.hidden_size
-    return {"w0": jax.random.normal(key, (fan_in, h), jnp.float32) / math.sqrt(fan_in),
-            "b0": jnp.zeros((h,), jnp.float32),
-            "w1": jnp.zeros((h, 1), jnp.float32), "b1": jnp.zeros((1,), jnp.float32)}
+    return networks.head_init(key, self.num_inputs, self.hidden_size)
 
   def _check_meta_params(self, meta_params) -> None:
-    base.check_meta_params(self.name, meta_params, {
-        "w0": (self.num_inputs, self.hidden_size), "b0": (self.hidden_size,),
-        "w1": (self.hidden_size, 1), "b1": (1,)})
+    base.check_meta_params(self.name, meta_params,
+                           networks.head_shapes(self.num_inputs, self.hidden_size))
 
   def log_multiplier(self, meta_params, step, num_steps, loss_feats: jax.Array) -> jax.Array:
     """The float32 scalar ``s`` of step ``step`` (the step is scaled by ``e^s``)."""
     shared = jnp.concatenate([feats_lib.tanh_time_features(step, self.time_scales),
                               feats_lib.horizon_features(step, num_steps)])
-    w0 = meta_params["w0"]
-    x = jnp.concatenate([shared.astype(w0.dtype), loss_feats])
-    x = x.astype(jnp.promote_types(w0.dtype, jnp.float32))  # float64 meta-params: in float64
-    hi = jax.lax.Precision.HIGHEST
-    h = jax.nn.relu(jnp.dot(x, w0, precision=hi) + meta_params["b0"])
-    s = jnp.dot(h, meta_params["w1"], precision=hi)[0] + meta_params["b1"][0]
+    s = networks.head(meta_params, jnp.concatenate([shared, loss_feats.astype(shared.dtype)]))
     return jnp.clip(s, -LOG_CLIP, LOG_CLIP)
 
   def scale_by(self, meta_params, *, num_steps=None):

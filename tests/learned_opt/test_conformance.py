@@ -75,7 +75,8 @@ def name(request):
 
 def _reads_loss(lopt) -> bool:
   parts = lopt.parts if isinstance(lopt, learned_opt.Chain) else (lopt,)
-  return any(isinstance(p, learned_opt.LearnedSchedule) for p in parts)
+  return any(isinstance(p, (learned_opt.LearnedSchedule, learned_opt.TensorController))
+             for p in parts)
 
 
 def test_registry_entries_are_frozen_dataclasses_with_names():
@@ -128,7 +129,8 @@ def test_unknown_kwargs_ignored_and_loss_accepted(name):
       g, s, p, **loss, unexpected_extra_arg=1))(grads, state, params)
   assert str(extra) == str(with_loss)  # ignored keywords leave the computation unchanged
   plain = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p))(grads, state, params)
-  # Only a learned schedule reads the loss: elsewhere a `loss` feature would show up here.
+  # Only a learned schedule or controller reads the loss: elsewhere a `loss` feature would
+  # show up here.
   assert (str(with_loss) != str(plain)) == _reads_loss(lopt)
 
 
