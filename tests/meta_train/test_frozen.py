@@ -153,10 +153,12 @@ def test_switching_a_preset_to_a_file_start_drops_its_adam_like_settings():
 
 
 def test_a_two_phase_run_keeps_the_rule_and_exports_the_whole_chain(tmp_path):
-  # Phase one: the chain meta-trained whole.
-  R.run(C.resolve("smoke", _chain_args() + _TINY), tmp_path / "one")
-  first = str(tmp_path / "one" / R.OPTIMIZER_FILE)
-  _, theta1 = learned_opt.load(first)
+  # Phase one's file: the chain with a rule away from init (as a meta-trained one would be).
+  lopt = _chain(tmp_path)
+  theta1 = lopt.init(jax.random.key(2))
+  theta1["mlp"] = jax.tree.map(lambda x: x + 0.25, theta1["mlp"])
+  first = str(tmp_path / "one.safetensors")
+  learned_opt.save(first, lopt, theta1)
   # Phase two: the schedule meta-trained on phase one's frozen rule.
   two = _chain_args() + _TINY + ["optimizer.start.scheme=file",
                                  f"optimizer.start.path={first}", "optimizer.frozen=mlp"]
