@@ -94,7 +94,11 @@ def from_file(lopt: base.LearnedOptimizer, path: str):
   The parts the file does not hold start from ``lopt.init(key)``. The file is read once,
   here (errors as :func:`file_parts`).
   """
-  loaded = file_parts(lopt, path)
+  return _start_with(lopt, file_parts(lopt, path))
+
+
+def _start_with(lopt: base.LearnedOptimizer, loaded: Mapping[str, Any]):
+  """``key -> meta_params``: ``lopt.init(key)`` with the parts in ``loaded`` replaced."""
 
   def start(key: jax.Array):
     theta = _as_parts(lopt, lopt.init(key))
@@ -180,7 +184,7 @@ def freeze(lopt: base.LearnedOptimizer, path: str, names) -> tuple[FrozenParts, 
     raise ValueError(f"frozen part(s) {missing} are not in {path} (it holds {sorted(loaded)}): "
                      f"a frozen part keeps the file's meta-parameters")
   frozen = FrozenParts(lopt, {n: loaded[n] for n in names})
-  start = from_file(lopt, path)
+  start = _start_with(lopt, loaded)  # the file read once
   return frozen, lambda key: frozen.trainable_of(start(key))
 
 
