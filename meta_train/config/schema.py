@@ -228,11 +228,13 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 
 
-def in_harness(rule: dict[str, Any]) -> dict[str, Any]:
+def in_harness(rule: dict[str, Any], **harness: Any) -> dict[str, Any]:
   """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
-  orthogonalising harness (``learned_opt.Orthogonalize``: Muon's direction for each weight
-  matrix, the rule's magnitude; reports/experiments/LOG.md #59-#63)."""
-  return {"parts": ({"name": "mlp", "config": rule}, {"name": "orthogonalize", "config": {}})}
+  orthogonalising harness (``learned_opt.Orthogonalize`` with the ``harness`` kwargs: Muon's
+  direction for each weight matrix, the rule's magnitude; reports/experiments/LOG.md
+  #59-#63)."""
+  return {"parts": ({"name": "mlp", "config": rule},
+                    {"name": "orthogonalize", "config": dict(harness)})}
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -298,15 +300,21 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 # Specialise to one family (`--set task.family=F`, a registered name or a user's own
-# `package.module:function`; default digits_mlp): quickstart's recipe as it stands (the rule
-# inside the orthogonalising harness from the Adam-like start at 5e-3, PES horizon-aware
-# unrolls, the valid meta-loss, cosine outer schedule, evaluation), named for that use. On
-# digits_mlp the alternatives measured worse (reports/experiments/LOG.md): the train meta-loss
+# `package.module:function`; default digits_mlp): quickstart's recipe (the rule inside the
+# orthogonalising harness from the Adam-like start at 5e-3, PES horizon-aware unrolls, the
+# valid meta-loss, cosine outer schedule, evaluation) with conv kernels orthogonalised too
+# (`Orthogonalize(kernels=True)`: each kernel as its (fan-in, out) matrix). The kernels are the
+# one difference, and they change nothing on a family without conv kernels (digits_mlp, the
+# transformer LM, the 2-D diffusion toy); on digits_conv they won on both seeds
+# (reports/experiments/LOG.md #86-#89). Measured worse on digits_mlp: the train meta-loss
 # (#54 against #53, #66 against #59) and a start at the family's tuned Adam rate inside the
 # harness (#68 against #59/#60; `optimizer.start.scheme=tuned_adam_like` stays an override).
 # An adapter given one data mapping draws its valid batches from the same data, and there the
 # valid meta-loss is the train loss on fresh batches.
-PRESETS["specialize"] = PRESETS["quickstart"]
+PRESETS["specialize"] = dataclasses.replace(
+    PRESETS["quickstart"],
+    optimizer=dataclasses.replace(PRESETS["quickstart"].optimizer,
+                                  kwargs=in_harness({"hidden_sizes": (16, 16)}, kernels=True)))
 
 
 def preset(name: str) -> RunConfig:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import learned_opt
@@ -29,11 +31,32 @@ def user_package(monkeypatch):
   monkeypatch.syspath_prepend(str(FIXTURES))
 
 
-def test_specialize_is_quickstarts_recipe():
-  assert C.diff(C.preset("quickstart"), C.preset("specialize")) == []
+def test_specialize_is_quickstarts_recipe_with_conv_kernels_in_the_harness():
+  """The one difference is ``Orthogonalize(kernels=True)``; it moves a conv kernel's step and
+  leaves every step of a family without kernels bit for bit as quickstart's (so `specialize`
+  on `digits_mlp` is quickstart, LOG #86-#89)."""
+  (path, quick, spec), = C.diff(C.preset("quickstart"), C.preset("specialize"))
+  assert path == "optimizer.kwargs.parts"
+  assert quick[1] == {"name": "orthogonalize", "config": {}} and quick[0] == spec[0]
+  assert spec[1] == {"name": "orthogonalize", "config": {"kernels": True}}
   cfg = C.resolve("specialize")
   assert cfg.task.family == "digits_mlp" and cfg.estimator.name == "pes"
   assert cfg.estimator.horizon_aware and cfg.outer.schedule == "cosine" and cfg.eval.enabled
+
+  def step(preset, params):
+    built = C.build(C.preset(preset))
+    tx = built.lopt.transform(built.start(jax.random.key(0)))
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(3.0 * p) + 0.1, params)
+    return tx.update(grads, tx.init(params), params, loss=jnp.asarray(1.0))[0]
+
+  keys = jax.random.split(jax.random.key(1), 3)
+  dense = {"w": jax.random.normal(keys[0], (12, 5)), "b": jax.random.normal(keys[1], (5,))}
+  a, b = step("quickstart", dense), step("specialize", dense)
+  for name in dense:
+    np.testing.assert_array_equal(a[name], b[name])
+  conv = {"k": jax.random.normal(keys[2], (3, 3, 4, 8))}
+  a, b = step("quickstart", conv)["k"], step("specialize", conv)["k"]
+  assert a.shape == b.shape == (3, 3, 4, 8) and not np.allclose(a, b, rtol=1e-2)
 
 
 def test_an_import_path_family_is_built_by_the_config(user_package):
