@@ -1,8 +1,9 @@
 """Format v2 and the v1 files it still reads (:mod:`learned_opt.upgrade`).
 
-The hashes below are sha256 of 100 updates on the fixed stream of ``update_stream.py``
-(``num_steps=200``), computed with the code that wrote format v1, before the optimizer was cut
-into pieces. A file must load and step bit-identically.
+Each v1 file must load and step as the code that wrote it did: 100 updates on the fixed stream
+of ``update_stream.py`` (``num_steps=200``) against the summaries recorded in
+``fixtures/update_stream_reference.json``, to float32 rounding (XLA's bytes differ between CPUs;
+bit-identical within one process).
 """
 
 from __future__ import annotations
@@ -41,21 +42,16 @@ _QUICKSTART = os.path.join(_FIXTURES, "v1_quickstart.safetensors")
 # The shipped `default` as format v1 wrote it (before the harness default replaced it).
 _V1_DEFAULT = os.path.join(_FIXTURES, "v1_default.safetensors")
 
-# Recorded with the format-v1 code (tests/learned_opt/update_stream.py, run before the change).
-SHIPPED = {
-    "default": "8f825a6320ef35f34eedd6fcfdf1ac0441784a75d9ca55fe91347cabb7f40776",
-    "diffusion": "cbfbe4467581f7255a9007301093be9bd897f5db97f77336d1a9db155d200e88",
-}
-QUICKSTART = "9f4d611a9f90a31ab31d45448fa2c8acf1e91af72968f34db04290af75e233cd"
-# v1 files with a learned schedule, written by the v1 code (fixtures/): (jitted 100, eager 30).
-FIXTURES = {
-    "v1_normalize.safetensors": (
-        "4ba5e4759e9994c07302d28d3d5d907c41371a1f5de3651c404fbb17ce7a2e41",
-        "65b2913a0cf077db8b09a8e19bcedbe65172a8ecfc0ef7a23d18cf20df85bb3b"),
-    "v1_schedule.safetensors": (
-        None,  # compiled, XLA reassociates the rule's b with the schedule's e^s (last bit)
-        "95858901fb37f1481ac998338a5af4c0f44a1b73c582e1907770d8bff5a45707"),
-}
+# The v1 files once shipped (``diffusion`` still is) and their recorded cases.
+SHIPPED = {"default": "default_v1", "diffusion": "diffusion"}
+SCHEDULE_FILES = {"v1_normalize.safetensors": ("v1_normalize", "v1_normalize_eager"),
+                  "v1_schedule.safetensors": ("v1_schedule", "v1_schedule_eager")}
+
+
+def _matches(tx, case):
+  n, jit = update_stream.case(case)[1]
+  update_stream.assert_matches(update_stream.update_summary(tx, n, jit=jit),
+                               update_stream.reference(case))
 
 
 def _v1_shipped(name):
@@ -69,15 +65,15 @@ def test_shipped_v1_files_give_the_same_updates(name):
   assert file_format.read_document(path)[1]["format_version"] == 1  # kept as committed
   lopt, theta = learned_opt.load(path)
   assert type(lopt) is learned_opt.MLPOptimizer and lopt.horizon_aware
-  assert update_stream.update_hash(lopt.transform(theta, num_steps=200)) == SHIPPED[name]
+  _matches(lopt.transform(theta, num_steps=200), SHIPPED[name])
 
 
 def test_v1_quickstart_file_gives_the_same_updates():
   lopt, theta = learned_opt.load(_QUICKSTART)
-  assert update_stream.update_hash(lopt.transform(theta, num_steps=200)) == QUICKSTART
+  _matches(lopt.transform(theta, num_steps=200), "quickstart_v1")
 
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURES))
+@pytest.mark.parametrize("fixture", sorted(SCHEDULE_FILES))
 def test_v1_schedule_files_load_as_chains_with_the_same_updates(fixture):
   lopt, theta = learned_opt.load(os.path.join(_FIXTURES, fixture))
   assert isinstance(lopt, learned_opt.Chain) and lopt.horizon_aware == (
@@ -85,10 +81,24 @@ def test_v1_schedule_files_load_as_chains_with_the_same_updates(fixture):
   assert lopt.parts[-1].name == "schedule"
   assert isinstance(lopt.parts[1], NormalizeStep) == (fixture == "v1_normalize.safetensors")
   tx = lopt.transform(theta, num_steps=200)
-  jitted, eager = FIXTURES[fixture]
-  assert update_stream.update_hash(tx, 30, jit=False) == eager
-  if jitted is not None:
-    assert update_stream.update_hash(tx) == jitted
+  for case in SCHEDULE_FILES[fixture]:
+    _matches(tx, case)
+
+
+def test_the_summary_tolerates_rounding_and_catches_a_changed_optimizer():
+  """Eager and compiled updates differ in the last bits (XLA reassociates) and match; the same
+  file with one meta-parameter moved by 0.1 % does not."""
+  lopt, theta = learned_opt.load(os.path.join(_FIXTURES, "v1_schedule.safetensors"))
+  tx = lopt.transform(theta, num_steps=200)
+  jitted = update_stream.update_summary(tx, 30)
+  eager = dict(update_stream.reference("v1_schedule_eager"))
+  assert jitted["sumsq"] != eager["sumsq"]  # not the same bits ...
+  update_stream.assert_matches(jitted, eager)  # ... the same updates
+  leaves, treedef = jax.tree.flatten(theta)
+  moved = jax.tree.unflatten(treedef, [leaves[0] * 1.001] + leaves[1:])
+  changed = update_stream.update_summary(lopt.transform(moved, num_steps=200), 30)
+  with pytest.raises(AssertionError):
+    update_stream.assert_matches(changed, eager)
 
 
 def test_v1_schedule_file_compiled_agrees_to_rounding():
@@ -164,7 +174,8 @@ def test_v2_round_trip_is_bit_exact_and_records_horizon_awareness(tmp_path):
   lopt2, theta2, prov = learned_opt.read(path)
   assert lopt2 == lopt and prov == {"start": {"scheme": "adam_like"}}
   testing.assert_bitwise_equal(theta2, theta)
-  assert update_stream.update_hash(lopt2.transform(theta2, num_steps=200)) == SHIPPED["default"]
+  assert (update_stream.update_hash(lopt2.transform(theta2, num_steps=200))
+          == update_stream.update_hash(lopt.transform(theta, num_steps=200)))
 
 
 @pytest.mark.parametrize("provenance, family", [
