@@ -226,6 +226,8 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
 # The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+# quickstart's (and specialize's) rule: MLPOptimizer((16, 16)).
+_QUICKSTART_RULE = {"hidden_sizes": (16, 16)}
 
 
 def in_harness(rule: dict[str, Any], **harness: Any) -> dict[str, Any]:
@@ -233,7 +235,7 @@ def in_harness(rule: dict[str, Any], **harness: Any) -> dict[str, Any]:
   orthogonalising harness (``learned_opt.Orthogonalize`` with the ``harness`` kwargs: Muon's
   direction for each weight matrix, the rule's magnitude; reports/experiments/LOG.md
   #59-#63)."""
-  return {"parts": ({"name": "mlp", "config": rule},
+  return {"parts": ({"name": "mlp", "config": dict(rule)},
                     {"name": "orthogonalize", "config": dict(harness)})}
 
 
@@ -253,7 +255,7 @@ PRESETS: dict[str, RunConfig] = {
     # MLP rule inside the orthogonalising harness, an Adam-like start with an initial decay,
     # horizon-aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("chain", in_harness({"hidden_sizes": (16, 16)}), _ADAM_START),
+        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE), _ADAM_START),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
                                   max_horizon=200, sigma=0.01, meta_loss="valid",
@@ -314,7 +316,7 @@ PRESETS: dict[str, RunConfig] = {
 PRESETS["specialize"] = dataclasses.replace(
     PRESETS["quickstart"],
     optimizer=dataclasses.replace(PRESETS["quickstart"].optimizer,
-                                  kwargs=in_harness({"hidden_sizes": (16, 16)}, kernels=True)))
+                                  kwargs=in_harness(_QUICKSTART_RULE, kernels=True)))
 
 
 def preset(name: str) -> RunConfig:

@@ -49,7 +49,7 @@ SCHEDULE_FILES = {"v1_normalize.safetensors": ("v1_normalize", "v1_normalize_eag
 
 
 def _matches(tx, case):
-  n, jit = update_stream.case(case)[1]
+  n, jit = update_stream.stream(case)
   update_stream.assert_matches(update_stream.update_summary(tx, n, jit=jit),
                                update_stream.reference(case))
 

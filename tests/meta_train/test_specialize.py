@@ -43,9 +43,13 @@ def test_specialize_is_quickstarts_recipe_with_conv_kernels_in_the_harness():
   assert cfg.task.family == "digits_mlp" and cfg.estimator.name == "pes"
   assert cfg.estimator.horizon_aware and cfg.outer.schedule == "cosine" and cfg.eval.enabled
 
-  def step(preset, params):
+  txs = {}
+  for preset in ("quickstart", "specialize"):
     built = C.build(C.preset(preset))
-    tx = built.lopt.transform(built.start(jax.random.key(0)))
+    txs[preset] = built.lopt.transform(built.start(jax.random.key(0)))
+
+  def step(preset, params):
+    tx = txs[preset]
     grads = jax.tree_util.tree_map(lambda p: jnp.cos(3.0 * p) + 0.1, params)
     return tx.update(grads, tx.init(params), params, loss=jnp.asarray(1.0))[0]
 
