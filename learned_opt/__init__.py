@@ -11,6 +11,7 @@ from learned_opt.schedule import LearnedSchedule
 from learned_opt.chain import Chain, chain
 from learned_opt.orthogonalize import Orthogonalize
 from learned_opt.param_scale import ParamScale
+from learned_opt.cosine_decay import CosineDecay
 from learned_opt.controller import TensorController
 from learned_opt import inits
 from learned_opt import experimental  # registers the pieces that older files may name
@@ -30,6 +31,7 @@ __all__ = [
     "NoHorizonWarning",
     "Orthogonalize",
     "ParamScale",
+    "CosineDecay",
     "PretrainedInfo",
     "SGDMomentum",
     "TensorController",

@@ -47,6 +47,7 @@ class StepContext(NamedTuple):
   theta: dict[str, torch.Tensor]
   bias0: torch.Tensor              # b₀ + W₀ᵀ[φ(t); ψ(t, T)]
   multiplier: torch.Tensor | None  # e^s of the learned schedule
+  cosine: torch.Tensor | None = None  # e^β f(t; T) of the fixed cosine decay
 
 
 class MLPRule:
@@ -66,7 +67,7 @@ class MLPRule:
 
   def __init__(self, path: str, config: dict[str, Any], meta_params: Any, *,
                schedule: dict[str, Any] | None = None, normalize_lr: float | None = None,
-               pieces: tuple[Any, ...] = ()):
+               pieces: tuple[Any, ...] = (), cosine: Any = None):
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.hidden_sizes = cfg.int_list("hidden_sizes")
     self.momentum_decays = cfg.number_list("momentum_decays")
@@ -90,6 +91,7 @@ class MLPRule:
     self.schedule_normalize = normalize_lr is not None
     self.init_learning_rate = normalize_lr  # the RMS of a normalised step
     self.pieces = tuple(pieces)  # per-tensor pieces between the rule and the schedule
+    self.cosine = cosine  # the fixed cosine decay after the schedule (pieces.CosineDecayFactor)
     cfg.finish()
     if not self.momentum_decays or not self.rms_decays:
       raise cfg.fail("learned_opt.torch needs at least one momentum and one rms decay, got "
@@ -183,7 +185,8 @@ class MLPRule:
       h = torch.relu(x @ theta["sched_w0"] + theta["sched_b0"])
       s = (h @ theta["sched_w1"])[0] + theta["sched_b1"][0]
       multiplier = torch.exp(torch.clamp(s, -SCHEDULE_LOG_CLIP, SCHEDULE_LOG_CLIP))
-    return StepContext(theta=theta, bias0=bias0, multiplier=multiplier)
+    cosine = None if self.cosine is None else self.cosine.factor(step, num_steps, device)
+    return StepContext(theta=theta, bias0=bias0, multiplier=multiplier, cosine=cosine)
 
   def _features(self, g, p, mom, rms, x) -> None:
     """Writes the features ``[g, p, m_k, v_r, v_r^-1/2, m_k v_r^-1/2]`` of a chunk into ``x``.
@@ -306,4 +309,6 @@ class MLPRule:
       step = piece(step, param)
     if ctx.multiplier is not None:
       step = step * ctx.multiplier
+    if ctx.cosine is not None:
+      step = step * ctx.cosine
     return step

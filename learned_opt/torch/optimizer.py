@@ -50,8 +50,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
   Parameters without a gradient are skipped (their statistics do not advance). With
   ``TensorFeatures(held=True)``, a tensor's held features are those of its first update. A
   ``chain`` file applies when it is the MLP rule, optionally ``normalize_step``, then any of
-  the per-tensor pieces ``orthogonalize`` and ``param_scale``, then optionally a ``schedule``;
-  other compositions are refused naming their parts.
+  the per-tensor pieces ``orthogonalize`` and ``param_scale``, then optionally a ``schedule``,
+  then optionally the fixed ``cosine_decay`` (it decays over ``num_steps``); other compositions
+  are refused naming their parts.
 
   Args:
     params: an iterable of tensors or of param-group dicts (each may set its own ``lr``).

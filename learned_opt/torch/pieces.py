@@ -91,5 +91,35 @@ class ParamScalePiece:
     return step * (torch.sqrt(mean_square) * self.factor.to(step.device))
 
 
+class CosineDecayFactor:
+  """``learned_opt.CosineDecay``: every step times ``e^β f(t; T)``, one factor per step (applied
+  last, after the rule, its pieces and a learned schedule)."""
+
+  name = "cosine_decay"
+
+  def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
+    cfg = config_lib.ConfigReader(path, self.name, config)
+    self.warmup_fraction = cfg.number("warmup_fraction")
+    self.final_fraction = cfg.number("final_fraction")
+    cfg.finish()
+    theta = config_lib.meta_tensors(cfg, meta_params, {"log_scale": ()})
+    self.scale = torch.exp(theta["log_scale"])  # a float32 scalar, as the optax transform's
+
+  def factor(self, step: int, num_steps: int | None, device: torch.device) -> torch.Tensor:
+    """The float32 multiplier of update ``step``, in the operations of
+    :func:`learned_opt.cosine_decay.cosine_factor`."""
+    f32 = dict(dtype=torch.float32, device=device)
+    if num_steps is None:  # no length, no schedule (T = ∞), as the optax part
+      return self.scale.to(device)
+    t = torch.tensor(float(step), **f32)
+    n = torch.clamp(torch.tensor(float(num_steps), **f32), min=1.0)
+    w, phi = self.warmup_fraction, self.final_fraction
+    warmup = torch.ceil(torch.tensor(w, **f32) * n) if w > 0 else torch.zeros((), **f32)
+    ramp = (t + 1.0) / torch.clamp(warmup, min=1.0)
+    frac = torch.clamp((t - warmup) / torch.clamp(n - warmup, min=1.0), 0.0, 1.0)
+    cosine = phi + (1.0 - phi) * torch.square(torch.cos(0.5 * torch.pi * frac))
+    return self.scale.to(device) * torch.where(t < warmup, ramp, cosine)
+
+
 #: Part name -> torch piece class.
 PIECES = {piece.name: piece for piece in (OrthogonalizePiece, ParamScalePiece)}

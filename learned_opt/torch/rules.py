@@ -81,13 +81,15 @@ def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
 
 
 # The chains learned_opt.torch applies: the MLP rule, optionally normalised, then any per-tensor
-# pieces (learned_opt.torch.pieces), then optionally a learned schedule.
-_CHAINS = "mlp, [normalize_step], [orthogonalize | param_scale ...], [schedule]"
+# pieces (learned_opt.torch.pieces), then optionally a learned schedule, then optionally the
+# fixed cosine decay.
+_CHAINS = "mlp, [normalize_step], [orthogonalize | param_scale ...], [schedule], [cosine_decay]"
 
 
 def _chain_names_ok(names: list[str] | None) -> bool:
   if not names or names[0] != "mlp" or len(names) < 2:
     return False
+  names = names[:-1] if names[-1] == pieces_lib.CosineDecayFactor.name else names
   middle = names[1:-1] if names[-1] == "schedule" else names[1:]
   if middle and middle[0] == "normalize_step":
     middle = middle[1:]
@@ -105,7 +107,10 @@ def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, 
     raise file_format.FileFormatError(
         f"{path}: learned_opt.torch applies chains of {_CHAINS}, got parts {names}")
   configs = {p["name"]: dict(p.get("config") or {}) for p in parts}
-  aware = any(bool(c.get("horizon_aware", False)) for c in configs.values())
+  decay = configs.get(pieces_lib.CosineDecayFactor.name)
+  # A cosine decay reads the run's length whatever the rule does (as its optax part).
+  aware = decay is not None or any(bool(c.get("horizon_aware", False))
+                                   for c in configs.values())
   sched = configs.get("schedule")
   if sched is not None:
     unknown = sorted(set(sched) - {"hidden_size", "time_scales", "loss_decays", "horizon_aware"})
@@ -119,5 +124,8 @@ def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, 
                  if n in pieces_lib.PIECES)
   flat = dict(meta.get("mlp") or {})
   flat.update({f"sched_{k}": v for k, v in (meta.get("schedule") or {}).items()})
-  rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr, pieces=pieces)
+  cosine = (pieces_lib.CosineDecayFactor(path, decay, meta.get(pieces_lib.CosineDecayFactor.name))
+            if decay is not None else None)
+  rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr, pieces=pieces,
+                 cosine=cosine)
   return rule, aware

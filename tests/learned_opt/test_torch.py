@@ -213,6 +213,16 @@ ARCHS = {
                     None, 0.5),
     "mlp_harness_kernels": (learned_opt.chain(
         _MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize(kernels=True)), 100, 1.0),
+    # The fixed cosine decay last, after a schedule; alone after the rule with a horizon
+    # shorter than the stream (its factor is φ = 0 after step T).
+    "mlp_harness_schedule_cosine": (learned_opt.chain(
+        _MLP(hidden_sizes=(8, 8), horizon_aware=True), learned_opt.Orthogonalize(),
+        learned_opt.LearnedSchedule(hidden_size=4),
+        learned_opt.CosineDecay(warmup_fraction=0.1, final_fraction=0.05)), 100, 1.0),
+    "mlp_cosine": (learned_opt.chain(_MLP(hidden_sizes=(8,)), learned_opt.CosineDecay()), 60,
+                   0.5),
+    "mlp_cosine_no_horizon": (learned_opt.chain(_MLP(hidden_sizes=(8,)), learned_opt.CosineDecay(
+        final_fraction=0.3)), None, 1.0),
     "adafactor_default": (learned_opt.AdafactorMLPOptimizer(), None, 1.0),
     "adafactor_small": (learned_opt.AdafactorMLPOptimizer(
         hidden_size=8, momentum_decays=(0.9,), factored_decays=(0.99,), time_scales=(1.0, 30.0),
@@ -220,7 +230,8 @@ ARCHS = {
 }
 # Starts other than init (learned_opt.inits.adam_like's arguments), and FUSE_MIN_SIZE values
 # that put some tensors of the stream through the fused network.
-STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0),
+STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0), "mlp_cosine": {},
+          "mlp_cosine_no_horizon": {},
           "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
@@ -243,7 +254,7 @@ def test_archs_cover_every_option():
   """Every saved config option of each piece takes a non-default value in ARCHS."""
   for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer,
               learned_opt.LearnedSchedule, NormalizeStep, learned_opt.Orthogonalize,
-              learned_opt.ParamScale):
+              learned_opt.ParamScale, learned_opt.CosineDecay):
     default = cls().config()
     changed = {k for lopt, _, _ in ARCHS.values() for part in _parts(lopt)
                if type(part) is cls for k, v in part.config().items() if v != default[k]}
@@ -633,13 +644,15 @@ def test_files_it_cannot_apply_give_clear_errors(tmp_path):
       "missing_file": (tmp_path / "nope.safetensors", r"no such file"),
   }
   for i, parts in enumerate([(_MLP(), learned_opt.LearnedSchedule(), learned_opt.Orthogonalize()),
-                             (learned_opt.Orthogonalize(), _MLP())]):
+                             (learned_opt.Orthogonalize(), _MLP()),
+                             (_MLP(), learned_opt.CosineDecay(), learned_opt.LearnedSchedule())]):
     lopt = learned_opt.chain(*parts)
     path = tmp_path / f"chain{i}.safetensors"
     learned_opt.save(path, lopt, lopt.init(jax.random.key(0)))
     names = [p.name for p in parts]
     cases[f"chain{i}"] = (path, re.escape(f"applies chains of mlp, [normalize_step], "
-                                          f"[orthogonalize | param_scale ...], [schedule], got "
+                                          f"[orthogonalize | param_scale ...], [schedule], "
+                                          f"[cosine_decay], got "
                                           f"parts {names}"))
   for kind, (path, message) in cases.items():
     with pytest.raises(learned_opt.FileFormatError, match=message) as info:
