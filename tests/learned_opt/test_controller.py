@@ -307,4 +307,5 @@ def test_learned_opt_torch_refuses_a_controller_chain(tmp_path):
       LearnedOptimizer([torch.zeros(3, requires_grad=True)], path)
     assert str(info.value) == (f"{path}: learned_opt.torch applies chains of mlp, "
                                f"[normalize_step], [orthogonalize | param_scale ...], "
-                               f"[schedule], got parts ['{parts[0].name}', 'controller']")
+                               f"[schedule], [cosine_decay], got parts "
+                               f"['{parts[0].name}', 'controller']")
