@@ -13,7 +13,6 @@ does by construction::
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -66,7 +65,8 @@ class CosineDecay(base.LearnedOptimizer):
   as in Celo's first phase. Without ``num_steps`` there is no run to decay over (``T = ∞``, as
   a horizon-aware rule's horizon features are zero then): the factor is ``e^β`` at every step,
   and :func:`learned_opt.pretrained` and the torch optimizer warn that the run's length is
-  missing, as for any horizon-aware file. ``params`` is not read. Integer leaves and ``None`` pass; each update keeps its dtype.
+  missing, as for any horizon-aware file. ``params`` is not read. Integer leaves and ``None``
+  pass; each update keeps its dtype.
 
   Attributes:
     warmup_fraction: share of the run spent ramping linearly up to the full step (``[0, 1)``).
@@ -88,8 +88,7 @@ class CosineDecay(base.LearnedOptimizer):
     w, f = self.warmup_fraction, self.final_fraction
     if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0.0 <= w < 1.0):
       raise ValueError(f"warmup_fraction must be a number in [0, 1), got {w!r}")
-    if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0
-            and math.isfinite(f)):
+    if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0):
       raise ValueError(f"final_fraction must be a number in [0, 1], got {f!r}")
 
   def init(self, key: jax.Array) -> base.MetaParams:
