@@ -226,17 +226,25 @@ DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
 # The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+# The same step without the initial decay, for a chain whose last part decays it
+# (learned_opt.CosineDecay anneals every step; the exp(-3 t/T) would decay it twice).
+_UNDECAYED_ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=0.0)
 # quickstart's (and specialize's) rule: MLPOptimizer((16, 16)).
 _QUICKSTART_RULE = {"hidden_sizes": (16, 16)}
+# A chain's last part: the fixed warm-up + cosine decay over the run (learned_opt.CosineDecay,
+# Celo's first phase; reports/experiments/LOG.md #99-#102).
+COSINE_DECAY = {"name": "cosine_decay", "config": {}}
 
 
-def in_harness(rule: dict[str, Any], **harness: Any) -> dict[str, Any]:
+def in_harness(rule: dict[str, Any], *after: dict[str, Any], **harness: Any) -> dict[str, Any]:
   """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
   orthogonalising harness (``learned_opt.Orthogonalize`` with the ``harness`` kwargs: Muon's
   direction for each weight matrix, the rule's magnitude; reports/experiments/LOG.md
-  #59-#63)."""
+  #59-#63), then the parts ``after`` (``{"name", "config"}`` mappings, e.g.
+  :data:`COSINE_DECAY`)."""
   return {"parts": ({"name": "mlp", "config": dict(rule)},
-                    {"name": "orthogonalize", "config": dict(harness)})}
+                    {"name": "orthogonalize", "config": dict(harness)},
+                    *({"name": part["name"], "config": dict(part["config"])} for part in after))}
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -251,11 +259,13 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The README's main job (under 15 minutes on 2 CPU cores, evaluation included): a small
     # learned optimizer meta-trained on MLP classifiers of the bundled 8x8 digits. The recipe
-    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13, #59-#63): the
-    # MLP rule inside the orthogonalising harness, an Adam-like start with an initial decay,
-    # horizon-aware unrolls, the held-out (valid) meta-loss and a cosine outer schedule.
+    # is the best measured (docs/findings.md; reports/experiments/LOG.md #13, #59-#63,
+    # #99-#101): the MLP rule inside the orthogonalising harness under a fixed warm-up + cosine
+    # decay, an Adam-like start, horizon-aware unrolls, the held-out (valid) meta-loss and a
+    # cosine outer schedule.
     "quickstart": RunConfig(
-        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE), _ADAM_START),
+        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE, COSINE_DECAY),
+                                  _UNDECAYED_ADAM_START),
         task=TaskConfig("digits_mlp", {}),
         estimator=EstimatorConfig("pes", num_pairs=8, truncation_length=20, min_horizon=200,
                                   max_horizon=200, sigma=0.01, meta_loss="valid",
@@ -303,8 +313,9 @@ PRESETS: dict[str, RunConfig] = {
 
 # Specialise to one family (`--set task.family=F`, a registered name or a user's own
 # `package.module:function`; default digits_mlp): quickstart's recipe (the rule inside the
-# orthogonalising harness from the Adam-like start at 5e-3, PES horizon-aware unrolls, the
-# valid meta-loss, cosine outer schedule, evaluation) with conv kernels orthogonalised too
+# orthogonalising harness under the cosine decay from the Adam-like start at 5e-3, PES
+# horizon-aware unrolls, the valid meta-loss, cosine outer schedule, evaluation) with conv
+# kernels orthogonalised too
 # (`Orthogonalize(kernels=True)`: each kernel as its (fan-in, out) matrix). The kernels are the
 # one difference, and they change nothing on a family without conv kernels (digits_mlp, the
 # transformer LM, the 2-D diffusion toy); on digits_conv they won on both seeds
@@ -316,7 +327,8 @@ PRESETS: dict[str, RunConfig] = {
 PRESETS["specialize"] = dataclasses.replace(
     PRESETS["quickstart"],
     optimizer=dataclasses.replace(PRESETS["quickstart"].optimizer,
-                                  kwargs=in_harness(_QUICKSTART_RULE, kernels=True)))
+                                  kwargs=in_harness(_QUICKSTART_RULE, COSINE_DECAY,
+                                                    kernels=True)))
 
 
 def preset(name: str) -> RunConfig:

@@ -122,7 +122,7 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
 
 
 def test_switching_the_start_to_lecun_drops_the_presets_adam_like_settings():
-  base = C.preset("quickstart")
+  base = C.preset("default")
   assert base.optimizer.start.scheme == "adam_like" and base.optimizer.start.decay != 0.0
   cfg = C.apply_overrides(base, ["optimizer.start.scheme=lecun"])
   assert cfg.optimizer.start == C.schema.StartConfig()
@@ -330,23 +330,33 @@ _sha = testing.tree_digest
 
 # sha256 of the presets' initial meta-parameters for key(11), recorded when the start was the
 # optimizer's init_scheme="adam" (+ init_decay=3.0) fields: the presets start where they did.
+# quickstart's (and specialize's) rule was recorded when the cosine decay became the chain's last
+# part (LOG #99-#103): the same Adam-like step without the initial decay.
 _PRESET_STARTS = {
-    "quickstart": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
+    "quickstart": "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98",
+    "specialize": "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98",
     "diffusion": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
     "default": "15b44f68c1b90e4ba3a1466f72b4a4a7c5f4d8518408f54ba0893c908e8b89a9",
 }
+_PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 3.0, "default": 3.0}
+_PRESET_PARTS = {"quickstart": ["mlp", "orthogonalize", "cosine_decay"],
+                 "specialize": ["mlp", "orthogonalize", "cosine_decay"],
+                 "default": ["mlp", "orthogonalize"]}
 
 
 @pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
 def test_presets_keep_their_meta_parameter_starts(name):
   built = C.build(C.preset(name))
-  assert built.cfg.optimizer.start == C.StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
+  assert built.cfg.optimizer.start == C.StartConfig("adam_like", learning_rate=5e-3,
+                                                    decay=_PRESET_DECAYS[name])
   assert built.lopt.horizon_aware is built.cfg.estimator.horizon_aware is True
   start = built.start(jax.random.key(11))
   if isinstance(built.lopt, learned_opt.Chain):  # the rule inside the harness starts as it did
-    assert built.lopt.part_names == ["mlp", "orthogonalize"]
+    assert built.lopt.part_names == _PRESET_PARTS[name]
     harness = start.pop("orthogonalize")
     assert _sha(harness) == _sha(learned_opt.Orthogonalize().init(jax.random.key(0)))
+    if "cosine_decay" in start:  # the decay starts as the identity: e^0 = 1
+      assert start.pop("cosine_decay") == {"log_scale": 0.0}
     start = start["mlp"]
   assert _sha(start) == _PRESET_STARTS[name]
 

@@ -39,6 +39,7 @@ def test_specialize_is_quickstarts_recipe_with_conv_kernels_in_the_harness():
   assert path == "optimizer.kwargs.parts"
   assert quick[1] == {"name": "orthogonalize", "config": {}} and quick[0] == spec[0]
   assert spec[1] == {"name": "orthogonalize", "config": {"kernels": True}}
+  assert quick[2] == spec[2] == {"name": "cosine_decay", "config": {}} and len(spec) == 3
   cfg = C.resolve("specialize")
   assert cfg.task.family == "digits_mlp" and cfg.estimator.name == "pes"
   assert cfg.estimator.horizon_aware and cfg.outer.schedule == "cosine" and cfg.eval.enabled
