@@ -224,7 +224,7 @@ DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadrat
                    "diffusion_toy2d", "diffusion_digits")
 DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
-# The shipped presets' start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
+# default's and diffusion's start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 # The same step without the initial decay, for a chain whose last part decays it
 # (learned_opt.CosineDecay anneals every step; the exp(-3 t/T) would decay it twice).
