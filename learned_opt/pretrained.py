@@ -136,7 +136,9 @@ def pretrained(name: str = "default", learning_rate: optax.ScalarOrSchedule = 1.
     then follow the warm-up and decay they learned over a run of that length. Without it
     ``ψ = (0, 0)`` at every step: the optimizer sees each step as the first of a run, so it
     neither warms up nor decays (an ``MLPOptimizer`` from :func:`learned_opt.inits.adam_like`
-    keeps its initial rate; its ``exp(-k t/T)`` decay needs ``T``). It still descends, with the
+    keeps its initial rate, its ``exp(-k t/T)`` decay needs ``T``; a chain ending in
+    :class:`learned_opt.CosineDecay`, as ``"default"`` does, keeps only its learned scale
+    ``e^β``, its cosine decay over ``T`` needs ``T`` too). It still descends, with the
     step it learned for the start of a run, but it does not anneal, so it typically settles at
     a higher loss than with ``num_steps``: not what was meta-trained. A
     :class:`NoHorizonWarning` says so, once per name and process (silence it with

@@ -10,9 +10,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Experiment reports (reports/experiments, one per LOG row: eval.md, and eval.json as compact
 # JSON) grow with every round; the shipped reports keep meta-eval's indented JSON (~0.1 MiB per
-# report with its figures and optimizer file; 4.5 MiB since the three `specialize` reports). A
-# checkpoint committed by mistake, or a run's figures, still breaks this.
-REPORTS_BUDGET_BYTES = 4.5 * 1024 * 1024
+# report with its figures and optimizer file; 4.5 MiB since the three `specialize` reports, 5 MiB
+# since the replaced `default`'s three reports were kept as an experiment). A checkpoint
+# committed by mistake, or a run's figures, still breaks this.
+REPORTS_BUDGET_BYTES = 5 * 1024 * 1024
 # An absolute path on a build machine (a run or cache directory), as reports must not hold.
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|work|home|root|Users|mnt|scratch)/")
 

@@ -224,7 +224,7 @@ DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadrat
                    "diffusion_toy2d", "diffusion_digits")
 DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
-# default's and diffusion's start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
+# diffusion's start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
 _ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
 # The same step without the initial decay, for a chain whose last part decays it
 # (learned_opt.CosineDecay anneals every step; the exp(-3 t/T) would decay it twice).
@@ -276,14 +276,15 @@ PRESETS: dict[str, RunConfig] = {
         eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
     ),
     # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
-    # (the rule inside the orthogonalising harness; reports/experiments/LOG.md #69) on the MLP
+    # (the rule inside the orthogonalising harness under the cosine decay, from the undecayed
+    # Adam-like start; reports/experiments/LOG.md #69, #112-#115) on the MLP
     # classifiers, the quadratics and both diffusion families, one particle group per member
     # (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it costs
     # ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
     # transformer LMs stay out: they are its out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("chain", in_harness({"hidden_sizes": (16, 16), "exp_mult": 1.0}),
-                                  _ADAM_START),
+        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE, COSINE_DECAY),
+                                  _UNDECAYED_ADAM_START),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=500, sigma=0.01, meta_loss="valid",

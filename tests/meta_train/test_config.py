@@ -122,7 +122,7 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
 
 
 def test_switching_the_start_to_lecun_drops_the_presets_adam_like_settings():
-  base = C.preset("default")
+  base = C.preset("diffusion")
   assert base.optimizer.start.scheme == "adam_like" and base.optimizer.start.decay != 0.0
   cfg = C.apply_overrides(base, ["optimizer.start.scheme=lecun"])
   assert cfg.optimizer.start == C.schema.StartConfig()
@@ -331,17 +331,19 @@ _sha = testing.tree_digest
 # sha256 of the presets' initial meta-parameters for key(11), recorded when the start was the
 # optimizer's init_scheme="adam" (+ init_decay=3.0) fields: the presets start where they did.
 # quickstart's (and specialize's) rule was recorded when the cosine decay became the chain's last
-# part (LOG #99-#103): the same Adam-like step without the initial decay.
+# part (LOG #99-#103): the same Adam-like step without the initial decay. default took the same
+# rule and start with quickstart's recipe (LOG #112-#115).
+_UNDECAYED_RULE = "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98"
 _PRESET_STARTS = {
-    "quickstart": "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98",
-    "specialize": "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98",
+    "quickstart": _UNDECAYED_RULE,
+    "specialize": _UNDECAYED_RULE,
+    "default": _UNDECAYED_RULE,
     "diffusion": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
-    "default": "15b44f68c1b90e4ba3a1466f72b4a4a7c5f4d8518408f54ba0893c908e8b89a9",
 }
-_PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 3.0, "default": 3.0}
-_PRESET_PARTS = {"quickstart": ["mlp", "orthogonalize", "cosine_decay"],
-                 "specialize": ["mlp", "orthogonalize", "cosine_decay"],
-                 "default": ["mlp", "orthogonalize"]}
+_PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 3.0, "default": 0.0}
+_IN_HARNESS_UNDER_DECAY = ["mlp", "orthogonalize", "cosine_decay"]
+_PRESET_PARTS = {"quickstart": _IN_HARNESS_UNDER_DECAY, "specialize": _IN_HARNESS_UNDER_DECAY,
+                 "default": _IN_HARNESS_UNDER_DECAY}
 
 
 @pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
