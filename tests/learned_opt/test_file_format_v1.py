@@ -41,9 +41,12 @@ _FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 _QUICKSTART = os.path.join(_FIXTURES, "v1_quickstart.safetensors")
 # The shipped `default` as format v1 wrote it (before the harness default replaced it).
 _V1_DEFAULT = os.path.join(_FIXTURES, "v1_default.safetensors")
+# The shipped `diffusion` (the plain rule) as format v1 wrote it: a copy, so that its updates
+# stay pinned when the recipe of LOG #116 replaces the shipped file.
+_V1_DIFFUSION = os.path.join(_FIXTURES, "v1_diffusion.safetensors")
 
-# The v1 files once shipped (``diffusion`` still is) and their recorded cases.
-SHIPPED = {"default": "default_v1", "diffusion": "diffusion"}
+# The v1 files once shipped and their recorded cases.
+SHIPPED = {"default": ("default_v1", _V1_DEFAULT), "diffusion": ("diffusion_v1", _V1_DIFFUSION)}
 SCHEDULE_FILES = {"v1_normalize.safetensors": ("v1_normalize", "v1_normalize_eager"),
                   "v1_schedule.safetensors": ("v1_schedule", "v1_schedule_eager")}
 
@@ -54,18 +57,13 @@ def _matches(tx, case):
                                update_stream.reference(case))
 
 
-def _v1_shipped(name):
-  """The v1 file once shipped as ``name`` (``diffusion`` still is)."""
-  return _V1_DEFAULT if name == "default" else learned_opt.pretrained_path(name)
-
-
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_v1_files_give_the_same_updates(name):
-  path = _v1_shipped(name)
+  case, path = SHIPPED[name]
   assert file_format.read_document(path)[1]["format_version"] == 1  # kept as committed
   lopt, theta = learned_opt.load(path)
   assert type(lopt) is learned_opt.MLPOptimizer and lopt.horizon_aware
-  _matches(lopt.transform(theta, num_steps=200), SHIPPED[name])
+  _matches(lopt.transform(theta, num_steps=200), case)
 
 
 def test_v1_quickstart_file_gives_the_same_updates():

@@ -37,6 +37,7 @@ from learned_opt.cosine_decay import cosine_factor  # noqa: E402
 from learned_opt.torch import LearnedOptimizer  # noqa: E402
 from learned_opt.torch import mlp as torch_mlp  # noqa: E402
 from learned_opt.torch import optimizer as torch_optimizer  # noqa: E402
+from learned_opt.torch import rules as torch_rules  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -619,9 +620,8 @@ def test_horizon_warning_and_num_steps_as_pretrained(monkeypatch, tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert LearnedOptimizer(p, path, num_steps=10).num_steps == 10
-  read = file_format.read  # a plain rule whose config says it never saw a horizon
-  monkeypatch.setattr(file_format, "read", lambda path: read(path)._replace(
-      config={**read(path).config, "horizon_aware": False}))
+  # The same file shipped under a name: never meta-trained with a horizon, num_steps is dropped.
+  monkeypatch.setattr(torch_rules, "pretrained_path", lambda name: str(path))
   assert LearnedOptimizer(p, "diffusion", num_steps=10).num_steps is None
 
 

@@ -27,7 +27,7 @@ REFERENCE = os.path.join(HERE, "fixtures", "update_stream_reference.json")
 # (name, file relative to the repository, eager steps or None for the jitted 100).
 CASES = {
     "default_v1": ("tests/learned_opt/fixtures/v1_default.safetensors", None),
-    "diffusion": ("learned_opt/pretrained/diffusion.safetensors", None),
+    "diffusion_v1": ("tests/learned_opt/fixtures/v1_diffusion.safetensors", None),
     "quickstart_v1": ("tests/learned_opt/fixtures/v1_quickstart.safetensors", None),
     "v1_normalize": ("tests/learned_opt/fixtures/v1_normalize.safetensors", None),
     "v1_normalize_eager": ("tests/learned_opt/fixtures/v1_normalize.safetensors", 30),

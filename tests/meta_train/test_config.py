@@ -122,8 +122,9 @@ def test_changing_the_architecture_drops_the_preset_kwargs():
 
 
 def test_switching_the_start_to_lecun_drops_the_presets_adam_like_settings():
-  base = C.preset("diffusion")
-  assert base.optimizer.start.scheme == "adam_like" and base.optimizer.start.decay != 0.0
+  smoke = C.preset("smoke")  # as a preset with a decaying Adam-like start
+  base = dataclasses.replace(smoke, optimizer=dataclasses.replace(
+      smoke.optimizer, start=C.StartConfig("adam_like", learning_rate=5e-3, decay=3.0)))
   cfg = C.apply_overrides(base, ["optimizer.start.scheme=lecun"])
   assert cfg.optimizer.start == C.schema.StartConfig()
   lopt = learned_opt.MLPOptimizer()
