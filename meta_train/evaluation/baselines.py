@@ -195,12 +195,13 @@ def run_grid(problem: Problem, baseline: Baseline, num_steps: int, learning_rate
   missing = [lr for lr in lrs if found[lr] is None]
   if missing:
     t0 = time.perf_counter()
+    grid = (f"meta-eval:     {problem.family_id.split(':')[0]}: {baseline.name}, {num_steps} "
+            f"steps, {len(missing)} rate(s) x {int(np.prod(problem.keys.shape))} runs")
+    LOG.info("%s ...", grid)  # a grid can run for half an hour on a CPU: say so when it starts
     make = baseline.make(num_steps, config.warmup_fraction)
     curves = curves_lib.training_curves(problem.family, make, np.array(missing),
                                         problem.task_params, problem.keys, num_steps, every)
-    LOG.info("meta-eval:     %s: %s, %d steps, %d rate(s) x %d runs in %.0fs",
-             problem.family_id.split(":")[0], baseline.name, num_steps, len(missing),
-             int(np.prod(problem.keys.shape)), time.perf_counter() - t0)
+    LOG.info("%s in %.0fs", grid, time.perf_counter() - t0)
     for i, lr in enumerate(missing):
       arrays = {split: c[i] for split, c in curves.items()}
       cache.put(keys[lr], arrays)

@@ -90,7 +90,8 @@ class _Stderr(logging.Handler):
 
 
 def _log_grids_to_stderr() -> None:
-  """Progress: one stderr line per baseline grid that runs (``baselines.LOG``), once."""
+  """Progress on stderr (``baselines.LOG``), once: a line as each baseline grid that runs and
+  each group of the learned optimizer's runs starts, and one when it is done."""
   from meta_train.evaluation import baselines  # pylint: disable=import-outside-toplevel
   if not any(isinstance(h, _Stderr) for h in baselines.LOG.handlers):
     baselines.LOG.addHandler(_Stderr())

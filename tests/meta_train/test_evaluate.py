@@ -1,6 +1,7 @@
 """meta_train.evaluate: measures against hand-computed answers, tuned baselines, the cache."""
 
 import logging
+import re
 import math
 
 import jax
@@ -276,11 +277,14 @@ def test_tuned_grid_extends_at_the_top_edge_and_caches(tmp_path, request):
   B.LOG.setLevel(logging.INFO)
   request.addfinalizer(lambda: (B.LOG.removeHandler(handler), B.LOG.setLevel(level)))
   runs, best = B.tuned_grid(problem, adam, 8, 8, cfg, cache)
-  # One progress line per grid that ran: the first two rates, then one per extension.
+  # Two progress lines per grid that ran (as it starts, and when it is done): the first two
+  # rates, then one per extension.
   lines = list(handler.lines)
-  assert len(lines) == len(runs.learning_rates) - 1
-  assert lines[0].startswith(f"meta-eval:     {problem.family_id.split(':')[0]}: adam, 8 steps, "
-                             "2 rate(s) x 4 runs in ")
+  assert len(lines) == 2 * (len(runs.learning_rates) - 1)
+  grid = f"meta-eval:     {problem.family_id.split(':')[0]}: adam, 8 steps, 2 rate(s) x 4 runs"
+  assert lines[0] == f"{grid} ..." and re.fullmatch(re.escape(grid) + r" in \d+s", lines[1])
+  assert all(a.endswith(" ...") and b.startswith(a[:-4]) and not b.endswith(" ...")
+             for a, b in zip(lines[::2], lines[1::2]))
   handler.lines.clear()
   lrs = runs.learning_rates.tolist()
   assert lrs[:2] == [1e-2, 3e-2] and len(lrs) > 2
