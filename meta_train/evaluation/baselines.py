@@ -19,6 +19,7 @@ over rates, tasks and seeds).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -180,6 +181,18 @@ def half_decade(lr: float, direction: int) -> float:
   return float(f"{10 ** (round(2 * math.log10(lr)) / 2 + 0.5 * direction):.6g}")
 
 
+@contextlib.contextmanager
+def progress(problem: Problem, what: str):
+  """Logs ``meta-eval:     <family>: <what> ...`` as the work of the block starts and the same
+  line with ``in <seconds>s`` when it ends: one grid of the digit denoiser runs for half an hour
+  on a CPU."""
+  line = f"meta-eval:     {problem.family_id.split(':')[0]}: {what}"
+  LOG.info("%s ...", line)
+  started = time.perf_counter()
+  yield
+  LOG.info("%s in %.0fs", line, time.perf_counter() - started)
+
+
 def run_grid(problem: Problem, baseline: Baseline, num_steps: int, learning_rates, cache,
              config) -> GridRuns:
   """Curves of ``baseline`` at each learning rate; cached rates are read, the missing ones run
@@ -194,14 +207,11 @@ def run_grid(problem: Problem, baseline: Baseline, num_steps: int, learning_rate
   found = {lr: cache.get(keys[lr]) for lr in lrs}
   missing = [lr for lr in lrs if found[lr] is None]
   if missing:
-    t0 = time.perf_counter()
-    grid = (f"meta-eval:     {problem.family_id.split(':')[0]}: {baseline.name}, {num_steps} "
-            f"steps, {len(missing)} rate(s) x {int(np.prod(problem.keys.shape))} runs")
-    LOG.info("%s ...", grid)  # a grid can run for half an hour on a CPU: say so when it starts
-    make = baseline.make(num_steps, config.warmup_fraction)
-    curves = curves_lib.training_curves(problem.family, make, np.array(missing),
-                                        problem.task_params, problem.keys, num_steps, every)
-    LOG.info("%s in %.0fs", grid, time.perf_counter() - t0)
+    with progress(problem, f"{baseline.name}, {num_steps} steps, {len(missing)} rate(s) x "
+                           f"{int(np.prod(problem.keys.shape))} runs"):
+      make = baseline.make(num_steps, config.warmup_fraction)
+      curves = curves_lib.training_curves(problem.family, make, np.array(missing),
+                                          problem.task_params, problem.keys, num_steps, every)
     for i, lr in enumerate(missing):
       arrays = {split: c[i] for split, c in curves.items()}
       cache.put(keys[lr], arrays)

@@ -91,13 +91,10 @@ def evaluate_family(lopt, meta_params, family, family_name: str, config, *,
   groups = suites.problems(family, family_name, cfg)
   tables, panels, learned_parts = [], [], []
   for problem in groups:
-    started = time.perf_counter()
-    what = (f"meta-eval:     {problem.family_id.split(':')[0]}: {label}'s "
-            f"{int(np.prod(problem.keys.shape))} runs of {n} steps")
-    baselines_lib.LOG.info("%s ...", what)
-    learned = curves_lib.learned_curves(problem.family, tx, problem.task_params, problem.keys,
-                                        n, cfg.every)
-    baselines_lib.LOG.info("%s in %.0fs", what, time.perf_counter() - started)
+    with baselines_lib.progress(problem, f"{label}'s {int(np.prod(problem.keys.shape))} runs "
+                                         f"of {n} steps"):
+      learned = curves_lib.learned_curves(problem.family, tx, problem.task_params, problem.keys,
+                                          n, cfg.every)
     metric = None
     if problem.final_metric is not None:
       tasks_n = learned["train"].shape[0]

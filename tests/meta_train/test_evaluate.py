@@ -1,8 +1,8 @@
 """meta_train.evaluate: measures against hand-computed answers, tuned baselines, the cache."""
 
 import logging
-import re
 import math
+import re
 
 import jax
 import jax.numpy as jnp
