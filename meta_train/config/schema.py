@@ -224,10 +224,9 @@ DEFAULT_MEMBERS = ("digits_mlp", "gaussian_mixture_mlp", "mnist1d_mlp", "quadrat
                    "diffusion_toy2d", "diffusion_digits")
 DIFFUSION_MEMBERS = ("diffusion_toy2d", "diffusion_digits")
 
-# diffusion's start: a normalised Adam step of RMS 5e-3, decaying as exp(-3 t/T).
-_ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=3.0)
-# The same step without the initial decay, for a chain whose last part decays it
-# (learned_opt.CosineDecay anneals every step; the exp(-3 t/T) would decay it twice).
+# The presets' start: a normalised Adam step of RMS 5e-3 without the start's own
+# exp(-decay t/T), for a chain whose last part decays it (learned_opt.CosineDecay anneals every
+# step; a decaying start would decay it twice).
 _UNDECAYED_ADAM_START = StartConfig("adam_like", learning_rate=5e-3, decay=0.0)
 # quickstart's (and specialize's) rule: MLPOptimizer((16, 16)).
 _QUICKSTART_RULE = {"hidden_sizes": (16, 16)}
@@ -297,9 +296,11 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The shipped diffusion optimizer (learned_opt.pretrained("diffusion")): the same recipe on
     # the two diffusion families (2-D toy data with an MLP denoiser, 8x8 digits with a conv
-    # one; every target, noise schedule and loss weighting they draw).
+    # one; every target, noise schedule and loss weighting they draw; reports/experiments/LOG.md
+    # #116-#117).
     "diffusion": RunConfig(
-        optimizer=OptimizerConfig("mlp", {"hidden_sizes": (16, 16)}, _ADAM_START),
+        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE, COSINE_DECAY),
+                                  _UNDECAYED_ADAM_START),
         task=TaskConfig("mixture", {"members": DIFFUSION_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
                                   max_horizon=300, sigma=0.01, meta_loss="valid",

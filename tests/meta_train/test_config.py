@@ -333,18 +333,17 @@ _sha = testing.tree_digest
 # optimizer's init_scheme="adam" (+ init_decay=3.0) fields: the presets start where they did.
 # quickstart's (and specialize's) rule was recorded when the cosine decay became the chain's last
 # part (LOG #99-#103): the same Adam-like step without the initial decay. default took the same
-# rule and start with quickstart's recipe (LOG #112-#115).
+# rule and start with quickstart's recipe (LOG #112-#115), then diffusion (LOG #116-#117).
 _UNDECAYED_RULE = "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98"
 _PRESET_STARTS = {
     "quickstart": _UNDECAYED_RULE,
     "specialize": _UNDECAYED_RULE,
     "default": _UNDECAYED_RULE,
-    "diffusion": "af04e836d9b95df6116e070f64ed66c4dc1f98297a81f8ae31d6bbd9315587ea",
+    "diffusion": _UNDECAYED_RULE,
 }
-_PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 3.0, "default": 0.0}
+_PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 0.0, "default": 0.0}
 _IN_HARNESS_UNDER_DECAY = ["mlp", "orthogonalize", "cosine_decay"]
-_PRESET_PARTS = {"quickstart": _IN_HARNESS_UNDER_DECAY, "specialize": _IN_HARNESS_UNDER_DECAY,
-                 "default": _IN_HARNESS_UNDER_DECAY}
+_PRESET_PARTS = {name: _IN_HARNESS_UNDER_DECAY for name in _PRESET_STARTS}
 
 
 @pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
