@@ -5,12 +5,18 @@ so a quadratic's parameters of order 1 and a classifier's of order 0.05 get step
 order from the same rule::
 
   lopt = learned_opt.chain(learned_opt.MLPOptimizer(), learned_opt.ParamScale())
+
+With ``at_init=True`` the RMS is read once, from the parameters the optimizer's ``init``
+receives, and held in its state: the prior stays, and a tensor that grows during a long run does
+not get a growing step (the feedback that made the per-step reading diverge at 10x the horizon,
+``reports/experiments/LOG.md`` #118/#119).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,14 +35,18 @@ class ParamScale(base.LearnedOptimizer):
   .. math::
     u \\leftarrow u \\cdot \\max\\big(\\mathrm{rms}(p),\\ ρ_0\\big) \\cdot e^{β}
 
-  ``rms`` counts the tensor's non-finite entries as zero;
+  ``rms`` counts the tensor's non-finite entries as zero; it is the current parameters' at
+  each step, or with ``at_init`` the parameters' at ``init`` (a float32 scalar per tensor in
+  the state, so the run's step has no feedback from the parameters' growth);
   ``θ = {"log_scale": β}``, started at ``-log(reference_rms)`` so that a tensor of RMS
-  ``reference_rms`` gets the rule's step unchanged. Needs ``params``; integer leaves and
+  ``reference_rms`` gets the rule's step unchanged. Needs ``params`` at each update unless
+  ``at_init``; integer leaves and
   ``None`` pass; each update keeps its dtype; a ``nan`` stays in its entry.
 
   Attributes:
     reference_rms: the parameter RMS whose step the start leaves unchanged.
     floor: ``ρ_0``, the least scale (a zero-initialised bias still moves).
+    at_init: read ``rms(p)`` once, at ``init``, instead of at every step.
     horizon_aware: meta-trained seeing each run's length as ``num_steps`` (unused here).
 
   References:
@@ -47,6 +57,7 @@ class ParamScale(base.LearnedOptimizer):
   name = "param_scale"
   reference_rms: float = 0.1
   floor: float = 1e-2
+  at_init: bool = False
   horizon_aware: bool = False
 
   def __post_init__(self):
@@ -54,30 +65,55 @@ class ParamScale(base.LearnedOptimizer):
       value = getattr(self, field)
       if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
         raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
+    if not isinstance(self.at_init, bool):
+      raise ValueError(f"at_init must be a bool, got {self.at_init!r}")
 
   def init(self, key: jax.Array) -> base.MetaParams:
     del key
     return {"log_scale": jnp.asarray(-math.log(self.reference_rms), jnp.float32)}
 
   def scale_by(self, meta_params, *, num_steps=None):
-    """``u max(rms(p), floor) e^β`` per tensor as an optax transformation (stateless)."""
+    """``u max(rms(p), floor) e^β`` per tensor as an optax transformation (stateless, or with
+    ``at_init`` holding each tensor's scale)."""
     del num_steps
     base.check_meta_params(self.name, meta_params, {"log_scale": ()})
     factor = jnp.exp(meta_params["log_scale"])
 
-    def one(u, p):
-      if u is None or not jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating):
-        return u
+    def scale_of(p):
+      """``max(rms(p), floor)`` as a float32 scalar (0 for an integer leaf, which passes)."""
       p = jnp.asarray(p)
+      if not jnp.issubdtype(p.dtype, jnp.floating):
+        return jnp.zeros((), jnp.float32)
       q = feats_lib.finite_or_zero(p.astype(jnp.promote_types(p.dtype, jnp.float32)))
       # sqrt(max(mean p², ρ0²)): no 0/0 in a derivative through a zero tensor.
-      scale = jnp.sqrt(jnp.maximum(jnp.mean(q * q), self.floor ** 2)) * factor
-      return (u * scale).astype(u.dtype)
+      return jnp.sqrt(jnp.maximum(jnp.mean(q * q), self.floor ** 2))
+
+    def one(u, scale):
+      if u is None or not jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating):
+        return u
+      return (u * (scale * factor)).astype(u.dtype)
+
+    def init_fn(params):
+      if not self.at_init:
+        return optax.EmptyState()
+      return ParamScaleState(scales=jax.tree.map(scale_of, params))
 
     def update_fn(updates, state, params=None, **extra_args):
       del extra_args
-      tree_utils.require_params(self.name, params)
-      tree_utils.check_trees(self.name, updates, ("params", params))
-      return jax.tree.map(one, updates, params, is_leaf=lambda x: x is None), state
+      if self.at_init:
+        tree_utils.check_trees(self.name, updates, ("state", state.scales))
+        scales = state.scales
+      else:
+        tree_utils.require_params(self.name, params)
+        tree_utils.check_trees(self.name, updates, ("params", params))
+        scales = jax.tree.map(lambda p: None if p is None else scale_of(p), params,
+                              is_leaf=lambda x: x is None)
+      return jax.tree.map(one, updates, scales, is_leaf=lambda x: x is None), state
 
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ParamScaleState(NamedTuple):
+  """:class:`ParamScale`'s state with ``at_init``: ``max(rms(p), floor)`` of each tensor at
+  ``init`` (float32 scalars in the parameters' tree)."""
+  scales: Any

@@ -133,7 +133,10 @@ class MLPRule:
     """Per-parameter state: the momenta ``(K, *shape)`` and second moments ``(R, *shape)``."""
     def zeros(n):
       return torch.zeros((n, *param.shape), dtype=torch.float32, device=param.device)
-    return {"mom": zeros(len(self.momentum_decays)), "rms": zeros(len(self.rms_decays))}
+    state = {"mom": zeros(len(self.momentum_decays)), "rms": zeros(len(self.rms_decays))}
+    for piece in self.pieces:  # e.g. ParamScale(at_init=True)'s scale of the first parameters
+      state.update(piece.init_state(param))
+    return state
 
   def init_global(self, device: torch.device) -> dict[str, torch.Tensor]:
     """State shared by all parameters: the learned schedule's loss statistics (if any)."""
@@ -306,7 +309,7 @@ class MLPRule:
       step = step * feats.inverse_rms(step, _STEP_NORM_EPS) * self.init_learning_rate
     step = step.view(param.shape)
     for piece in self.pieces:  # learned_opt.torch.pieces, in the chain's order
-      step = piece(step, param)
+      step = piece(step, param, state)
     if ctx.multiplier is not None:
       step = step * ctx.multiplier
     if ctx.cosine is not None:

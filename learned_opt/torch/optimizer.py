@@ -48,7 +48,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
   the optimizer in the file is ``horizon_aware``).
 
   Parameters without a gradient are skipped (their statistics do not advance). With
-  ``TensorFeatures(held=True)``, a tensor's held features are those of its first update. A
+  ``TensorFeatures(held=True)``, a tensor's held features are those of its first update, and
+  with ``ParamScale(at_init=True)`` its scale is its RMS before its first update (the optax
+  transform's ``init`` reads the same values when every tensor has a gradient from the first
+  step). A
   ``chain`` file applies when it is the MLP rule, optionally ``normalize_step``, then any of
   the per-tensor pieces ``orthogonalize`` and ``param_scale``, then optionally a ``schedule``,
   then optionally the fixed ``cosine_decay`` (it decays over ``num_steps``); other compositions

@@ -3,7 +3,10 @@
 :class:`OrthogonalizePiece` applies :class:`learned_opt.Orthogonalize` and
 :class:`ParamScalePiece` :class:`learned_opt.ParamScale` to one parameter tensor's float32
 step, as the optax transforms do (the same Newton–Schulz iteration, RMS matching, floor and
-non-finite handling). Each is built from its part's config and meta-parameters in a file.
+non-finite handling). Each is built from its part's config and meta-parameters in a file, and
+is called as ``piece(step, param, state)`` with the parameter's optimizer state, to which
+:meth:`init_state` (called at the parameter's first step, before its update) adds the piece's
+own entries.
 """
 
 from __future__ import annotations
@@ -59,7 +62,13 @@ class OrthogonalizePiece:
     self.mix = torch.sigmoid(theta["mix"])  # float32 scalars, as the optax transform's
     self.scale = torch.exp(theta["log_scale"])
 
-  def __call__(self, step: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+  def init_state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
+    del param
+    return {}
+
+  def __call__(self, step: torch.Tensor, param: torch.Tensor,
+               state: dict[str, torch.Tensor]) -> torch.Tensor:
+    del state
     shape = matrix_shape(tuple(step.shape), self.kernels)
     if shape is None:
       return step
@@ -73,22 +82,32 @@ class OrthogonalizePiece:
 
 
 class ParamScalePiece:
-  """``learned_opt.ParamScale``: each tensor's step times ``max(rms(p), floor) e^β``."""
+  """``learned_opt.ParamScale``: each tensor's step times ``max(rms(p), floor) e^β``, with
+  ``rms(p)`` the current parameter's, or with ``at_init`` the one at the parameter's first step
+  (held in its state as ``param_scale``, as the optax state holds it from ``init``)."""
 
   name = "param_scale"
 
   def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.floor = cfg.number("floor")
+    self.at_init = cfg.flag("at_init", False)  # files written before the option: False
     cfg.ignore("reference_rms", "horizon_aware")  # the start's, and read off the rule
     cfg.finish()
     theta = config_lib.meta_tensors(cfg, meta_params, {"log_scale": ()})
     self.factor = torch.exp(theta["log_scale"])  # a float32 scalar, as the optax transform's
 
-  def __call__(self, step: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+  def _scale(self, param: torch.Tensor) -> torch.Tensor:
     p = feats.finite_or_zero(param.detach().to(torch.promote_types(param.dtype, torch.float32)))
-    mean_square = torch.clamp(torch.mean(p * p), min=self.floor ** 2)
-    return step * (torch.sqrt(mean_square) * self.factor.to(step.device))
+    return torch.sqrt(torch.clamp(torch.mean(p * p), min=self.floor ** 2))
+
+  def init_state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"param_scale": self._scale(param)} if self.at_init else {}
+
+  def __call__(self, step: torch.Tensor, param: torch.Tensor,
+               state: dict[str, torch.Tensor]) -> torch.Tensor:
+    scale = state["param_scale"] if self.at_init else self._scale(param)
+    return step * (scale * self.factor.to(step.device))
 
 
 class CosineDecayFactor:

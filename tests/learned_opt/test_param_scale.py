@@ -64,3 +64,47 @@ def test_rule_then_param_scale_is_a_conforming_chain():
   plain = rule.update(g, rule.init(p), p)[0]
   np.testing.assert_allclose(step["a"], plain["a"], rtol=1e-5)
   np.testing.assert_allclose(step["b"], 10.0 * np.asarray(plain["b"]), rtol=1e-5)
+
+
+def test_at_init_holds_the_scale_of_the_first_parameters():
+  lopt = ParamScale(reference_rms=0.5, floor=0.01, at_init=True)
+  theta = lopt.init(jax.random.key(0))
+  tx = lopt.scale_by(theta)
+  first = {"w": jnp.array([[3.0, -4.0], [0.0, 0.0]]), "b": jnp.zeros(3), "i": jnp.arange(2),
+           "none": None}
+  state = tx.init(first)
+  np.testing.assert_allclose(state.scales["w"], 2.5, rtol=1e-6)
+  assert state.scales["w"].dtype == jnp.float32 and state.scales["none"] is None
+  updates = {"w": jnp.ones((2, 2)), "b": jnp.array([1.0, jnp.nan, -1.0]), "i": jnp.arange(2),
+             "none": None}
+  # Grown parameters, or none at all, leave the step at the first parameters' scale: 2.5 / 0.5.
+  for params in ({"w": 10.0 * first["w"], "b": jnp.ones(3), "i": jnp.arange(2), "none": None},
+                 None):
+    out, new_state = tx.update(updates, state, params)
+    np.testing.assert_allclose(out["w"], np.full((2, 2), 5.0), rtol=1e-6)
+    np.testing.assert_allclose(out["b"], [0.02, np.nan, -0.02], rtol=1e-6)
+    np.testing.assert_array_equal(out["i"], [0, 1])
+    assert out["none"] is None and new_state is state
+  # The per-step reading, for contrast, follows the parameters: rms(10 w) = 25.
+  per_step = ParamScale(reference_rms=0.5, floor=0.01).scale_by(theta)
+  grown = per_step.update({"w": jnp.ones((2, 2))}, per_step.init({"w": first["w"]}),
+                          {"w": 10.0 * first["w"]})[0]
+  np.testing.assert_allclose(grown["w"], np.full((2, 2), 50.0), rtol=1e-6)
+  with pytest.raises(ValueError, match="param_scale: the updates tree does not match the state"):
+    tx.update({"w": jnp.ones((2, 2))}, state)
+  with pytest.raises(ValueError, match="at_init must be a bool"):
+    ParamScale(at_init=1)
+
+
+def test_at_init_chain_saves_loads_and_keeps_its_option():
+  lopt = learned_opt.chain(learned_opt.MLPOptimizer(hidden_sizes=(4,)),
+                           ParamScale(floor=0.3, reference_rms=0.3, at_init=True))
+  theta = inits.adam_like(lopt, jax.random.key(1), learning_rate=1e-2)
+  testing.check_learned_optimizer(lopt, theta, checks=(
+      "shapes_and_dtypes", "non_finite_gradients", "save_load_round_trip"))
+  assert lopt.parts[1].config()["at_init"] is True
+  assert type(lopt).from_config(lopt.config()).parts[1].at_init is True
+  # A file written before the option reads as the per-step scale.
+  config = ParamScale().config()
+  del config["at_init"]
+  assert ParamScale.from_config(config).at_init is False

@@ -254,6 +254,11 @@ ARCHS = {
         _MLP(hidden_sizes=(8, 8), horizon_aware=True), learned_opt.Orthogonalize(steps=4),
         learned_opt.ParamScale(floor=0.05), learned_opt.LearnedSchedule(hidden_size=4)),
         100, 1.0),
+    # The scale read once, from the first parameters, and held (the stream's parameters grow).
+    "mlp_harness_param_scale_at_init_cosine": (learned_opt.chain(
+        _MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize(),
+        learned_opt.ParamScale(reference_rms=0.3, floor=0.3, at_init=True),
+        learned_opt.CosineDecay(final_fraction=0.1)), 100, 1.0),
     "mlp_harness": (learned_opt.chain(_MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize()),
                     None, 0.5),
     "mlp_harness_kernels": (learned_opt.chain(
@@ -278,6 +283,7 @@ ARCHS = {
 STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0), "mlp_cosine": {},
           "mlp_cosine_no_horizon": {},
           "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
+          "mlp_harness_param_scale_at_init_cosine": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
 # Tensors given to torch in its own layout where the update depends on it: the stream's "conv"
@@ -331,9 +337,16 @@ def test_random_architecture_equals_optax(arch, tmp_path, small_chunks, monkeypa
   params = initial_params()
   jax_trace = run_jax(lopt.transform(theta, lr, num_steps=num_steps), params, grads, losses)
   perms = TORCH_LAYOUTS.get(arch, {})
-  torch_trace = run_torch(lambda ps: LearnedOptimizer(ps.values(), path, num_steps=num_steps,
-                                                      lr=lr), _to_layout(params, perms),
-                          [_to_layout(g, perms) for g in grads], losses)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", learned_opt.NoHorizonWarning)
+    torch_trace = run_torch(lambda ps: LearnedOptimizer(ps.values(), path, num_steps=num_steps,
+                                                        lr=lr), _to_layout(params, perms),
+                            [_to_layout(g, perms) for g in grads], losses)
+  # A file that reads the run's length warns when it gets none, and only then.
+  reads_length = any(getattr(part, "horizon_aware", False)
+                     or isinstance(part, learned_opt.CosineDecay) for part in _parts(lopt))
+  warned = [w for w in caught if issubclass(w.category, learned_opt.NoHorizonWarning)]
+  assert len(warned) == (1 if reads_length and num_steps is None else 0), arch
   torch_trace = [tuple(_to_layout(x, perms, inverse=True) for x in step) for step in torch_trace]
   assert_traces_close(torch_trace, jax_trace)
   # The bad gradient entries of step 40 gave nan updates there and nowhere else.
@@ -524,8 +537,10 @@ def _train(model, opt, batches):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_resume_from_state_dict_is_bit_identical(dtype, tmp_path):
-  lopt, _, _ = ARCHS["mlp_everything"]  # a learned schedule and held per-tensor features
+# A learned schedule and held per-tensor features; the parameter scale held from the first step.
+@pytest.mark.parametrize("arch", ["mlp_everything", "mlp_harness_param_scale_at_init_cosine"])
+def test_resume_from_state_dict_is_bit_identical(arch, dtype, tmp_path):
+  lopt, _, _ = ARCHS[arch]
   path = tmp_path / "opt.safetensors"
   learned_opt.save(path, lopt, _perturbed(lopt.init(jax.random.key(0)), seed=1))
   model, batches = _model_and_batches(dtype)
