@@ -157,6 +157,8 @@ def read_wandb_records(path):
       pos += block - pos % block
       continue
     _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    if pos + 7 + length > len(data):  # a record wandb's writer has not finished: read up to it
+      break
     chunk = data[pos + 7:pos + 7 + length]
     pos += 7 + length
     if kind in (1, 4):
