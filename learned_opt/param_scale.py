@@ -106,8 +106,7 @@ class ParamScale(base.LearnedOptimizer):
       else:
         tree_utils.require_params(self.name, params)
         tree_utils.check_trees(self.name, updates, ("params", params))
-        scales = jax.tree.map(lambda p: None if p is None else scale_of(p), params,
-                              is_leaf=lambda x: x is None)
+        scales = jax.tree.map(scale_of, params)  # None leaves stay None
       return jax.tree.map(one, updates, scales, is_leaf=lambda x: x is None), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
