@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
       "in_distribution: held-out tasks of the optimizer's training family (from its file's "
       "provenance); out_of_distribution: the registered families absent from its training "
       "set (a mixture's members count as trained; lm_transformer_small left out); "
-      "long_horizon: the training family at 10x the meta-training horizon, against tuned "
+      "long_horizon: the training family (or --family's) at 10x the meta-training horizon, "
+      "against tuned "
       f"constant Adam of the same length (defaults to {LONG_HORIZON_TASKS} tasks x "
       f"{LONG_HORIZON_SEEDS} seeds to keep its time sane)")
   p = _Parser(
@@ -51,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
       epilog=f"Suites: {', '.join(config_lib.SUITES)}. " + suites_help + ".")
   p.add_argument("optimizers", nargs="+", metavar="OPTIMIZER",
                  help="a .safetensors file written by learned_opt.save, or pretrained:NAME")
-  what = p.add_mutually_exclusive_group(required=True)
-  what.add_argument("--suite", metavar="SUITE",
-                    help=f"one of {', '.join(config_lib.SUITES)}")
-  what.add_argument("--family", nargs="+", metavar="NAME",
-                    help="registered task families, or package.module:function import paths")
+  p.add_argument("--suite", metavar="SUITE",
+                 help=f"one of {', '.join(config_lib.SUITES)}")
+  p.add_argument("--family", nargs="+", metavar="NAME",
+                 help="registered task families, or package.module:function import paths "
+                      "(with --suite long_horizon: these families instead of the training "
+                      "family, at 10x its horizon)")
   p.add_argument("--out", required=True, metavar="DIR", help="report directory")
   p.add_argument("--num-tasks", type=int, metavar="N",
                  help=f"held-out tasks per family (default {config_lib.EvalConfig.num_tasks}; "
@@ -140,8 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
   # Everything is validated before anything is computed or written.
+  if args.suite is None and not args.family:
+    return _fail("name what to evaluate: --suite SUITE or --family NAME [NAME ...]")
   if args.suite is not None and args.suite not in config_lib.SUITES:
     return _fail(f"unknown suite {args.suite!r}; valid: {', '.join(config_lib.SUITES)}")
+  if args.suite not in (None, "long_horizon") and args.family:
+    return _fail(f"--family with --suite {args.suite}: the suite names its own families; only "
+                 f"long_horizon takes --family (those families at 10x the training horizon)")
   if args.wandb not in WANDB_MODES:
     return _fail(f"unknown --wandb mode {args.wandb!r}; valid: {', '.join(WANDB_MODES)}")
   for flag in ("num_tasks", "num_seeds", "num_steps"):
@@ -175,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     optimizers = [suites.load_optimizer(spec) for spec in args.optimizers]
     if args.suite:
-      plans = {o.label: suites.plan(args.suite, o, config, baselines) for o in optimizers}
+      plans = {o.label: suites.plan(args.suite, o, config, baselines, families=args.family)
+               for o in optimizers}
       if long and args.num_steps:
         plans = {k: [dataclasses.replace(p, num_steps=args.num_steps) for p in v]
                  for k, v in plans.items()}

@@ -199,12 +199,19 @@ class FamilyPlan:
   envelope_factor: float = config_lib.MAX_SPEEDUP
 
 
-def plan(suite: str, opt: Optimizer, config,
-         baselines=config_lib.BASELINES) -> list[FamilyPlan]:
+def plan(suite: str, opt: Optimizer, config, baselines=config_lib.BASELINES,
+         families=None) -> list[FamilyPlan]:
   """The families, lengths and baselines of ``suite`` for optimizer ``opt`` (long horizon:
-  tuned constant Adam only, run as long as the learned optimizer)."""
+  tuned constant Adam only, run as long as the learned optimizer).
+
+  ``families`` (long horizon only) replaces the training family by these, each at 10x the
+  training horizon: e.g. one member of a mixture on its own draws, so that a member that a
+  mixture's suite samples only a few times gets as many long runs as asked for.
+  """
   if suite not in config_lib.SUITES:
     raise EvalError(f"unknown suite {suite!r}; valid: {', '.join(config_lib.SUITES)}")
+  if families and suite != "long_horizon":
+    raise EvalError(f"suite {suite!r} names its own families; only long_horizon takes families")
   baselines = tuple(baselines)
   if suite == "in_distribution":
     return [FamilyPlan(training_family(opt), config.num_steps, baselines)]
@@ -212,7 +219,8 @@ def plan(suite: str, opt: Optimizer, config,
     return [FamilyPlan(f, config.num_steps, baselines)
             for f in out_of_distribution_families(opt)]
   length = LONG_HORIZON_FACTOR * training_horizon(opt)
-  return [FamilyPlan(training_family(opt), length, ("adam",), envelope_factor=1.0)]
+  return [FamilyPlan(f, length, ("adam",), envelope_factor=1.0)
+          for f in (families or [training_family(opt)])]
 
 
 def check_families(names) -> None:

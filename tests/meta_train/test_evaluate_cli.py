@@ -79,11 +79,19 @@ def test_an_out_that_cannot_be_a_report_directory_fails_before_any_evaluation(tm
   assert cli._out_dir_problem(str(tmp_path / "new" / "deeper")) is None
 
 
-def test_usage_errors_are_one_line_with_exit_2(capsys):
+def test_usage_errors_are_one_line_with_exit_2(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    cli.main(["pretrained:default", "--out", "x"])  # neither --suite nor --family
+    cli.main(["pretrained:default", "--suite"])  # argparse's own: --suite needs a value
   assert e.value.code == 2
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
+  out = str(tmp_path / "o")
+  for args, needle in [([], "--suite SUITE or --family NAME"),
+                       (["--suite", "in_distribution", "--family", "quadratic"],
+                        "only long_horizon takes --family")]:
+    assert cli.main(["pretrained:default", *args, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+  assert not os.path.exists(out)
 
 
 def test_help_lists_the_suites(capsys):
@@ -137,6 +145,26 @@ def test_long_horizon_reads_max_horizon_and_the_old_horizon_field(tmp_path):
       "task": {"family": "quadratic"}, "estimator": {"min_horizon": 20, "max_horizon": 40}}})
   (lh,) = suites.plan("long_horizon", suites.load_optimizer(path), config_lib.EvalConfig())
   assert lh.num_steps == 400
+
+
+def test_long_horizon_on_named_families(tmp_path):
+  # --suite long_horizon --family F...: those families (e.g. one member of a mixture) at 10x
+  # the training horizon, tuned constant Adam of the same length, speed-ups capped at 1.
+  opt = suites.load_optimizer(_save(tmp_path / "m.safetensors", "mixture", horizon=50))
+  cfg = config_lib.EvalConfig()
+  plans = suites.plan("long_horizon", opt, cfg, families=["quadratic", "diffusion_digits"])
+  assert [(p.family, p.num_steps, p.baselines, p.envelope_factor) for p in plans] == [
+      ("quadratic", 500, ("adam",), 1.0), ("diffusion_digits", 500, ("adam",), 1.0)]
+  with pytest.raises(suites.EvalError, match="only long_horizon takes families"):
+    suites.plan("in_distribution", opt, cfg, families=["quadratic"])
+  # From the command line: the named family's runs, 10x the file's horizon of 3.
+  path, out = _save(tmp_path / "q.safetensors", "mixture", horizon=3), tmp_path / "lh"
+  assert cli.main([path, "--suite", "long_horizon", "--family", "quadratic", "--num-tasks", "2",
+                   "--num-seeds", "1", "--no-cache", "--out", str(out)]) == 0
+  results = json.loads((out / "eval.json").read_text())["results"]
+  assert [(r["family"], r["suite"], r["num_steps"], r["baseline"], r["num_runs"])
+          for r in results] == [("quadratic", "long_horizon", 30, "adam", 2)] * len(results)
+  assert results[0]["optimizer"] == path and results[0]["speedup_cap"] == 1.0
 
 
 def test_eval_draws_are_not_meta_trainings_keys():
