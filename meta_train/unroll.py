@@ -108,6 +108,15 @@ class UnrollConfig:
       diverging particle costs a bounded amount and the meta-gradient follows directions,
       not the magnitude of a few exploded losses (VeLO, arXiv 2211.09760, App. C). ``0``: the
       task's ceiling.
+    rise_penalty: ``λ > 0``: each step's meta-loss ``ℓ̂_t`` becomes ``ℓ̂_t + λ max(0, ℓ̂_t -
+      min_{s<t} ℓ̂_s)``, the minimum over the earlier steps of the same run inside this
+      truncation (after ``log_meta_loss``'s log, before ``end_weight``'s weights). The mean
+      over steps pays for a loss spike or a slow climb only by its height over the steps it
+      lasts; this term makes every rise above the run's best loss so far cost ``1 + λ`` times
+      as much, so the estimators see perturbations that destabilise a run, which at 10x the
+      meta-training horizon diverge (reports/experiments/LOG.md #124). Antithetic pairs share
+      their batches, so the rises batch noise alone makes largely cancel in their difference.
+      ``0``: none. Not with ``final_batches`` (it scores the final loss, not the steps).
   """
 
   truncation_length: int = 20
@@ -121,6 +130,7 @@ class UnrollConfig:
   horizon_aware: bool = False
   param_scale: float = 1.0
   loss_clip: float = 0.0
+  rise_penalty: float = 0.0
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -150,6 +160,14 @@ class UnrollConfig:
             and 0.0 <= self.loss_clip < math.inf):
       raise errors.FieldError(owner, "loss_clip", f"must be a finite number >= 0 (0: the task's "
                                                   f"ceiling), got {self.loss_clip!r}")
+    if not (isinstance(self.rise_penalty, (int, float)) and not isinstance(self.rise_penalty, bool)
+            and 0.0 <= self.rise_penalty < math.inf):
+      raise errors.FieldError(owner, "rise_penalty", f"must be a finite number >= 0 (0: none), "
+                                                     f"got {self.rise_penalty!r}")
+    if self.final_batches and self.rise_penalty:
+      raise errors.FieldError(owner, "rise_penalty", "penalises rises between the steps' losses, "
+                                                     "which final_batches replaces by the final "
+                                                     "loss; set one of them")
     if self.final_batches and self.end_weight:
       raise errors.FieldError(owner, "end_weight", "weights the steps' losses, which "
                                                    "final_batches replaces by the final loss; "
@@ -419,6 +437,7 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
 
   def body(carry, xs):
     (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh = xs
+    carry, low = carry
     # The run that ended at the previous step is replaced by the fresh run before this step.
     params, opt_state = _select(start_fresh, fresh_inner, carry)
     # Task parameters are loop invariants (not carried): selecting them here lets XLA fuse the
@@ -442,10 +461,16 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
     norm, bad = _normalised(task, raw, config.loss_clip)
     if config.log_meta_loss:
       norm = _log_loss(norm)
-    return (new_params, opt_state), (norm, bad)
+    if config.rise_penalty:  # the rise over this run's lowest earlier loss in the truncation
+      low = jnp.where(start_fresh, jnp.inf, low)
+      rise = jnp.where(jnp.isfinite(low), jnp.maximum(norm - low, 0.0), 0.0)
+      low = jnp.minimum(low, norm)
+      norm = norm + jnp.float32(config.rise_penalty) * rise
+    return ((new_params, opt_state), low), (norm, bad)
 
-  (params, opt_state), (losses, nonfinite) = jax.lax.scan(
-      body, inner, (data, index == until_reset, after_reset), length=num_steps)
+  ((params, opt_state), _), (losses, nonfinite) = jax.lax.scan(
+      body, (inner, jnp.float32(jnp.inf)), (data, index == until_reset, after_reset),
+      length=num_steps)
   if config.end_weight:  # each step's weight (p + 1) (t/T)^p, t/T its run's fraction after it
     done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
     fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)

@@ -138,6 +138,9 @@ class EstimatorConfig:
                                             "non-finite one counting as it (about x the "
                                             "initial loss; learned_optimization: 1.3; 0: the "
                                             "task's ceiling)")
+  rise_penalty: float = _est("rise_penalty", help="l: each step's meta-loss plus l times its "
+                                                  "rise over the run's lowest earlier loss "
+                                                  "in the truncation (0: none)")
   group_by_member: bool = _f(False, help="with a mixture family: one particle group per "
                                         "member family, combined with the mixture's weights "
                                         "(meta_train/estimators/grouped.py)")

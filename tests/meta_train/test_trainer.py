@@ -90,7 +90,7 @@ def test_diverging_inner_training_never_reaches_meta_params():
 
 
 _UNROLL = ("truncation_length", "min_horizon", "max_horizon", "meta_loss", "log_meta_loss",
-           "end_weight", "stagger", "horizon_aware", "param_scale", "loss_clip")
+           "end_weight", "stagger", "horizon_aware", "param_scale", "loss_clip", "rise_penalty")
 
 
 @pytest.mark.parametrize("name, cls, own", [("tbptt", TBPTT, {"num_particles": 3}),
@@ -135,11 +135,11 @@ _PES_FIELDS = ", ".join(_UNROLL + ("num_pairs", "sigma", "sign_delta"))
     ("full_es", {"truncation_length": 5, "min_horizon": 20, "max_horizon": 20},
      "estimator 'full_es' has no field 'truncation_length'; its fields: min_horizon, max_horizon, "
      "meta_loss, log_meta_loss, end_weight, final_batches, horizon_aware, param_scale, loss_clip, "
-     "num_pairs, sigma, sign_delta"),
+     "rise_penalty, num_pairs, sigma, sign_delta"),
     ("full_es", {"stagger": False}, "estimator 'full_es' has no field 'stagger'; its fields: "
                                     "min_horizon, max_horizon, meta_loss, log_meta_loss, "
                                     "end_weight, final_batches, horizon_aware, param_scale, "
-                                    "loss_clip, num_pairs, sigma, sign_delta"),
+                                    "loss_clip, rise_penalty, num_pairs, sigma, sign_delta"),
     ("tbptt", {"truncation_length": 30, "min_horizon": 20, "max_horizon": 20},
      "UnrollConfig.truncation_length: must not exceed min_horizon (20), got 30"),
     ("tbptt", {"num_particles": 0}, "TBPTT.num_particles: must be > 0, got 0"),

@@ -321,6 +321,37 @@ def test_end_weight_scales_each_steps_loss_by_its_run_fraction():
     ul.UnrollConfig(end_weight=-1.0)
 
 
+def test_rise_penalty_adds_each_steps_rise_over_the_runs_lowest_earlier_loss():
+  # Horizon 6, truncations of 4: the first unroll holds steps 1..4 of a run, the second steps
+  # 5, 6 of it and steps 1, 2 of the next. Worked by hand from the plain losses ℓ: step i pays
+  # ℓ_i + λ max(0, ℓ_i - min of the same run's earlier losses in this truncation), nothing at a
+  # truncation's or a run's first step; the inner run itself is unchanged.
+  lam = 0.5
+  penalised = dataclasses.replace(CONFIG, rise_penalty=lam)
+  ps = ul.fresh_particle(LOPT, NOISY, CONFIG, THETA, ul.key_data(jax.random.key(5)))
+  saw_rise = False
+  for runs in ([[0, 1, 2, 3]], [[0, 1], [2, 3]]):
+    new_a, out_a = _unroll_fn(NOISY, CONFIG)(THETA, ps)
+    new_b, out_b = _unroll_fn(NOISY, penalised)(THETA, ps)
+    plain = np.asarray(out_a.losses, np.float64)
+    expected = plain.copy()
+    for run in runs:
+      for j, i in enumerate(run[1:], 1):
+        rise = max(0.0, plain[i] - min(plain[k] for k in run[:j]))
+        saw_rise |= rise > 0
+        expected[i] += lam * rise
+    np.testing.assert_allclose(out_b.losses, expected, rtol=1e-6)
+    np.testing.assert_allclose(out_b.meta_loss, expected.mean(), rtol=1e-6)
+    np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
+    ps = new_a
+  assert saw_rise  # the noisy quadratic's losses do rise somewhere: the term was exercised
+  for bad in (-0.1, float("inf"), True, "1"):
+    with pytest.raises(errors.FieldError, match="rise_penalty: must be a finite number >= 0"):
+      ul.UnrollConfig(rise_penalty=bad)
+  with pytest.raises(errors.FieldError, match="rise_penalty: penalises rises between"):
+    ul.UnrollConfig(final_batches=2, rise_penalty=1.0)
+
+
 def test_loss_clip_clips_each_steps_normalised_loss_and_counts_nonfinite_as_the_clip():
   # The same particle unrolled with and without loss_clip: each step's normalised loss is
   # min(ℓ̂, c), the meta-loss their mean, the inner run itself unchanged.
