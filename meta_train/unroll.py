@@ -112,10 +112,11 @@ class UnrollConfig:
       min_{s<t} ℓ̂_s)``, the minimum over the earlier steps of the same run inside this
       truncation (after ``log_meta_loss``'s log, before ``end_weight``'s weights). The mean
       over steps pays for a loss spike or a slow climb only by its height over the steps it
-      lasts; this term makes every rise above the run's best loss so far cost ``1 + λ`` times
-      as much, so the estimators see perturbations that destabilise a run, which at 10x the
-      meta-training horizon diverge (reports/experiments/LOG.md #124). Antithetic pairs share
-      their batches, so the rises batch noise alone makes largely cancel in their difference.
+      lasts; this term makes every rise above the run's lowest loss so far (in the truncation)
+      cost ``1 + λ`` times as much, so the estimators see the perturbations that destabilise a
+      run, the runs that at 10x the meta-training horizon diverge (reports/experiments/LOG.md
+      #124, #128/#129). Antithetic pairs share their batches, so the rises that batch noise
+      alone makes largely cancel in their difference.
       ``0``: none. Not with ``final_batches`` (it scores the final loss, not the steps).
   """
 
