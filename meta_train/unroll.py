@@ -464,7 +464,7 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
       norm = _log_loss(norm)
     if config.rise_penalty:  # the rise over this run's lowest earlier loss in the truncation
       low = jnp.where(start_fresh, jnp.inf, low)
-      rise = jnp.where(jnp.isfinite(low), jnp.maximum(norm - low, 0.0), 0.0)
+      rise = jnp.maximum(norm - low, 0.0)  # 0 at the run's first step here (low = inf)
       low = jnp.minimum(low, norm)
       norm = norm + jnp.float32(config.rise_penalty) * rise
     return ((new_params, opt_state), low), (norm, bad)
