@@ -150,6 +150,10 @@ class EstimatorConfig:
   group_clip: float = _f(grouped.GroupedEstimator.group_clip,
                          help="with group_by_member: clip each group's meta-gradient to this "
                               "global norm before the weighted sum (0: no clip)")
+  member_overrides: dict[str, Any] = _f(
+      help="with group_by_member: {member: {field: value}}, estimator settings of one "
+           "member's group in place of this section's (e.g. {\"diffusion_digits\": "
+           "{\"rise_penalty\": 3}})", factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from meta_train import errors
 from meta_train.config import parsing
@@ -444,16 +444,34 @@ def build_estimator(cfg: RunConfig, lopt, family):
   if spec.group_clip and not spec.group_by_member:
     raise ConfigError("estimator.group_clip", "is only used with estimator.group_by_member="
                                               "true; remove it or set group_by_member")
+  if spec.member_overrides and not spec.group_by_member:
+    raise ConfigError("estimator.member_overrides", "is only used with estimator."
+                                                    "group_by_member=true; remove it or set "
+                                                    "group_by_member")
   try:
     if spec.group_by_member:
       fields = {f: getattr(spec, f) for f in registry.estimator_fields(spec.name)}
       return grouped.grouped_estimator(spec.name, lopt, family, spec.member_pairs,
-                                       spec.group_clip, **fields)
+                                       spec.group_clip, _typed_overrides(spec), **fields)
     return registry.build_estimator(spec, lopt, family)
   except errors.FieldError as e:
     path = {"family": "task.family", "weights": "task.kwargs"}.get(
         e.field, f"estimator.{e.field if hasattr(spec, e.field) else 'group_by_member'}")
     raise ConfigError(path, e.message) from None
+
+
+def _typed_overrides(spec: schema.EstimatorConfig) -> dict[str, dict[str, Any]]:
+  """``estimator.member_overrides`` with each value converted to its ``estimator.<field>``
+  type (JSON gives ``3`` for ``3.0``); names and fields are checked by the grouped estimator."""
+  types = parsing.hints(schema.EstimatorConfig)
+  out = {}
+  for member, own in spec.member_overrides.items():
+    if not isinstance(own, Mapping):
+      out[member] = own  # refused, with its member's name, by grouped_estimator
+      continue
+    out[member] = {f: parsing.convert(v, types[f], f"estimator.member_overrides.{member}.{f}")
+                   if f in types else v for f, v in own.items()}
+  return out
 
 
 def get_family(name: str):

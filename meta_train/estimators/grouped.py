@@ -11,7 +11,10 @@ family's unroll: a :class:`tasks.MixtureFamily` under ``vmap`` computes every me
 every step (its ``lax.switch`` becomes a select), so a step of K members with N particles costs
 K·N member steps of which N are used; here a group of ``N_i`` particles costs ``N_i`` steps of
 its own family. Every member also gets a fixed share of the particles (no draw leaves a
-family out of an estimate), and a costly member can get fewer (``member_pairs``).
+family out of an estimate), and a costly member can get fewer (``member_pairs``). A member's
+group can also take its own estimator settings (``member_overrides``): the meta-objective's
+terms, for one, so that a stability term acts on the members whose long runs fail and leaves
+the others' objective as it is (reports/experiments/LOG.md #129).
 
 With ``group_clip = c > 0`` each group's estimate is first clipped to global norm ``c``,
 ``ĝ_i ← ĝ_i · min(1, c / ‖ĝ_i‖)``: the families' estimates differ in noise by an order of
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -95,8 +98,7 @@ class GroupedEstimator:
   @property
   def group_names(self) -> tuple[str, ...]:
     """The member families' names, in group order (made unique with an index if repeated)."""
-    names = [getattr(g.family, "name", f"group{i}") for i, g in enumerate(self.groups)]
-    return tuple(n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names))
+    return _member_names([g.family for g in self.groups])
 
   def init(self, key: jax.Array, meta_params: Any) -> tuple[Any, ...]:
     """The groups' initial states (group ``i`` from ``fold_in(key, i)``)."""
@@ -146,6 +148,7 @@ def combine_metrics(per_group: Sequence[dict[str, jax.Array]], weights: Sequence
 def grouped_estimator(name: str, lopt: Any, family: Any,
                       member_pairs: Sequence[int] | None = None,
                       group_clip: float = GroupedEstimator.group_clip,
+                      member_overrides: Mapping[str, Mapping[str, Any]] | None = None,
                       **fields: Any) -> GroupedEstimator:
   """Estimator ``name`` built once per member of the mixture ``family``, grouped.
 
@@ -157,11 +160,16 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
     member_pairs: pairs (particles for ``tbptt``) of each member's group, in member order;
       ``None``: every group takes ``fields``' count (or the estimator's default).
     group_clip: clip each group's estimate to this global norm before the sum (0: no clip).
+    member_overrides: ``{member name: {field: value}}``: estimator settings of that member's
+      group that replace ``fields``' (e.g. ``{"diffusion_digits": {"rise_penalty": 3.0}}``);
+      a repeated member is named as in :attr:`GroupedEstimator.group_names`. Counts go in
+      ``member_pairs``.
     **fields: the estimator's settings (:func:`meta_train.estimators.registry.make_estimator`).
 
   Raises:
-    meta_train.errors.FieldError: ``family`` is not a mixture, or ``member_pairs`` does not
-      give one positive count per member.
+    meta_train.errors.FieldError: ``family`` is not a mixture, ``member_pairs`` does not give
+      one positive count per member, or ``member_overrides`` names no member, a field the
+      estimator does not take, or the count.
   """
   if not isinstance(family, tasks.MixtureFamily):
     raise errors.FieldError("GroupedEstimator", "family",
@@ -176,14 +184,59 @@ def grouped_estimator(name: str, lopt: Any, family: Any,
       raise errors.FieldError("GroupedEstimator", "member_pairs",
                               f"must be {len(members)} positive ints (one per member of "
                               f"{[m.name for m in members]}), got {member_pairs!r}")
+  names = _member_names(members)
+  overrides = _check_overrides(name, names, member_overrides or {})
   groups = []
   for i, member in enumerate(members):
     own = dict(fields)
     if member_pairs is not None:
       own[count_field] = member_pairs[i]
-    groups.append(registry.make_estimator(name, lopt, member, **own))
+    own.update(overrides.get(names[i], {}))
+    try:
+      groups.append(registry.make_estimator(name, lopt, member, **own))
+    except errors.FieldError as e:
+      if e.field not in overrides.get(names[i], {}):
+        raise
+      raise errors.FieldError("GroupedEstimator", "member_overrides",
+                              f"{names[i]}.{e.field}: {e.message}") from None
   weights = family.weights if family.weights is not None else (1.0,) * len(members)
   return GroupedEstimator(tuple(groups), tuple(weights), family, group_clip)
+
+
+def _member_names(families: Sequence[Any]) -> tuple[str, ...]:
+  """The families' names, made unique with their index where a name repeats."""
+  names = [getattr(f, "name", f"group{i}") for i, f in enumerate(families)]
+  return tuple(n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names))
+
+
+def _check_overrides(name: str, members: Sequence[str],
+                     overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """``member_overrides`` as plain dicts, after checking members and fields by name."""
+  if not isinstance(overrides, Mapping):
+    raise errors.FieldError("GroupedEstimator", "member_overrides",
+                            f"must map member names to estimator settings, got {overrides!r}")
+  takes, count = registry.estimator_fields(name), registry.count_field(name)
+  out = {}
+  for member, own in overrides.items():
+    if member not in members:
+      raise errors.FieldError("GroupedEstimator", "member_overrides",
+                              f"names {member!r}, which is not a member; the members are "
+                              f"{list(members)}")
+    if not isinstance(own, Mapping) or not own:
+      raise errors.FieldError("GroupedEstimator", "member_overrides",
+                              f"{member!r} must map to a non-empty dict of estimator "
+                              f"settings, got {own!r}")
+    for field in own:
+      if field == count:
+        raise errors.FieldError("GroupedEstimator", "member_overrides",
+                                f"sets {field} for {member!r}: a group's count goes in "
+                                f"member_pairs")
+      if field not in takes:
+        raise errors.FieldError("GroupedEstimator", "member_overrides",
+                                f"sets {field!r} for {member!r}, which estimator {name!r} "
+                                f"does not take; its fields: {', '.join(takes)}")
+    out[member] = dict(own)
+  return out
 
 
 def _fold(key: jax.Array, i: int) -> jax.Array:

@@ -52,7 +52,8 @@ def test_presets_keep_their_meaning_after_the_estimator_renames():
 def test_estimator_fields_are_the_registry_fields():
   """Every setting of every registered estimator is an ``estimator.*`` field of the same name."""
   names = {f.name for f in dataclasses.fields(C.EstimatorConfig)}
-  used = {"name", "group_by_member", "member_pairs", "group_clip"}  # estimators/grouped.py's
+  used = {"name", "group_by_member", "member_pairs", "group_clip",  # estimators/grouped.py's
+          "member_overrides"}
   for name in registry.ESTIMATORS:
     assert set(registry.estimator_fields(name)) <= names, name
     used |= set(registry.estimator_fields(name))

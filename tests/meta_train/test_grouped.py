@@ -89,6 +89,43 @@ def test_group_clip_clips_each_groups_estimate_before_the_sum():
     grouped.grouped_estimator("pes", lopt, family, group_clip=-1.0, **kw)
 
 
+def test_member_overrides_set_one_groups_own_estimator_settings():
+  lopt, family = _lopt(), _family()
+  kw = dict(member_pairs=(2, 1), sigma=0.01, **UNROLL)
+  est = grouped.grouped_estimator("pes", lopt, family,
+                                  member_overrides={"quadratic1": {"log_meta_loss": True,
+                                                                   "sigma": 0.02}}, **kw)
+  assert [g.unroll.log_meta_loss for g in est.groups] == [False, True]
+  assert [g.sigma for g in est.groups] == [0.01, 0.02]
+  theta = lopt.init(jax.random.key(0))
+  state = jax.jit(est.init)(jax.random.key(1), theta)
+  grad, _, metrics = jax.jit(est.estimate)(theta, state, jax.random.key(2))
+  own = []
+  for i, (member, extra) in enumerate(zip(family.families, ({}, {"log_meta_loss": True,
+                                                                 "sigma": 0.02}))):
+    e = registry.make_estimator("pes", lopt, member, num_pairs=(2, 1)[i],
+                                **{**dict(sigma=0.01, **UNROLL), **extra})
+    s = jax.jit(e.init)(jax.random.fold_in(jax.random.key(1), i), theta)
+    own.append(jax.jit(e.estimate)(theta, s, jax.random.fold_in(jax.random.key(2), i)))
+  chex.assert_trees_all_close(grad, jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b,
+                                                 own[0][0], own[1][0]), rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(metrics["meta_loss/quadratic1"], own[1][2]["meta_loss"])
+  assert float(metrics["meta_loss/quadratic1"]) < 0  # the log of normalised losses below 1
+  assert float(metrics["meta_loss/quadratic0"]) > 0  # the other group's plain mean
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"quadratic": {"sigma": 0.1}}, r"names 'quadratic', which is not a member.*quadratic0"),
+    ({"quadratic0": {"num_pairs": 3}}, r"sets num_pairs for 'quadratic0'.*member_pairs"),
+    ({"quadratic0": {"bogus": 3}}, r"sets 'bogus' for 'quadratic0', which estimator 'pes'"),
+    ({"quadratic0": {}}, r"'quadratic0' must map to a non-empty dict"),
+    ({"quadratic1": {"rise_penalty": -1.0}}, r"quadratic1\.rise_penalty: must be a finite"),
+])
+def test_member_overrides_are_checked_by_name(overrides, message):
+  with pytest.raises(errors.FieldError, match=r"^GroupedEstimator\.member_overrides: " + message):
+    grouped.grouped_estimator("pes", _lopt(), _family(), member_overrides=overrides, **UNROLL)
+
+
 def test_weights_are_normalised_and_checked():
   lopt = _lopt()
   est = grouped.grouped_estimator("pes", lopt, _family((1.0, 1.0)), num_pairs=1, **UNROLL)
@@ -142,6 +179,22 @@ def test_config_builds_grouped_estimators_and_names_bad_fields():
     config_lib.resolve("smoke", ["estimator.group_clip=1.0"])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.group_clip: must be a finite"):
     config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.group_clip=-1"])
+  # member_overrides: JSON values typed as their estimator.<field> (3 -> 3.0), errors by path.
+  own = config_lib.build_estimator(
+      config_lib.resolve("smoke", SMOKE_GROUPED + [
+          'estimator.member_overrides={"quadratic1": {"rise_penalty": 3}}']),
+      config_lib.build_optimizer(cfg), config_lib.build_family(cfg))
+  assert [g.unroll.rise_penalty for g in own.groups] == [0.0, 3.0]
+  assert isinstance(own.groups[1].unroll.rise_penalty, float)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^estimator\.member_overrides: .*group_by_member"):
+    config_lib.resolve("smoke", ['estimator.member_overrides={"quadratic": {"sigma": 0.1}}'])
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^estimator\.member_overrides\.quadratic1\.sigma: expected float"):
+    config_lib.resolve("smoke", SMOKE_GROUPED + [
+        'estimator.member_overrides={"quadratic1": {"sigma": "x"}}'])
+  with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_overrides: names 'q'"):
+    config_lib.resolve("smoke", SMOKE_GROUPED + ['estimator.member_overrides={"q": {"sigma": 1}}'])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: must be 2"):
     config_lib.resolve("smoke", SMOKE_GROUPED + ["estimator.member_pairs=[2]"])
   with pytest.raises(config_lib.ConfigError, match=r"^estimator\.member_pairs: a group's 3 pairs"):
