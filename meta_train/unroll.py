@@ -39,11 +39,10 @@ import optax
 
 from learned_opt import base as lopt_base
 from meta_train import errors
+from meta_train import objective as objective_lib
 from tasks import base as task_base
 
 META_LOSSES = ("train", "valid")
-#: ``ε`` of ``UnrollConfig.log_meta_loss``: normalised losses below ~1e-8 count as 1e-8.
-LOG_META_LOSS_EPS = 1e-8
 
 # Values folded into a run key to derive independent streams: the next run, the new run's task,
 # initial parameters and horizon, then the keys of step s at 4 + 3 s + role for the roles
@@ -78,17 +77,11 @@ class UnrollConfig:
       ``[min_horizon, max_horizon]`` (equal values give a fixed horizon).
     meta_loss: ``"train"``: normalised training loss at each step's parameters, or
       ``"valid"``: normalised loss on a ``"valid"`` batch after each step.
-    log_meta_loss: average ``log(max(ℓ̂, 0) + ε)`` of each step's normalised loss ``ℓ̂``
-      instead of ``ℓ̂`` itself (``ε`` = :data:`LOG_META_LOSS_EPS`; a noisy quadratic's train
-      loss can be negative, and counts as zero). The plain mean is dominated by a run's
-      first steps, where the loss is large; in log space a factor of 4 at the end of a run
-      counts as much as a factor of 4 at its start, so annealing to a lower final loss pays
-      (the log-loss meta-objectives of Metz et al. 2020, arXiv 2009.11243, Sec. 3.2).
+    log_meta_loss: each step's normalised loss ``ℓ̂`` becomes ``log(max(ℓ̂, 0) + ε)``
+      (:func:`meta_train.objective.log_loss`).
     end_weight: ``p``: each step's meta-loss is weighted by ``(p + 1) (t/T)^p``, ``t`` the
-      steps its run has done after it and ``T`` the run's horizon (the weights of a whole run
-      average to about 1). ``0`` weights every step alike; larger ``p`` moves the objective
-      towards the end of the run, which is where every goal is read (VeLO meta-trains on the
-      final loss, ``loss_type="last_recompute"``; Metz et al. 2022, arXiv 2211.09760, App. C).
+      steps its run has done after it and ``T`` the run's horizon
+      (:func:`meta_train.objective.end_weight`; ``0``: every step alike).
     final_batches: ``n > 0``: the meta-loss is the run's *final* normalised loss, recomputed
       on ``n`` fresh batches of the meta-loss split (``meta_loss``) and averaged, instead of
       the mean over its steps (VeLO's ``loss_type="last_recompute"``; Metz et al. 2022, arXiv
@@ -102,22 +95,17 @@ class UnrollConfig:
       tensor, drawn from the run key); the optimizer sees ``q`` and ``∂L/∂q = s ∂L/∂p``, the
       losses are unchanged (Celo, arXiv 2501.12670, Sec. 4; VeLO, arXiv 2211.09760, App. C).
     loss_clip: ``c > 0``: every normalised loss is clipped at ``c`` (a non-finite one counts
-      as ``c``) instead of at the task's ``ceiling``. The registered families' normalisers
-      start a run near 1, so ``c`` is about ``c`` times a run's initial loss:
-      learned_optimization clips at about 1.3x it (``lopt_truncated_step.py``), so that a
-      diverging particle costs a bounded amount and the meta-gradient follows directions,
-      not the magnitude of a few exploded losses (VeLO, arXiv 2211.09760, App. C). ``0``: the
-      task's ceiling.
+      as ``c``) instead of at the task's ``ceiling`` (:func:`meta_train.objective.normalised`;
+      the registered families' normalisers start a run near 1, so ``c`` is about ``c`` times
+      a run's initial loss; learned_optimization clips at about 1.3). ``0``: the ceiling.
     rise_penalty: ``λ > 0``: each step's meta-loss ``ℓ̂_t`` becomes ``ℓ̂_t + λ max(0, ℓ̂_t -
       min_{s<t} ℓ̂_s)``, the minimum over the earlier steps of the same run inside this
-      truncation (after ``log_meta_loss``'s log, before ``end_weight``'s weights). The mean
-      over steps pays for a loss spike or a slow climb only by its height over the steps it
-      lasts; this term makes every rise above the run's lowest loss so far (in the truncation)
-      cost ``1 + λ`` times as much, so the estimators see the perturbations that destabilise a
-      run, the runs that at 10x the meta-training horizon diverge (reports/experiments/LOG.md
-      #124, #128/#129). Antithetic pairs share their batches, so the rises that batch noise
-      alone makes largely cancel in their difference.
-      ``0``: none. Not with ``final_batches`` (it scores the final loss, not the steps).
+      truncation (:func:`meta_train.objective.rise_penalty`). ``0``: none. Not with
+      ``final_batches`` (it scores the final loss, not the steps).
+
+  The meta-objective's terms apply in the order ``log_meta_loss``, ``rise_penalty``,
+  ``end_weight`` (:func:`meta_train.objective.from_config`); a grouped estimator can set them
+  per member family (``estimator.member_overrides``).
   """
 
   truncation_length: int = 20
@@ -436,9 +424,17 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
   inner = (particle.params, particle.opt_state)
   fresh_inner = (fresh.params, fresh.opt_state)
 
+  # Each step's context for the meta-objective's terms: does a run start here, and the
+  # fraction t/T of its run done after it.
+  done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
+  fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
+  contexts = objective_lib.StepContext(index == until_reset, fraction)
+  objective = objective_lib.from_config(config)
+
   def body(carry, xs):
-    (batch, k_loss, valid_batch, k_valid), start_fresh, is_fresh = xs
-    carry, low = carry
+    (batch, k_loss, valid_batch, k_valid), context, is_fresh = xs
+    start_fresh = context.run_start
+    carry, terms = carry
     # The run that ended at the previous step is replaced by the fresh run before this step.
     params, opt_state = _select(start_fresh, fresh_inner, carry)
     # Task parameters are loop invariants (not carried): selecting them here lets XLA fuse the
@@ -459,23 +455,12 @@ def unroll(lopt: lopt_base.LearnedOptimizer, family: task_base.TaskFamily, confi
       raw = loss
     else:
       raw = loss_fn(new_params, wrap_key(k_valid), valid_batch)
-    norm, bad = _normalised(task, raw, config.loss_clip)
-    if config.log_meta_loss:
-      norm = _log_loss(norm)
-    if config.rise_penalty:  # the rise over this run's lowest earlier loss in the truncation
-      low = jnp.where(start_fresh, jnp.inf, low)
-      rise = jnp.maximum(norm - low, 0.0)  # 0 at the run's first step here (low = inf)
-      low = jnp.minimum(low, norm)
-      norm = norm + jnp.float32(config.rise_penalty) * rise
-    return ((new_params, opt_state), low), (norm, bad)
+    norm, bad = objective_lib.normalised(task, raw, config.loss_clip)
+    norm, terms = objective.apply(norm, terms, context)
+    return ((new_params, opt_state), terms), (norm, bad)
 
   ((params, opt_state), _), (losses, nonfinite) = jax.lax.scan(
-      body, (inner, jnp.float32(jnp.inf)), (data, index == until_reset, after_reset),
-      length=num_steps)
-  if config.end_weight:  # each step's weight (p + 1) (t/T)^p, t/T its run's fraction after it
-    done = jnp.where(after_reset, index - until_reset, particle.step + index) + 1
-    fraction = done / jnp.where(after_reset, fresh.horizon, particle.horizon)
-    losses = losses * ((config.end_weight + 1.0) * fraction ** config.end_weight)
+      body, (inner, objective.init()), (data, contexts, after_reset), length=num_steps)
   # A run ending at the last step is replaced after the scan.
   final_params = params
   params, opt_state = _select(until_reset == num_steps, fresh_inner, (params, opt_state))
@@ -516,31 +501,13 @@ def final_loss(family: task_base.TaskFamily, config: UnrollConfig, task_params: 
 
   def one(k):
     k_batch, k_loss = jax.random.split(k)
-    return _normalised(task, task.loss(_scaled(params, scales), k_loss,
-                                       task.sample_batch(k_batch, config.meta_loss)),
-                       config.loss_clip)
+    return objective_lib.normalised(task, task.loss(_scaled(params, scales), k_loss,
+                                                    task.sample_batch(k_batch, config.meta_loss)),
+                                    config.loss_clip)
 
   norms, bad = jax.vmap(one)(keys)
   value = jnp.mean(norms)
-  return (_log_loss(value) if config.log_meta_loss else value), jnp.sum(bad)
-
-
-def _normalised(task, raw: jax.Array, clip: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """``(normalised loss, 1 if non-finite)``: the task's normaliser of ``raw`` clipped at
-  ``clip`` (``0``: none), the ceiling (or ``clip``) when ``raw`` is not finite (float32, int32)."""
-  finite = jnp.isfinite(raw)
-  ceiling = jnp.asarray(task.ceiling, jnp.float32)
-  norm = task.normalizer(jnp.where(finite, raw, 0.0))
-  if clip:
-    ceiling = jnp.minimum(ceiling, jnp.float32(clip))
-    norm = jnp.minimum(norm, ceiling)
-  norm = jnp.where(finite, norm, ceiling)
-  return norm.astype(jnp.float32), (~finite).astype(jnp.int32)
-
-
-def _log_loss(norm: jax.Array) -> jax.Array:
-  """``log(max(ℓ̂, 0) + ε)`` of ``log_meta_loss``."""
-  return jnp.log(jnp.maximum(norm, 0.0) + LOG_META_LOSS_EPS)
+  return (objective_lib.safe_log(value) if config.log_meta_loss else value), jnp.sum(bad)
 
 
 def _step_data(family: task_base.TaskFamily, config: UnrollConfig, task_params: Any,

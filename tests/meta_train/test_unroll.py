@@ -10,6 +10,7 @@ import pytest
 
 import learned_opt
 from meta_train import errors
+from meta_train import objective
 from meta_train import unroll as ul
 from tasks import base as task_base
 from tasks.quadratic import QuadraticFamily
@@ -296,7 +297,7 @@ def test_log_meta_loss_is_the_log_of_each_steps_normalised_loss():
     new_a, out_a = _unroll_fn(NOISY, plain)(THETA, ps)
     new_b, out_b = _unroll_fn(NOISY, logged)(THETA, ps)
     expected = np.log(np.maximum(np.asarray(out_a.losses, np.float64), 0.0)
-                      + ul.LOG_META_LOSS_EPS)
+                      + objective.LOG_EPS)
     np.testing.assert_allclose(out_b.losses, expected, rtol=1e-5)
     np.testing.assert_allclose(out_b.meta_loss, expected.mean(), rtol=1e-5)
     np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
@@ -367,9 +368,9 @@ def test_loss_clip_clips_each_steps_normalised_loss_and_counts_nonfinite_as_the_
   np.testing.assert_array_equal(new_a.params["x"], new_b.params["x"])
   # A non-finite raw loss is the clip (below the ceiling), and counted.
   task = NOISY.task(ps.task_params)
-  norm, bad = ul._normalised(task, jnp.float32(jnp.nan), 1.3)
+  norm, bad = objective.normalised(task, jnp.float32(jnp.nan), 1.3)
   assert float(norm) == pytest.approx(1.3) and int(bad) == 1
-  norm, bad = ul._normalised(task, jnp.float32(jnp.nan))
+  norm, bad = objective.normalised(task, jnp.float32(jnp.nan))
   assert float(norm) == task.ceiling and int(bad) == 1
   for bad_clip in (-1.0, float("inf"), True):
     with pytest.raises(errors.FieldError, match="loss_clip: must be a finite number >= 0"):
