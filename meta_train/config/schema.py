@@ -152,8 +152,8 @@ class EstimatorConfig:
                               "global norm before the weighted sum (0: no clip)")
   member_overrides: dict[str, Any] = _f(
       help="with group_by_member: {member: {field: value}}, estimator settings of one "
-           "member's group in place of this section's (e.g. {\"diffusion_digits\": "
-           "{\"rise_penalty\": 3}})", factory=dict)
+           "member's group in place of this section's (e.g. {\"digits_mlp\": "
+           "{\"rise_penalty\": 1}})", factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

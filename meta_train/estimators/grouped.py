@@ -13,8 +13,8 @@ K·N member steps of which N are used; here a group of ``N_i`` particles costs `
 its own family. Every member also gets a fixed share of the particles (no draw leaves a
 family out of an estimate), and a costly member can get fewer (``member_pairs``). A member's
 group can also take its own estimator settings (``member_overrides``): the meta-objective's
-terms, for one, so that a stability term acts on the members whose long runs fail and leaves
-the others' objective as it is (reports/experiments/LOG.md #129).
+terms, for one, at a different weight per member (a stability term's weight per member is
+measured in reports/experiments/LOG.md #130-#134).
 
 With ``group_clip = c > 0`` each group's estimate is first clipped to global norm ``c``,
 ``ĝ_i ← ĝ_i · min(1, c / ‖ĝ_i‖)``: the families' estimates differ in noise by an order of
