@@ -12,6 +12,7 @@ from learned_opt.chain import Chain, chain
 from learned_opt.orthogonalize import Orthogonalize
 from learned_opt.param_scale import ParamScale
 from learned_opt.cosine_decay import CosineDecay
+from learned_opt.clip import ClipGradients
 from learned_opt.controller import TensorController
 from learned_opt import inits
 from learned_opt import experimental  # registers the pieces that older files may name
@@ -23,6 +24,7 @@ __all__ = [
     "AdafactorMLPOptimizer",
     "Adam",
     "Chain",
+    "ClipGradients",
     "FileFormatError",
     "LearnedOptimizer",
     "LearnedSchedule",
