@@ -52,7 +52,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
   with ``ParamScale(at_init=True)`` its scale is its RMS before its first update (the optax
   transform's ``init`` reads the same values when every tensor has a gradient from the first
   step). A
-  ``chain`` file applies when it is the MLP rule, optionally ``normalize_step``, then any of
+  ``chain`` file applies when it is optionally ``clip`` (over all the gradients of the step),
+  then the MLP rule, optionally ``normalize_step``, then any of
   the per-tensor pieces ``orthogonalize`` and ``param_scale``, then optionally a ``schedule``,
   then optionally the fixed ``cosine_decay`` (it decays over ``num_steps``); other compositions
   are refused naming their parts.
@@ -98,6 +99,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
           "run>.", NoHorizonWarning, stacklevel=2)
     super().__init__(params, {"lr": lr})
     self.rule = loaded.rule
+    self.clip = loaded.clip  # a chain's gradient clip, applied to every gradient first
     self.path = loaded.path
     self.num_steps = num_steps
 
@@ -144,11 +146,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
     device = devices.pop() if devices else torch.device("cpu")
     glob = dict(self._global_state(device))  # a new dict: state_dicts taken earlier keep theirs
     ctx = self.rule.begin_step(glob["step"], self.num_steps, _scalar(loss, device), glob, device)
-    for group, p in work:
+    grads = [p.grad for _, p in work]
+    if self.clip is not None:
+      grads = self.clip.clip(grads)
+    for (group, p), grad in zip(work, grads):
       state = self.state[p]
       if not state:
         state.update(self.rule.init_state(p))
-      update = self.rule.update(p.grad, p, state, ctx).to(p.dtype)
+      update = self.rule.update(grad, p, state, ctx).to(p.dtype)
       lr = group["lr"]
       if not (isinstance(lr, numbers.Real) and lr == 1.0):
         update = update * lr

@@ -1,4 +1,7 @@
-"""The per-tensor pieces a chain composes after the rule, in PyTorch.
+"""The pieces a chain composes around the rule, in PyTorch.
+
+:class:`GradientClip` applies :class:`learned_opt.ClipGradients` in front of the rule, to all
+of a step's gradients at once; the others act after it, per tensor or per step.
 
 :class:`OrthogonalizePiece` applies :class:`learned_opt.Orthogonalize` and
 :class:`ParamScalePiece` :class:`learned_opt.ParamScale` to one parameter tensor's float32
@@ -138,6 +141,37 @@ class CosineDecayFactor:
     frac = torch.clamp((t - warmup) / torch.clamp(n - warmup, min=1.0), 0.0, 1.0)
     cosine = phi + (1.0 - phi) * torch.square(torch.cos(0.5 * torch.pi * frac))
     return self.scale.to(device) * torch.where(t < warmup, ramp, cosine)
+
+
+class GradientClip:
+  """``learned_opt.ClipGradients``: the gradients of one step scaled to a global norm of at
+  most ``e^β · max_norm`` before the rule reads them (applied first, over every parameter)."""
+
+  name = "clip"
+
+  def __init__(self, path: str, config: dict[str, Any], meta_params: Any):
+    cfg = config_lib.ConfigReader(path, self.name, config)
+    self.max_norm = cfg.number("max_norm")
+    cfg.finish()
+    theta = config_lib.meta_tensors(cfg, meta_params, {"log_max_norm": ()})
+    # A float32 scalar, as the optax transform's e^β · max_norm.
+    self.limit = torch.exp(theta["log_max_norm"]) * self.max_norm
+
+  def clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``grads`` scaled by one factor, as :class:`learned_opt.ClipGradients` scales a tree: the
+    float32 norm over the finite entries, non-finite entries left as they are."""
+    if not grads:
+      return grads
+    device = grads[0].device
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for g in grads:
+      g = g.to(torch.float32)
+      total = total + torch.sum(torch.where(torch.isfinite(g), g * g, torch.zeros_like(g)))
+    norm = torch.sqrt(total)
+    limit = self.limit.to(device)
+    factor = torch.where(norm > limit, limit / torch.clamp(norm, min=1e-30),
+                         torch.ones((), dtype=torch.float32, device=device))
+    return [torch.where(torch.isfinite(g), g * factor.to(g.dtype), g) for g in grads]
 
 
 #: Part name -> torch piece class.

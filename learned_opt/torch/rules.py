@@ -33,12 +33,15 @@ class LoadedRule(NamedTuple):
     path: the file.
     pretrained_name: the shipped name it was asked for, or None for a path.
     horizon_aware: meta-trained seeing each run's length (from the file's provenance).
+    clip: the gradient clip a chain applies before the rule
+      (:class:`~learned_opt.torch.pieces.GradientClip`), or None.
   """
 
   rule: Any
   path: str
   pretrained_name: str | None
   horizon_aware: bool
+  clip: Any = None
 
 
 def _is_name(optimizer: str | os.PathLike) -> bool:
@@ -68,8 +71,9 @@ def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
   architecture, config, meta = contents.name, contents.config, contents.meta_params
   horizon_aware = bool(config.get("horizon_aware", False))
   if architecture == "chain":
-    rule, horizon_aware = _chain_rule(path, config, meta)
-    return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware)
+    rule, horizon_aware, clip = _chain_rule(path, config, meta)
+    return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware,
+                      clip=clip)
   if architecture not in RULES:
     hint = (f" (a hand-designed baseline: use {_BASELINES[architecture]})"
             if architecture in _BASELINES else "")
@@ -80,14 +84,19 @@ def load_rule(optimizer: str | os.PathLike) -> LoadedRule:
   return LoadedRule(rule=rule, path=path, pretrained_name=name, horizon_aware=horizon_aware)
 
 
-# The chains learned_opt.torch applies: the MLP rule, optionally normalised, then any per-tensor
-# pieces (learned_opt.torch.pieces), then optionally a learned schedule, then optionally the
-# fixed cosine decay.
-_CHAINS = "mlp, [normalize_step], [orthogonalize | param_scale ...], [schedule], [cosine_decay]"
+# The chains learned_opt.torch applies: optionally the gradient clip, the MLP rule, optionally
+# normalised, then any per-tensor pieces (learned_opt.torch.pieces), then optionally a learned
+# schedule, then optionally the fixed cosine decay.
+_CHAINS = ("[clip], mlp, [normalize_step], [orthogonalize | param_scale ...], [schedule], "
+           "[cosine_decay]")
 
 
 def _chain_names_ok(names: list[str] | None) -> bool:
-  if not names or names[0] != "mlp" or len(names) < 2:
+  if not names or len(names) < 2:
+    return False
+  if names[0] == pieces_lib.GradientClip.name:
+    names = names[1:]
+  if names[0] != "mlp":
     return False
   names = names[:-1] if names[-1] == pieces_lib.CosineDecayFactor.name else names
   middle = names[1:-1] if names[-1] == "schedule" else names[1:]
@@ -96,9 +105,10 @@ def _chain_names_ok(names: list[str] | None) -> bool:
   return all(n in pieces_lib.PIECES for n in middle)
 
 
-def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, bool]:
-  """The torch MLP rule applying a ``chain`` file (with its pieces and schedule), and its
-  horizon flag."""
+def _chain_rule(path: str, config: dict[str, Any],
+                meta: Any) -> tuple[MLPRule, bool, pieces_lib.GradientClip | None]:
+  """The torch MLP rule applying a ``chain`` file (with its pieces and schedule), its horizon
+  flag, and the gradient clip in front of it (or None)."""
   parts = config.get("parts")
   names = [p.get("name") for p in parts] if isinstance(parts, list) and all(
       isinstance(p, dict) for p in parts) else None
@@ -128,4 +138,7 @@ def _chain_rule(path: str, config: dict[str, Any], meta: Any) -> tuple[MLPRule, 
             if decay is not None else None)
   rule = MLPRule(path, configs["mlp"], flat, schedule=sched, normalize_lr=lr, pieces=pieces,
                  cosine=cosine)
-  return rule, aware
+  clip = configs.get(pieces_lib.GradientClip.name)
+  if clip is not None:
+    clip = pieces_lib.GradientClip(path, clip, meta.get(pieces_lib.GradientClip.name))
+  return rule, aware, clip

@@ -261,6 +261,13 @@ ARCHS = {
         learned_opt.CosineDecay(final_fraction=0.1)), 100, 1.0),
     "mlp_harness": (learned_opt.chain(_MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize()),
                     None, 0.5),
+    # The gradient clip in front (the stream's global norms run 29-119: about half the steps
+    # are clipped, and step 40's non-finite entries must stay out of the norm).
+    "clip_mlp_harness_param_scale_at_init_cosine": (learned_opt.chain(
+        learned_opt.ClipGradients(max_norm=60.0), _MLP(hidden_sizes=(8, 8)),
+        learned_opt.Orthogonalize(), learned_opt.ParamScale(reference_rms=0.3, floor=0.3,
+                                                            at_init=True),
+        learned_opt.CosineDecay(final_fraction=0.05)), 100, 1.0),
     "mlp_harness_kernels": (learned_opt.chain(
         _MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize(kernels=True)), 100, 1.0),
     # The fixed cosine decay last, after a schedule; alone after the rule with a horizon
@@ -284,6 +291,7 @@ STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0), "mlp_co
           "mlp_cosine_no_horizon": {},
           "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
           "mlp_harness_param_scale_at_init_cosine": {},
+          "clip_mlp_harness_param_scale_at_init_cosine": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
 # Tensors given to torch in its own layout where the update depends on it: the stream's "conv"
@@ -305,7 +313,7 @@ def test_archs_cover_every_option():
   """Every saved config option of each piece takes a non-default value in ARCHS."""
   for cls in (learned_opt.MLPOptimizer, learned_opt.AdafactorMLPOptimizer,
               learned_opt.LearnedSchedule, NormalizeStep, learned_opt.Orthogonalize,
-              learned_opt.ParamScale, learned_opt.CosineDecay):
+              learned_opt.ParamScale, learned_opt.CosineDecay, learned_opt.ClipGradients):
     default = cls().config()
     changed = {k for lopt, _, _ in ARCHS.values() for part in _parts(lopt)
                if type(part) is cls for k, v in part.config().items() if v != default[k]}
@@ -706,12 +714,13 @@ def test_files_it_cannot_apply_give_clear_errors(tmp_path):
   }
   for i, parts in enumerate([(_MLP(), learned_opt.LearnedSchedule(), learned_opt.Orthogonalize()),
                              (learned_opt.Orthogonalize(), _MLP()),
+                             (_MLP(), learned_opt.ClipGradients()),  # the clip goes first
                              (_MLP(), learned_opt.CosineDecay(), learned_opt.LearnedSchedule())]):
     lopt = learned_opt.chain(*parts)
     path = tmp_path / f"chain{i}.safetensors"
     learned_opt.save(path, lopt, lopt.init(jax.random.key(0)))
     names = [p.name for p in parts]
-    cases[f"chain{i}"] = (path, re.escape(f"applies chains of mlp, [normalize_step], "
+    cases[f"chain{i}"] = (path, re.escape(f"applies chains of [clip], mlp, [normalize_step], "
                                           f"[orthogonalize | param_scale ...], [schedule], "
                                           f"[cosine_decay], got "
                                           f"parts {names}"))
