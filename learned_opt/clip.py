@@ -2,9 +2,10 @@
 
 A learned rule meets the gradient through features it normalises by running averages; a loss
 with heavy-tailed noise (a diffusion loss weighted by the signal-to-noise ratio, whose weight
-grows as ``1/σ²`` at small noise levels) sends gradient spikes of 100x the typical norm, and
-one of them can throw a run into a state it never leaves. This piece bounds what the rest of the
-chain sees, as gradient clipping does in front of Adam (Pascanu et al., arXiv 1211.5063)::
+grows as ``1/σ²`` at small noise levels) sends gradient spikes of hundreds of times the
+typical norm, and one of them can throw a run into a state it never leaves. This piece bounds
+what the rest of the chain sees, as gradient clipping does in front of Adam (Pascanu et al.,
+arXiv 1211.5063)::
 
   lopt = learned_opt.chain(learned_opt.ClipGradients(), learned_opt.MLPOptimizer())
 """
