@@ -305,7 +305,7 @@ def test_learned_opt_torch_refuses_a_controller_chain(tmp_path):
     learned_opt.save(path, lopt, lopt.init(jax.random.key(0)))
     with pytest.raises(learned_opt.FileFormatError) as info:
       LearnedOptimizer([torch.zeros(3, requires_grad=True)], path)
-    assert str(info.value) == (f"{path}: learned_opt.torch applies chains of mlp, "
+    assert str(info.value) == (f"{path}: learned_opt.torch applies chains of [clip], mlp, "
                                f"[normalize_step], [orthogonalize | param_scale ...], "
                                f"[schedule], [cosine_decay], got parts "
                                f"['{parts[0].name}', 'controller']")
