@@ -20,11 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt import features as feats_lib
 from learned_opt import tree_utils
-
-
-def _is_float(x) -> bool:
-  return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
 def finite_global_norm(tree) -> jax.Array:
@@ -32,12 +29,11 @@ def finite_global_norm(tree) -> jax.Array:
 
   Summed in the widest of the leaves' dtypes and float32 (float64 leaves keep their precision).
   """
-  leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree) if _is_float(x)]
+  leaves = [x for x in jax.tree.leaves(tree) if tree_utils.is_float(x)]
   dtype = jnp.result_type(jnp.float32, *leaves)
   total = jnp.zeros([], dtype)
   for x in leaves:
-    x = x.astype(dtype)
-    total = total + jnp.sum(jnp.where(jnp.isfinite(x), jnp.square(x), 0.0))
+    total = total + jnp.sum(jnp.square(feats_lib.finite_or_zero(x.astype(dtype))))
   return jnp.sqrt(total)
 
 
@@ -95,7 +91,7 @@ class ClipGradients(base.LearnedOptimizer):
       factor = jnp.where(norm > limit, limit / jnp.maximum(norm, 1e-30), 1.0)
 
       def one(u):
-        if not _is_float(u):
+        if not tree_utils.is_float(u):
           return u
         return jnp.where(jnp.isfinite(u), u * factor.astype(u.dtype), u)
 

@@ -165,8 +165,8 @@ class GradientClip:
     device = grads[0].device
     total = torch.zeros((), dtype=torch.float32, device=device)
     for g in grads:
-      g = g.to(torch.float32)
-      total = total + torch.sum(torch.where(torch.isfinite(g), g * g, torch.zeros_like(g)))
+      g = feats.finite_or_zero(g.to(torch.float32))
+      total = total + torch.sum(g * g)
     norm = torch.sqrt(total)
     limit = self.limit.to(device)
     factor = torch.where(norm > limit, limit / torch.clamp(norm, min=1e-30),
