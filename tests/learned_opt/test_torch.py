@@ -406,14 +406,19 @@ def test_large_tensor_agrees_to_the_accuracy_of_the_optax_sums(tmp_path, monkeyp
 
 
 def test_param_groups_follow_an_lr_scheduler_as_optax_schedules(small_chunks):
-  """Two param groups with their own lr, scheduled by LambdaLR = optax schedules on the same
-  parameters (optax.multi_transform), step for step."""
+  """Two param groups with their own lr, scheduled by LambdaLR = one optax optimizer over all
+  the parameters whose steps are then scaled per group by optax schedules, step for step.
+
+  One optimizer, not one per group (``optax.multi_transform`` of two ``pretrained``): a file
+  whose chain starts with ``clip`` takes one global norm over every group's gradients, as
+  ``pretrained`` does over the whole tree. The learning rate multiplies the finished step
+  (``pretrained``'s docstring), so scaling after it is the same as passing the schedule."""
   labels = {k: ("a" if k in ("matrix", "wide") else "b") for k in SHAPES}
   sched_a = lambda count: 1.0 / (1.0 + 0.05 * count)
   sched_b = lambda count: 0.3 * 0.97 ** count
-  tx = optax.multi_transform({"a": learned_opt.pretrained("default", sched_a, num_steps=100),
-                              "b": learned_opt.pretrained("default", sched_b, num_steps=100)},
-                             labels)
+  tx = optax.chain(learned_opt.pretrained("default", num_steps=100),
+                   optax.multi_transform({"a": optax.scale_by_schedule(sched_a),
+                                          "b": optax.scale_by_schedule(sched_b)}, labels))
   grads, losses = gradient_stream(60)
   params = initial_params()
   jax_trace = run_jax(tx, params, grads, losses)
