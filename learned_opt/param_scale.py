@@ -9,7 +9,9 @@ order from the same rule::
 With ``at_init=True`` the RMS is read once, from the parameters the optimizer's ``init``
 receives, and held in its state: the prior stays, and a tensor that grows during a long run does
 not get a growing step (the feedback that made the per-step reading diverge at 10x the horizon,
-``reports/experiments/LOG.md`` #118/#119).
+``reports/experiments/LOG.md`` #118/#119). With ``kernels=False`` tensors of 3 or more axes
+(conv kernels) pass unchanged: the held scale cost the conv nets (#144) while it sized the
+quadratics' and the dense layers' steps.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ class ParamScale(base.LearnedOptimizer):
   each step, or with ``at_init`` the parameters' at ``init`` (a float32 scalar per tensor in
   the state, so the run's step has no feedback from the parameters' growth);
   ``θ = {"log_scale": β}``, started at ``-log(reference_rms)`` so that a tensor of RMS
-  ``reference_rms`` gets the rule's step unchanged. Needs ``params`` at each update unless
-  ``at_init``; integer leaves and
+  ``reference_rms`` gets the rule's step unchanged. With ``kernels=False`` a tensor of 3 or
+  more axes (a conv kernel) keeps the rule's step (no scale and no ``e^β``). Needs ``params``
+  at each update unless ``at_init``; integer leaves and
   ``None`` pass; each update keeps its dtype; a ``nan`` stays in its entry.
 
   Attributes:
     reference_rms: the parameter RMS whose step the start leaves unchanged.
     floor: ``ρ_0``, the least scale (a zero-initialised bias still moves).
     at_init: read ``rms(p)`` once, at ``init``, instead of at every step.
+    kernels: scale tensors of 3 or more axes too (``False``: they pass unchanged).
     horizon_aware: meta-trained seeing each run's length as ``num_steps`` (unused here).
 
   References:
@@ -58,6 +62,7 @@ class ParamScale(base.LearnedOptimizer):
   reference_rms: float = 0.1
   floor: float = 1e-2
   at_init: bool = False
+  kernels: bool = True
   horizon_aware: bool = False
 
   def __post_init__(self):
@@ -65,8 +70,9 @@ class ParamScale(base.LearnedOptimizer):
       value = getattr(self, field)
       if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
         raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
-    if not isinstance(self.at_init, bool):
-      raise ValueError(f"at_init must be a bool, got {self.at_init!r}")
+    for field in ("at_init", "kernels"):
+      if not isinstance(getattr(self, field), bool):
+        raise ValueError(f"{field} must be a bool, got {getattr(self, field)!r}")
 
   def init(self, key: jax.Array) -> base.MetaParams:
     del key
@@ -90,6 +96,8 @@ class ParamScale(base.LearnedOptimizer):
 
     def one(u, scale):
       if u is None or not jnp.issubdtype(jnp.asarray(u).dtype, jnp.floating):
+        return u
+      if not self.kernels and jnp.ndim(u) >= 3:  # a conv kernel keeps the rule's step
         return u
       return (u * (scale * factor)).astype(u.dtype)
 

@@ -87,7 +87,8 @@ class OrthogonalizePiece:
 class ParamScalePiece:
   """``learned_opt.ParamScale``: each tensor's step times ``max(rms(p), floor) e^β``, with
   ``rms(p)`` the current parameter's, or with ``at_init`` the one at the parameter's first step
-  (held in its state as ``param_scale``, as the optax state holds it from ``init``)."""
+  (held in its state as ``param_scale``, as the optax state holds it from ``init``); with
+  ``kernels`` false a tensor of 3 or more axes keeps its step (in either layout)."""
 
   name = "param_scale"
 
@@ -95,6 +96,7 @@ class ParamScalePiece:
     cfg = config_lib.ConfigReader(path, self.name, config)
     self.floor = cfg.number("floor")
     self.at_init = cfg.flag("at_init", False)  # files written before the option: False
+    self.kernels = cfg.flag("kernels", True)  # files written before the option: True
     cfg.ignore("reference_rms", "horizon_aware")  # the start's, and read off the rule
     cfg.finish()
     theta = config_lib.meta_tensors(cfg, meta_params, {"log_scale": ()})
@@ -109,6 +111,8 @@ class ParamScalePiece:
 
   def __call__(self, step: torch.Tensor, param: torch.Tensor,
                state: dict[str, torch.Tensor]) -> torch.Tensor:
+    if not self.kernels and param.dim() >= 3:
+      return step
     scale = state["param_scale"] if self.at_init else self._scale(param)
     return step * (scale * self.factor.to(step.device))
 

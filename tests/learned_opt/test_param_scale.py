@@ -108,3 +108,25 @@ def test_at_init_chain_saves_loads_and_keeps_its_option():
   config = ParamScale().config()
   del config["at_init"]
   assert ParamScale.from_config(config).at_init is False
+
+
+def test_kernels_false_leaves_conv_kernels_at_the_rules_step():
+  theta = {"log_scale": jnp.asarray(math.log(2.0), jnp.float32)}
+  params = {"conv": jnp.full((3, 3, 2, 4), 3.0), "dense": jnp.full((2, 4), 3.0),
+            "bias": jnp.full(4, 3.0)}
+  updates = jax.tree.map(jnp.ones_like, params)
+  for at_init in (False, True):
+    spared = _apply(ParamScale(at_init=at_init, kernels=False), theta, updates, params)
+    everything = _apply(ParamScale(at_init=at_init), theta, updates, params)
+    # rms = 3 and e^β = 2: a factor of 6, except on the 4-axis kernel when spared.
+    np.testing.assert_allclose(spared["conv"], np.ones((3, 3, 2, 4)))
+    np.testing.assert_allclose(everything["conv"], np.full((3, 3, 2, 4), 6.0), rtol=1e-6)
+    for name in ("dense", "bias"):
+      np.testing.assert_allclose(spared[name], np.full(params[name].shape, 6.0), rtol=1e-6)
+  lopt = ParamScale(kernels=False)
+  assert type(lopt).from_config(lopt.config()).kernels is False
+  config = ParamScale().config()
+  del config["kernels"]  # a file written before the option scales every tensor
+  assert ParamScale.from_config(config).kernels is True
+  with pytest.raises(ValueError, match="kernels must be a bool"):
+    ParamScale(kernels="no")

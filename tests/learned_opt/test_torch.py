@@ -270,6 +270,12 @@ ARCHS = {
         learned_opt.CosineDecay(final_fraction=0.05)), 100, 1.0),
     "mlp_harness_kernels": (learned_opt.chain(
         _MLP(hidden_sizes=(8, 8)), learned_opt.Orthogonalize(kernels=True)), 100, 1.0),
+    # The held scale on every tensor but the conv kernel (its step stays the rule's).
+    "clip_mlp_harness_param_scale_dense": (learned_opt.chain(
+        learned_opt.ClipGradients(max_norm=60.0), _MLP(hidden_sizes=(8, 8)),
+        learned_opt.Orthogonalize(), learned_opt.ParamScale(reference_rms=0.3, floor=0.3,
+                                                            at_init=True, kernels=False),
+        learned_opt.CosineDecay(final_fraction=0.2)), 100, 1.0),
     # The fixed cosine decay last, after a schedule; alone after the rule with a horizon
     # shorter than the stream (its factor is φ = 0 after step T).
     "mlp_harness_schedule_cosine": (learned_opt.chain(
@@ -292,11 +298,13 @@ STARTS = {"mlp_adam_start_horizon": dict(learning_rate=1e-2, decay=3.0), "mlp_co
           "mlp_harness_param_scale_schedule": dict(decay=3.0), "mlp_harness": {},
           "mlp_harness_param_scale_at_init_cosine": {},
           "clip_mlp_harness_param_scale_at_init_cosine": {},
+          "clip_mlp_harness_param_scale_dense": {},
           "mlp_schedule_normalize": dict(decay=2.0), "mlp_everything": dict(decay=1.0)}
 FUSE = {"mlp_fused_one_layer": 16, "mlp_everything": 100}
 # Tensors given to torch in its own layout where the update depends on it: the stream's "conv"
 # is a flax kernel (kh, kw, in, out); torch holds a conv weight as (out, in, kh, kw).
-TORCH_LAYOUTS = {"mlp_harness_kernels": {"conv": (3, 2, 0, 1)}}
+TORCH_LAYOUTS = {"mlp_harness_kernels": {"conv": (3, 2, 0, 1)},
+                 "clip_mlp_harness_param_scale_dense": {"conv": (3, 2, 0, 1)}}
 
 
 def _to_layout(arrays: dict[str, np.ndarray], perms, inverse: bool = False):
