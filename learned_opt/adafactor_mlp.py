@@ -124,7 +124,7 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
      "momentum_logits": (K,), "factored_logits": (J,)}
 
   The decays are ``sigmoid`` of the logits, so meta-training can learn them. Integer and boolean
-  leaves pass through unchanged; updates keep the dtype of their parameter. The feature maths
+  leaves pass through unchanged; updates keep the dtype of their gradient. The feature maths
   (EMAs, the per-tensor normalisers, the time features and the handling of non-finite
   entries) are :mod:`learned_opt.features`' kernels, shared with
   :class:`~learned_opt.MLPOptimizer`: a non-finite gradient entry gives a ``nan`` update at that
@@ -267,7 +267,7 @@ class AdafactorMLPOptimizer(base.LearnedOptimizer):
         direction = b2[0].astype(dt) + sum(w2d[j, 0] * hid[j] for j in range(n_hidden))
         magnitude = b2[1].astype(dt) + sum(w2d[j, 1] * hid[j] for j in range(n_hidden))
         step = feats_lib.nan_unless_finite(direction * jnp.exp(a * magnitude) * b, finite)
-        return tree_utils.Leaf(step.astype(p.dtype), *new_mus, *new_rows, *new_cols)
+        return tree_utils.Leaf(step.astype(g.dtype), *new_mus, *new_rows, *new_cols)
 
       outs = jax.tree.map(leaf, updates, params, *state.mu, *state.row, *state.col)
       outs = tree_utils.unzip(outs, 1 + n_mom + 2 * n_fac)

@@ -16,9 +16,11 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from learned_opt import base
+from learned_opt import tree_utils
 from learned_opt import mlp as mlp_lib
 from learned_opt import schedule as schedule_lib
 
@@ -37,7 +39,10 @@ class Chain(base.LearnedOptimizer):
     u = f_n(\\cdots f_2(f_1(g;\\ θ_1);\\ θ_2) \\cdots;\\ θ_n),\\qquad
     θ = \\{\\text{name}_i: θ_i\\}
 
-  Every part receives ``params``, ``num_steps`` and the extra keywords (``loss=``).
+  Every part receives ``params``, ``num_steps`` and the extra keywords (``loss=``). Between
+  the parts the updates are held in at least float32, and each is rounded to its gradient's
+  dtype once, at the end: a bf16 model's step is not rounded after every part (nor its
+  schedule factor to bf16), and it is the step ``learned_opt.torch`` takes.
   :meth:`init` gives the first part ``key`` itself and part ``i > 0`` ``fold_in(key, i)``, so
   ``chain(rule, ...).init(key)[rule.name] == rule.init(key)``.
 
@@ -88,8 +93,20 @@ class Chain(base.LearnedOptimizer):
       got = sorted(meta_params) if isinstance(meta_params, dict) else type(meta_params)
       raise ValueError(f"{self.name}: meta_params must be a dict with keys "
                        f"{sorted(self.part_names)}, got {got}")
-    return optax.chain(*(p.scale_by(meta_params[p.name], num_steps=num_steps)
-                         for p in self.parts))
+    inner = optax.chain(*(p.scale_by(meta_params[p.name], num_steps=num_steps)
+                          for p in self.parts))
+
+    def update_fn(updates, state, params=None, **extra_args):
+      wide = jax.tree.map(
+          lambda u: u.astype(jnp.promote_types(u.dtype, jnp.float32))
+          if tree_utils.is_float(u) else u, updates)
+      out, state = inner.update(wide, state, params, **extra_args)
+      # Each update back to its gradient's dtype, rounded once (None and integer leaves pass).
+      out = jax.tree.map(lambda u, g: u.astype(g.dtype) if tree_utils.is_float(g) else u,
+                         out, updates, is_leaf=lambda x: x is None)
+      return out, state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
   def config(self) -> dict[str, Any]:
     return {"parts": [{"name": p.name, "config": p.config()} for p in self.parts]}

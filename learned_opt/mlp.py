@@ -136,8 +136,9 @@ class MLPOptimizer(base.LearnedOptimizer):
   (:func:`learned_opt.features.tensor_log_rms`) through ``"wt": (Z, H₀)``: its first-layer
   bias becomes ``b₀ + W₀ᵀ[φ(t); ψ(t, T)] + W_tᵀ z``.
 
-  The update's sign is learned (``u`` is added to the params). Updates have their parameter's
-  dtype; the state is float32 whatever the parameter dtype. Integer and boolean leaves (and
+  The update's sign is learned (``u`` is added to the params). Updates have their gradient's
+  dtype (their parameter's, or float32 inside a chain, which rounds once at its end); the state
+  is float32 whatever the parameter dtype. Integer and boolean leaves (and
   ``None`` / ``optax.masked`` leaves) pass through unchanged and hold no state. A non-finite
   gradient or state entry gives a ``nan`` update at that entry only: non-finite features count
   as zero in the per-tensor normalisers and other tensors are computed independently.
@@ -400,7 +401,7 @@ class MLPOptimizer(base.LearnedOptimizer):
           direction, magnitude = networks.matmul_mlp(clean, layers)
         step = direction * jnp.exp(self.exp_mult * magnitude) * self.step_mult
         step = feats_lib.nan_unless_finite(step, feats_lib.finite_entries(xs))
-        return tree_utils.Leaf(step.astype(p.dtype), *kept, *new_mom, *new_rms)
+        return tree_utils.Leaf(step.astype(g.dtype), *kept, *new_mom, *new_rms)
 
       held_trees = (state.tensor_z,) if held else ()
       outs = jax.tree.map(leaf, updates, params, *held_trees, *state.mom, *state.rms)

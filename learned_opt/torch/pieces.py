@@ -175,7 +175,9 @@ class GradientClip:
     limit = self.limit.to(device)
     factor = torch.where(norm > limit, limit / torch.clamp(norm, min=1e-30),
                          torch.ones((), dtype=torch.float32, device=device))
-    return [torch.where(torch.isfinite(g), g * factor.to(g.dtype), g) for g in grads]
+    # In float32 (the rule reads them so), as the chain holds the updates between its parts.
+    return [torch.where(torch.isfinite(g), g.to(torch.float32) * factor, g.to(torch.float32))
+            for g in grads]
 
 
 #: Part name -> torch piece class.

@@ -49,6 +49,33 @@ def test_transform_is_optax_chain_of_the_parts():
     np.testing.assert_allclose(a, np.exp(0.5) * np.asarray(b), rtol=1e-6)
 
 
+def test_low_precision_steps_are_rounded_once_at_the_end():
+  """A bf16 model's step is the float32 chain's step rounded to bf16 once: no rounding after
+  each part, and no schedule factor rounded to bf16 (the step learned_opt.torch takes)."""
+  lopt = learned_opt.chain(
+      learned_opt.ClipGradients(max_norm=0.5), MLPOptimizer(hidden_sizes=(4,)),
+      learned_opt.Orthogonalize(), learned_opt.ParamScale(at_init=True),
+      learned_opt.CosineDecay(final_fraction=0.1))
+  theta = learned_opt.inits.adam_like(lopt, jax.random.key(2), learning_rate=1e-2)
+  keys = jax.random.split(jax.random.key(3), 4)
+  params = {"w": jax.random.normal(keys[0], (5, 3)), "b": 0.1 * jax.random.normal(keys[1], (3,)),
+            "i": jnp.arange(2)}
+  grads = {"w": jax.random.normal(keys[2], (5, 3)), "b": jax.random.normal(keys[3], (3,)),
+           "i": jnp.arange(2)}
+  as16 = lambda tree: jax.tree.map(
+      lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  p16, g16 = as16(params), as16(grads)
+  as32 = lambda tree: jax.tree.map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  tx = lopt.transform(theta, num_steps=10)
+  s16, s32 = tx.init(p16), tx.init(as32(p16))
+  for t in range(3):
+    u16, s16 = tx.update(g16, s16, p16, loss=1.0)
+    u32, s32 = tx.update(as32(g16), s32, as32(p16), loss=1.0)
+    assert u16["w"].dtype == jnp.bfloat16 and u16["i"].dtype == jnp.int32
+    testing.assert_bitwise_equal(u16, as16(u32))
+
+
 def test_horizon_aware_if_any_part_is():
   assert not CHAIN.horizon_aware
   assert learned_opt.chain(RULE, LearnedSchedule(horizon_aware=True)).horizon_aware

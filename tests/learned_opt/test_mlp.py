@@ -20,6 +20,7 @@ import pytest
 import learned_opt
 from learned_opt import features as F
 from learned_opt import mlp as mlp_lib
+from learned_opt import testing
 from learned_opt.mlp import MLPOptimizer, TensorFeatures
 
 SMALL = MLPOptimizer(hidden_sizes=(4, 3), momentum_decays=(0.5, 0.9), rms_decays=(0.9, 0.99),
@@ -235,9 +236,17 @@ def test_low_precision_params_keep_their_dtype_and_float32_state():
   theta = SMALL.init(jax.random.key(0))
   tx = SMALL.scale_by(theta)
   params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
-  updates, state = tx.update(_grads(params), tx.init(params), params)
+  grads = _grads(params)
+  low = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
+  updates, state = tx.update(low, tx.init(params), params)
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
   assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(state.mom))
+  # Updates keep the gradients' dtype, as optax's transforms do: float32 gradients (a chain
+  # widens them between its parts) give the same step unrounded.
+  wide, _ = tx.update(jax.tree.map(lambda g: g.astype(jnp.float32), low), tx.init(params),
+                      params)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(wide))
+  testing.assert_bitwise_equal(updates, jax.tree.map(lambda u: u.astype(jnp.bfloat16), wide))
 
 
 def test_errors_are_clear():
