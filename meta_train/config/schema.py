@@ -240,17 +240,28 @@ _QUICKSTART_RULE = {"hidden_sizes": (16, 16)}
 # A chain's last part: the fixed warm-up + cosine decay over the run (learned_opt.CosineDecay,
 # Celo's first phase; reports/experiments/LOG.md #99-#102).
 COSINE_DECAY = {"name": "cosine_decay", "config": {}}
+# A chain's first part: the gradient's global norm clipped at 1 before the rule reads it
+# (learned_opt.ClipGradients; reports/experiments/LOG.md #140-#142).
+CLIP_AT_1 = {"name": "clip", "config": {"max_norm": 1.0}}
+# Each tensor's step scaled by its RMS read at the first step and held, floor 0.3
+# (learned_opt.ParamScale(at_init=True); reports/experiments/LOG.md #118-#122).
+PARAM_SCALE_AT_INIT = {"name": "param_scale",
+                       "config": {"reference_rms": 0.3, "floor": 0.3, "at_init": True}}
 
 
-def in_harness(rule: dict[str, Any], *after: dict[str, Any], **harness: Any) -> dict[str, Any]:
-  """``optimizer.kwargs`` of a chain: the MLP rule (its ``rule`` kwargs), then the
-  orthogonalising harness (``learned_opt.Orthogonalize`` with the ``harness`` kwargs: Muon's
-  direction for each weight matrix, the rule's magnitude; reports/experiments/LOG.md
-  #59-#63), then the parts ``after`` (``{"name", "config"}`` mappings, e.g.
-  :data:`COSINE_DECAY`)."""
-  return {"parts": ({"name": "mlp", "config": dict(rule)},
+def in_harness(rule: dict[str, Any], *after: dict[str, Any],
+               before: tuple[dict[str, Any], ...] = (), **harness: Any) -> dict[str, Any]:
+  """``optimizer.kwargs`` of a chain: the parts ``before`` (e.g. :data:`CLIP_AT_1`), the MLP
+  rule (its ``rule`` kwargs), then the orthogonalising harness (``learned_opt.Orthogonalize``
+  with the ``harness`` kwargs: Muon's direction for each weight matrix, the rule's magnitude;
+  reports/experiments/LOG.md #59-#63), then the parts ``after`` (``{"name", "config"}``
+  mappings, e.g. :data:`COSINE_DECAY`)."""
+  def copy(part):
+    return {"name": part["name"], "config": dict(part["config"])}
+  return {"parts": (*(copy(part) for part in before),
+                    {"name": "mlp", "config": dict(rule)},
                     {"name": "orthogonalize", "config": dict(harness)},
-                    *({"name": part["name"], "config": dict(part["config"])} for part in after))}
+                    *(copy(part) for part in after))}
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -281,21 +292,30 @@ PRESETS: dict[str, RunConfig] = {
                         log_every=50),
         eval=EvalConfig(enabled=True, num_tasks=8, num_seeds=2, num_steps=200),
     ),
-    # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's recipe
-    # (the rule inside the orthogonalising harness under the cosine decay, from the undecayed
-    # Adam-like start; reports/experiments/LOG.md #69, #112-#115) on the MLP
-    # classifiers, the quadratics and both diffusion families, one particle group per member
+    # The shipped general optimizer (learned_opt.pretrained("default")): quickstart's rule
+    # inside the orthogonalising harness under the cosine decay, from the undecayed Adam-like
+    # start (reports/experiments/LOG.md #69, #112-#115), behind the gradient clip at 1 and with
+    # each tensor's step scaled by its held initial RMS (#121, #141), on the MLP classifiers,
+    # the quadratics and both diffusion families, one particle group per member
     # (meta_train/estimators/grouped.py; the conv diffusion family gets fewer pairs, it costs
-    # ~20x an MLP classifier's step), horizons of 100-500 steps. Conv classifiers and
-    # transformer LMs stay out: they are its out-of-distribution suite.
+    # ~20x an MLP classifier's step), horizons of 100-500 steps. Each step's rise over the
+    # run's lowest loss costs 3x (#128-#132) in every group but the three classifiers' (1x:
+    # more caution slows them); the meta-loss is the train loss, which the evaluation's
+    # headline reads (#147). Conv classifiers and transformer LMs stay out: they are its
+    # out-of-distribution suite.
     "default": RunConfig(
-        optimizer=OptimizerConfig("chain", in_harness(_QUICKSTART_RULE, COSINE_DECAY),
-                                  _UNDECAYED_ADAM_START),
+        optimizer=OptimizerConfig(
+            "chain", in_harness(_QUICKSTART_RULE, PARAM_SCALE_AT_INIT, COSINE_DECAY,
+                                before=(CLIP_AT_1,)),
+            _UNDECAYED_ADAM_START),
         task=TaskConfig("mixture", {"members": DEFAULT_MEMBERS}),
         estimator=EstimatorConfig("pes", truncation_length=20, min_horizon=100,
-                                  max_horizon=500, sigma=0.01, meta_loss="valid",
-                                  horizon_aware=True, group_by_member=True,
-                                  member_pairs=(4, 4, 4, 4, 4, 2)),
+                                  max_horizon=500, sigma=0.01, meta_loss="train",
+                                  horizon_aware=True, rise_penalty=3.0, group_by_member=True,
+                                  member_pairs=(4, 4, 4, 4, 4, 2),
+                                  member_overrides={member: {"rise_penalty": 1} for member in
+                                                    ("digits_mlp", "gaussian_mixture_mlp",
+                                                     "mnist1d_mlp")}),
         outer=OuterConfig(lr=3e-3, clip=1.0, schedule="cosine", warmup_steps=50),
         run=RunSettings(num_outer_steps=1000, steps_per_dispatch=10, checkpoint_every=100,
                         log_every=50),

@@ -339,12 +339,16 @@ _UNDECAYED_RULE = "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990
 _PRESET_STARTS = {
     "quickstart": _UNDECAYED_RULE,
     "specialize": _UNDECAYED_RULE,
-    "default": _UNDECAYED_RULE,
+    # default's rule is the chain's second part since LOG #141 (the clip is first), and so
+    # draws its start from the second part's key: the same scheme, another draw.
+    "default": "94ffae542dcc91eaa482effb0f75bf9f1078190a7e8d2b5503c24632c830157a",
     "diffusion": _UNDECAYED_RULE,
 }
 _PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 0.0, "default": 0.0}
 _IN_HARNESS_UNDER_DECAY = ["mlp", "orthogonalize", "cosine_decay"]
 _PRESET_PARTS = {name: _IN_HARNESS_UNDER_DECAY for name in _PRESET_STARTS}
+# default's chain since LOG #141: behind the clip, with the held parameter scale.
+_PRESET_PARTS["default"] = ["clip", "mlp", "orthogonalize", "param_scale", "cosine_decay"]
 
 
 @pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
@@ -358,6 +362,11 @@ def test_presets_keep_their_meta_parameter_starts(name):
     assert built.lopt.part_names == _PRESET_PARTS[name]
     harness = start.pop("orthogonalize")
     assert _sha(harness) == _sha(learned_opt.Orthogonalize().init(jax.random.key(0)))
+    if "clip" in start:  # the threshold starts at max_norm itself: e^0
+      assert float(start.pop("clip")["log_max_norm"]) == 0.0
+    if "param_scale" in start:  # the scale starts as the piece's own
+      scale = learned_opt.ParamScale(reference_rms=0.3, floor=0.3, at_init=True)
+      assert _sha(start.pop("param_scale")) == _sha(scale.init(jax.random.key(0)))
     if "cosine_decay" in start:  # the decay starts as the identity: e^0 = 1
       decay = start.pop("cosine_decay")
       assert list(decay) == ["log_scale"] and float(decay["log_scale"]) == 0.0
