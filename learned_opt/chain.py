@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from learned_opt import base
-from learned_opt import tree_utils
 from learned_opt import mlp as mlp_lib
 from learned_opt import schedule as schedule_lib
+from learned_opt import tree_utils
 
 
 def _rule_and_schedule() -> tuple[base.LearnedOptimizer, ...]:

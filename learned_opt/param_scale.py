@@ -10,8 +10,9 @@ With ``at_init=True`` the RMS is read once, from the parameters the optimizer's 
 receives, and held in its state: the prior stays, and a tensor that grows during a long run does
 not get a growing step (the feedback that made the per-step reading diverge at 10x the horizon,
 ``reports/experiments/LOG.md`` #118/#119). With ``kernels=False`` tensors of 3 or more axes
-(conv kernels) pass unchanged: the held scale cost the conv nets (#144) while it sized the
-quadratics' and the dense layers' steps.
+(conv kernels) pass unchanged. It was built because the held scale cost the conv nets (#144),
+but it does not bring them back (#146): their tensors start below the floor, where the factor
+is about 1 either way.
 """
 
 from __future__ import annotations

@@ -175,9 +175,9 @@ class GradientClip:
     limit = self.limit.to(device)
     factor = torch.where(norm > limit, limit / torch.clamp(norm, min=1e-30),
                          torch.ones((), dtype=torch.float32, device=device))
-    # In float32 (the rule reads them so), as the chain holds the updates between its parts.
-    return [torch.where(torch.isfinite(g), g.to(torch.float32) * factor, g.to(torch.float32))
-            for g in grads]
+    # In at least float32 (the rule reads them so), as the chain holds its updates.
+    wide = [g.to(torch.promote_types(g.dtype, torch.float32)) for g in grads]
+    return [torch.where(torch.isfinite(g), g * factor.to(g.dtype), g) for g in wide]
 
 
 #: Part name -> torch piece class.
