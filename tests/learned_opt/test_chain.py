@@ -62,11 +62,11 @@ def test_low_precision_steps_are_rounded_once_at_the_end():
             "i": jnp.arange(2)}
   grads = {"w": jax.random.normal(keys[2], (5, 3)), "b": jax.random.normal(keys[3], (3,)),
            "i": jnp.arange(2)}
-  as16 = lambda tree: jax.tree.map(
-      lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  def cast(tree, dtype):  # float leaves only
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  as16, as32 = (lambda tree: cast(tree, jnp.bfloat16)), (lambda tree: cast(tree, jnp.float32))
   p16, g16 = as16(params), as16(grads)
-  as32 = lambda tree: jax.tree.map(
-      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
   tx = lopt.transform(theta, num_steps=10)
   s16, s32 = tx.init(p16), tx.init(as32(p16))
   for t in range(3):
