@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -65,7 +66,8 @@ def test_low_precision_steps_are_rounded_once_at_the_end():
   def cast(tree, dtype):  # float leaves only
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-  as16, as32 = (lambda tree: cast(tree, jnp.bfloat16)), (lambda tree: cast(tree, jnp.float32))
+  as16 = functools.partial(cast, dtype=jnp.bfloat16)
+  as32 = functools.partial(cast, dtype=jnp.float32)
   p16, g16 = as16(params), as16(grads)
   tx = lopt.transform(theta, num_steps=10)
   s16, s32 = tx.init(p16), tx.init(as32(p16))

@@ -11,6 +11,7 @@ import pytest
 import learned_opt
 from learned_opt import testing
 from meta_train import config as C
+from meta_train.config import schema
 from meta_train import unroll as ul
 from meta_train.estimators import registry
 from meta_train.runtime import run as R
@@ -365,7 +366,7 @@ def test_presets_keep_their_meta_parameter_starts(name):
     if "clip" in start:  # the threshold starts at max_norm itself: e^0
       assert float(start.pop("clip")["log_max_norm"]) == 0.0
     if "param_scale" in start:  # the scale starts as the piece's own
-      scale = learned_opt.ParamScale(reference_rms=0.3, floor=0.3, at_init=True)
+      scale = learned_opt.ParamScale(**schema.PARAM_SCALE_AT_INIT["config"])
       assert _sha(start.pop("param_scale")) == _sha(scale.init(jax.random.key(0)))
     if "cosine_decay" in start:  # the decay starts as the identity: e^0 = 1
       decay = start.pop("cosine_decay")
