@@ -337,19 +337,22 @@ _sha = testing.tree_digest
 # part (LOG #99-#103): the same Adam-like step without the initial decay. default took the same
 # rule and start with quickstart's recipe (LOG #112-#115), then diffusion (LOG #116-#117).
 _UNDECAYED_RULE = "115e40eb6ef67b851419fbcb6fcd127095d61870ce123bbdd6fe301808990d98"
+# default's rule is the chain's second part since LOG #141 (the clip is first), and so draws its
+# start from the second part's key: the same scheme, another draw; diffusion's since #153.
+_RULE_BEHIND_CLIP = "94ffae542dcc91eaa482effb0f75bf9f1078190a7e8d2b5503c24632c830157a"
 _PRESET_STARTS = {
     "quickstart": _UNDECAYED_RULE,
     "specialize": _UNDECAYED_RULE,
-    # default's rule is the chain's second part since LOG #141 (the clip is first), and so
-    # draws its start from the second part's key: the same scheme, another draw.
-    "default": "94ffae542dcc91eaa482effb0f75bf9f1078190a7e8d2b5503c24632c830157a",
-    "diffusion": _UNDECAYED_RULE,
+    "default": _RULE_BEHIND_CLIP,
+    "diffusion": _RULE_BEHIND_CLIP,
 }
 _PRESET_DECAYS = {"quickstart": 0.0, "specialize": 0.0, "diffusion": 0.0, "default": 0.0}
 _IN_HARNESS_UNDER_DECAY = ["mlp", "orthogonalize", "cosine_decay"]
 _PRESET_PARTS = {name: _IN_HARNESS_UNDER_DECAY for name in _PRESET_STARTS}
 # default's chain since LOG #141: behind the clip, with the held parameter scale.
 _PRESET_PARTS["default"] = ["clip", "mlp", "orthogonalize", "param_scale", "cosine_decay"]
+# diffusion's since LOG #153: behind the clip.
+_PRESET_PARTS["diffusion"] = ["clip", "mlp", "orthogonalize", "cosine_decay"]
 
 
 @pytest.mark.parametrize("name", sorted(_PRESET_STARTS))
